@@ -1,0 +1,10 @@
+//! Pure domain logic: no I/O, no warp, no reqwest. Payload parsers turn untrusted JSON into
+//! [`alert::NormalizedAlert`]; [`incident::plan`] decides what an alert does to its incident stream;
+//! [`routing`] decides who hears about it. New state machines (runs, approvals) go here too.
+
+pub mod alert;
+pub mod alertmanager;
+pub mod azure_monitor;
+pub mod incident;
+pub mod json;
+pub mod routing;

@@ -1,0 +1,22 @@
+//! icahub: a webhook gateway and notification hub that runs as an Azure Functions custom handler.
+//!
+//! - [`config`]: typed configuration from the environment, validated at start.
+//! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener.
+//! - [`functions_host`]: the only Azure Functions-specific code (port, envelopes).
+//! - [`http`]: one module per ingress route, each exporting its warp filter; [`error`] maps
+//!   failures to status codes and JSON bodies.
+//! - [`domain`]: pure logic: payload parsers, incidents, routing.
+//! - [`storage`]: the `Store` trait and its backends (embedded SQLite, Azure Table Storage).
+//! - [`ingest`]: parse, store durably, answer: the path every alert takes.
+//! - [`cli`]: operator commands (`serve`, `bench`).
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod functions_host;
+pub mod http;
+pub mod ingest;
+pub mod startup;
+pub mod storage;
