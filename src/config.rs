@@ -1,1 +1,271 @@
-//! TODO
+//! Configuration: read once from the environment into typed values, validated at start.
+//! Every variable the hub reads is listed in [`VARS`] (and in the README) with its default.
+
+use crate::domain::routing::Routing;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// (name, default, meaning) of every environment variable the hub reads.
+pub const VARS: &[(&str, &str, &str)] = &[
+    ("FUNCTIONS_CUSTOMHANDLER_PORT", "unset", "Port the Functions host assigns; set only under the host, and then the hub must use Table Storage"),
+    ("ICAHUB_STORAGE", "auto", "`auto` (Table Storage when a connection string is set, else embedded), `embedded` or `tables`"),
+    ("ICAHUB_TABLES_CONNECTION_STRING", "unset", "Azure Table Storage connection string (`UseDevelopmentStorage=true` or a full one)"),
+    ("AzureWebJobsStorage", "unset", "Used for Table Storage when ICAHUB_TABLES_CONNECTION_STRING is not set"),
+    ("ICAHUB_TABLE_PREFIX", "icahub", "Prefix of the hub's table names (letters and digits)"),
+    ("ICAHUB_DATA_DIR", "./data", "Directory of the embedded store"),
+    ("ICAHUB_MAX_BODY_BYTES", "524288", "Largest accepted request body; larger gets 413 (at most 900000 so a body fits one Table entity)"),
+    ("ICAHUB_STORE_TIMEOUT_MS", "8000", "How long a request waits for durable storage before answering 503 with Retry-After"),
+    ("ICAHUB_CONTROL_PLANE_URL", "unset", "Control-plane base URL; when set, every alert and incident change gets a control-plane outbox row"),
+    ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
+    ("ICAHUB_PAGERDUTY_ROUTING_KEY", "unset", "PagerDuty Events v2 routing key; when set, critical and high incidents get PagerDuty outbox rows"),
+    ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
+    ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
+];
+
+pub const DEFAULT_PORT: u16 = 7071;
+const MAX_BODY_CEILING: usize = 900_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    Embedded {
+        dir: PathBuf,
+    },
+    Tables {
+        connection_string: Secret,
+        table_prefix: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    /// True when the Functions host started us (it sets FUNCTIONS_CUSTOMHANDLER_PORT).
+    pub under_functions_host: bool,
+    pub storage: StorageConfig,
+    pub max_body_bytes: usize,
+    pub store_timeout: Duration,
+    pub routing: Routing,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Read the process environment; `cli_port` is `--port` (the host's port wins over it).
+    pub fn from_env(cli_port: Option<u16>) -> Result<Config, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok(), cli_port)
+    }
+
+    /// Same as [`Config::from_env`] over any lookup, so tests need not touch the environment.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        cli_port: Option<u16>,
+    ) -> Result<Config, ConfigError> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let host_port = get("FUNCTIONS_CUSTOMHANDLER_PORT");
+        let under_functions_host = host_port.is_some();
+        let port = match host_port {
+            Some(p) => p.parse().map_err(|_| {
+                ConfigError(format!(
+                    "FUNCTIONS_CUSTOMHANDLER_PORT={p:?} is not a port number"
+                ))
+            })?,
+            None => cli_port.unwrap_or(DEFAULT_PORT),
+        };
+
+        let conn = get("ICAHUB_TABLES_CONNECTION_STRING").or_else(|| get("AzureWebJobsStorage"));
+        let table_prefix = get("ICAHUB_TABLE_PREFIX").unwrap_or_else(|| "icahub".into());
+        if !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+            || !table_prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+            || table_prefix.len() > 40
+        {
+            return Err(ConfigError(format!(
+                "ICAHUB_TABLE_PREFIX={table_prefix:?} must be 1-40 letters and digits, starting with a letter"
+            )));
+        }
+        let mode = get("ICAHUB_STORAGE").unwrap_or_else(|| "auto".into());
+        let dir = PathBuf::from(get("ICAHUB_DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let storage = match (mode.as_str(), conn) {
+            ("auto" | "tables", Some(c)) => StorageConfig::Tables {
+                connection_string: Secret::new(c),
+                table_prefix,
+            },
+            ("tables", None) => {
+                return Err(ConfigError(
+                    "ICAHUB_STORAGE=tables needs ICAHUB_TABLES_CONNECTION_STRING or AzureWebJobsStorage".into(),
+                ))
+            }
+            ("auto" | "embedded", _) => StorageConfig::Embedded { dir },
+            (other, _) => {
+                return Err(ConfigError(format!(
+                    "ICAHUB_STORAGE={other:?} must be auto, embedded or tables"
+                )))
+            }
+        };
+        if under_functions_host && matches!(storage, StorageConfig::Embedded { .. }) {
+            return Err(ConfigError(
+                "running under the Azure Functions host needs Azure Table Storage: set \
+                 ICAHUB_TABLES_CONNECTION_STRING or AzureWebJobsStorage. The embedded store keeps \
+                 data on the instance's local disk, which instances do not share and the platform \
+                 may discard."
+                    .into(),
+            ));
+        }
+
+        let max_body_bytes = parse_num(&get, "ICAHUB_MAX_BODY_BYTES", 524_288usize)?;
+        if max_body_bytes == 0 || max_body_bytes > MAX_BODY_CEILING {
+            return Err(ConfigError(format!(
+                "ICAHUB_MAX_BODY_BYTES must be between 1 and {MAX_BODY_CEILING}"
+            )));
+        }
+        let store_timeout =
+            Duration::from_millis(parse_num(&get, "ICAHUB_STORE_TIMEOUT_MS", 8000u64)?);
+
+        let routing = Routing {
+            control_plane: get("ICAHUB_CONTROL_PLANE_URL").is_some(),
+            mattermost: get("ICAHUB_MATTERMOST_WEBHOOK_URL").is_some(),
+            pagerduty: get("ICAHUB_PAGERDUTY_ROUTING_KEY").is_some(),
+            ..Routing::default()
+        };
+
+        Ok(Config {
+            port,
+            under_functions_host,
+            storage,
+            max_body_bytes,
+            store_timeout,
+            routing,
+        })
+    }
+
+    /// A config for tests and embedding: embedded store in `dir`, port 0.
+    pub fn embedded(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            port: 0,
+            under_functions_host: false,
+            storage: StorageConfig::Embedded { dir: dir.into() },
+            max_body_bytes: 524_288,
+            store_timeout: Duration::from_secs(8),
+            routing: Routing::default(),
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError(format!("{name}={v:?} is not a valid number"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)], port: Option<u16>) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned(), port)
+    }
+
+    #[test]
+    fn defaults_to_embedded_on_7071() {
+        let c = cfg(&[], None).unwrap();
+        assert_eq!(c.port, 7071);
+        assert_eq!(
+            c.storage,
+            StorageConfig::Embedded {
+                dir: "./data".into()
+            }
+        );
+    }
+
+    #[test]
+    fn host_port_wins_over_cli_port() {
+        let c = cfg(
+            &[
+                ("FUNCTIONS_CUSTOMHANDLER_PORT", "5555"),
+                ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+            ],
+            Some(8080),
+        )
+        .unwrap();
+        assert_eq!(c.port, 5555);
+        assert!(c.under_functions_host);
+        assert!(matches!(c.storage, StorageConfig::Tables { .. }));
+        assert_eq!(cfg(&[], Some(8080)).unwrap().port, 8080);
+    }
+
+    #[test]
+    fn embedded_under_host_is_refused() {
+        let e = cfg(&[("FUNCTIONS_CUSTOMHANDLER_PORT", "5555")], None).unwrap_err();
+        assert!(e.0.contains("Table Storage"), "{e}");
+    }
+
+    #[test]
+    fn icahub_connection_string_wins_and_is_not_printed() {
+        let c = cfg(
+            &[
+                (
+                    "ICAHUB_TABLES_CONNECTION_STRING",
+                    "AccountName=a;AccountKey=SECRETKEY",
+                ),
+                ("AzureWebJobsStorage", "UseDevelopmentStorage=true"),
+            ],
+            None,
+        )
+        .unwrap();
+        let StorageConfig::Tables {
+            connection_string, ..
+        } = &c.storage
+        else {
+            panic!("expected tables")
+        };
+        assert!(connection_string.expose().contains("SECRETKEY"));
+        assert!(!format!("{c:?}").contains("SECRETKEY"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = cfg(&[("ICAHUB_MAX_BODY_BYTES", "lots")], None).unwrap_err();
+        assert!(e.0.contains("ICAHUB_MAX_BODY_BYTES"));
+        let e = cfg(&[("ICAHUB_STORAGE", "s3")], None).unwrap_err();
+        assert!(e.0.contains("ICAHUB_STORAGE"));
+        let e = cfg(&[("ICAHUB_TABLE_PREFIX", "bad-prefix")], None).unwrap_err();
+        assert!(e.0.contains("ICAHUB_TABLE_PREFIX"));
+    }
+}

@@ -1,1 +1,146 @@
-//! TODO
+//! The one error type at the HTTP edge, with a fixed status table, and the warp `recover` that
+//! turns every rejection into a JSON error.
+//!
+//! Status codes fit the senders: Azure Monitor retries only 408/429/503/504, Azure DevOps disables a
+//! hook after repeated 500s and at once on 410, Alertmanager retries 5xx only. So a transient
+//! failure of ours is always 503 with `Retry-After`, a client's mistake is always 4xx.
+
+use serde_json::json;
+use std::convert::Infallible;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Rejection;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON, wrong types, missing fields: names the field (a JSON path) when there is one.
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        field: Option<String>,
+        message: String,
+    },
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// Ours, and transient: the sender should retry after `retry_after` seconds.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u32 },
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub fn bad_request(field: Option<String>, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: if field.is_some() {
+                "invalid_field"
+            } else {
+                "invalid_request"
+            },
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// `{"error": {"status", "code", "message", "field"?}, "request_id"}` with the right status.
+    pub fn into_response(self, request_id: &str) -> Response {
+        let mut err = json!({
+            "status": self.status().as_u16(),
+            "code": self.code(),
+            "message": self.to_string(),
+        });
+        if let ApiError::BadRequest {
+            field: Some(field), ..
+        } = &self
+        {
+            err["field"] = json!(field);
+        }
+        let body = json!({ "error": err, "request_id": request_id });
+        let mut resp = json_response(self.status(), &body, request_id);
+        if let ApiError::Unavailable { retry_after, .. } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
+    }
+}
+
+/// A JSON response with the request id header.
+pub fn json_response(status: StatusCode, body: &serde_json::Value, request_id: &str) -> Response {
+    let mut resp = Response::new(body.to_string().into());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Map every rejection (ours and warp's) to a JSON error. Never a 500 for a client's mistake.
+pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let err = if let Some(e) = rej.find::<ApiError>() {
+        e.clone()
+    } else if rej.is_not_found() {
+        ApiError::NotFound("no such route".into())
+    } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed("this method is not allowed on this path".into())
+    } else if let Some(e) = rej.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(
+            Some(format!("header:{}", e.name())),
+            format!("header {} is invalid", e.name()),
+        )
+    } else if let Some(e) = rej.find::<warp::reject::MissingHeader>() {
+        ApiError::bad_request(
+            Some(format!("header:{}", e.name())),
+            format!("header {} is required", e.name()),
+        )
+    } else if let Some(e) = rej.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request(None, format!("invalid query string: {e}"))
+    } else if rej.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge { limit: 0 }
+    } else if rej.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::UnsupportedMediaType("unsupported content type".into())
+    } else if rej.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::bad_request(None, "Content-Length is required")
+    } else {
+        tracing::warn!(rejection = ?rej, "unhandled rejection");
+        ApiError::Unavailable {
+            message: "the request could not be handled; retry later".into(),
+            retry_after: 5,
+        }
+    };
+    Ok(err.into_response(&request_id))
+}

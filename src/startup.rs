@@ -1,1 +1,82 @@
-//! TODO
+//! Build the app from a [`Config`] and serve it on a listener it is given (port 0 in tests).
+
+use crate::config::{Config, StorageConfig};
+use crate::storage::{sqlite::SqliteStore, tables::TableStore, Store};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+}
+
+impl App {
+    /// Open the configured store (creating tables or the database file) and build the app.
+    pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
+        let store: Arc<dyn Store> = match &config.storage {
+            StorageConfig::Embedded { dir } => Arc::new(
+                SqliteStore::open(dir)
+                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
+            ),
+            StorageConfig::Tables {
+                connection_string,
+                table_prefix,
+            } => Arc::new(
+                TableStore::connect(connection_string.expose(), table_prefix)
+                    .await
+                    .context("connecting to Azure Table Storage")?,
+            ),
+        };
+        Ok(Arc::new(App { config, store }))
+    }
+}
+
+/// Bind `host:port`. A clear error when the port is taken.
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .with_context(|| format!("{host}:{port} is not a valid address"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serve until `shutdown` resolves, then finish the requests in flight and return.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(crate::http::routes(app))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// Resolves on SIGTERM (what the Functions host and container runtimes send) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received; finishing requests in flight");
+}

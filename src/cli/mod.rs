@@ -1,1 +1,37 @@
-//! TODO
+//! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
+
+pub mod bench;
+pub mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "icahub",
+    version,
+    about = "Webhook gateway and notification hub for Azure Pipelines compliance",
+    long_about = "icahub ingests Azure Monitor and Alertmanager alerts, stores every accepted event \
+durably (Azure Table Storage, or an embedded SQLite store on one machine) before answering, and \
+turns alerts into incidents.\n\nEnvironment variables are listed in the README; `icahub serve --help` \
+shows the ones that choose storage.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (what the Functions host starts, per host.json).
+    Serve(serve::ServeArgs),
+    /// Load-test a running hub and print accepted/s and latency; or time `serve` start-up.
+    Bench(bench::BenchArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

@@ -226,23 +226,47 @@ mod tests {
         assert_eq!(p1.action, IncidentAction::Opened);
         let id1 = p1.incident.as_ref().unwrap().id.clone();
         assert!(id1.ends_with("-1"));
-        let p2 = plan(&r, &p1.next, &alert(Condition::Fired, Severity::High), "e2", now);
+        let p2 = plan(
+            &r,
+            &p1.next,
+            &alert(Condition::Fired, Severity::High),
+            "e2",
+            now,
+        );
         assert_eq!(p2.action, IncidentAction::Attached);
         assert_eq!(p2.incident.as_ref().unwrap().severity, Severity::High);
         assert_eq!(p2.incident.as_ref().unwrap().id, id1);
-        let p3 = plan(&r, &p2.next, &alert(Condition::Resolved, Severity::High), "e3", now);
+        let p3 = plan(
+            &r,
+            &p2.next,
+            &alert(Condition::Resolved, Severity::High),
+            "e3",
+            now,
+        );
         assert_eq!(p3.action, IncidentAction::Resolved);
         assert_eq!(p3.incident.as_ref().unwrap().event_count, 3);
         assert!(p3.next.open.is_none());
-        let p4 = plan(&r, &p3.next, &alert(Condition::Fired, Severity::Low), "e4", now);
+        let p4 = plan(
+            &r,
+            &p3.next,
+            &alert(Condition::Fired, Severity::Low),
+            "e4",
+            now,
+        );
         assert_eq!(p4.action, IncidentAction::Opened);
         assert!(p4.incident.unwrap().id.ends_with("-2"));
     }
 
     #[test]
     fn ids_name_their_stream() {
-        assert_eq!(stream_of_id("INC-0123456789abcdef-7"), Some("0123456789abcdef"));
-        assert_eq!(stream_of_id("EVT-0123456789abcdef-x"), Some("0123456789abcdef"));
+        assert_eq!(
+            stream_of_id("INC-0123456789abcdef-7"),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(
+            stream_of_id("EVT-0123456789abcdef-x"),
+            Some("0123456789abcdef")
+        );
         assert_eq!(stream_of_id("INC-zz-1"), None);
         assert_eq!(stream_of_id("nope"), None);
     }

@@ -1,1 +1,215 @@
-//! TODO
+//! HTTP ingress: one module per route, each exporting its warp filter, composed in [`routes`].
+//! Paths are the public ones the Functions host forwards (`/api/...`). Handlers take the raw body
+//! bytes; parsing happens in [`crate::ingest`] and [`crate::domain`].
+
+pub mod alertmanager;
+pub mod alerts;
+pub mod health;
+pub mod incidents;
+
+use crate::error::ApiError;
+use crate::functions_host::INVOCATION_ID_HEADER;
+use crate::ingest::RequestCtx;
+use crate::startup::App;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use std::convert::Infallible;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+/// Every route of the hub, with the JSON error mapping and the access log.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    health::readiness()
+        .or(health::healthz(app.clone()))
+        .unify()
+        .or(alerts::route(app.clone()))
+        .unify()
+        .or(alertmanager::route(app.clone()))
+        .unify()
+        .or(incidents::get_one(app.clone()))
+        .unify()
+        .or(incidents::list(app))
+        .unify()
+        .recover(crate::error::recover)
+        .unify()
+        .with(warp::log::custom(access_log))
+        .map(warp::Reply::into_response)
+        .boxed()
+}
+
+fn access_log(info: warp::log::Info<'_>) {
+    let header = |name: &str| {
+        info.request_headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    tracing::info!(
+        target: "icahub::access",
+        method = %info.method(),
+        path = info.path(),
+        status = info.status().as_u16(),
+        latency_us = info.elapsed().as_micros() as u64,
+        request_id = header("x-request-id"),
+        invocation_id = header(INVOCATION_ID_HEADER),
+        "request"
+    );
+}
+
+pub fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// The request id (the caller's `x-request-id` when it is sane, else a new UUID) and the host's
+/// invocation id.
+pub fn ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone {
+    warp::header::headers_cloned().map(|h: warp::http::HeaderMap| {
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let sane = |s: &String| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        };
+        RequestCtx {
+            request_id: get("x-request-id")
+                .filter(sane)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            invocation_id: get(INVOCATION_ID_HEADER).filter(sane),
+        }
+    })
+}
+
+fn is_json_content_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The raw body of a JSON request: 415 unless the content type is JSON, 413 past `limit` (checked
+/// on `Content-Length` before reading, and again while reading a chunked body).
+pub fn json_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<String>("content-length"))
+        .and(warp::body::stream())
+        .and_then(
+            move |ct: Option<String>, cl: Option<String>, body| async move {
+                match ct.as_deref() {
+                    Some(ct) if is_json_content_type(ct) => {}
+                    Some(ct) => {
+                        return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
+                            format!("Content-Type must be application/json, got {ct:?}"),
+                        )))
+                    }
+                    None => {
+                        return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
+                            "Content-Type must be application/json, and none was sent".into(),
+                        )))
+                    }
+                }
+                if let Some(cl) = cl {
+                    match cl.trim().parse::<u64>() {
+                        Ok(n) if n > limit as u64 => {
+                            return Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }))
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            return Err(warp::reject::custom(ApiError::bad_request(
+                                Some("header:content-length".into()),
+                                "Content-Length is not a number",
+                            )))
+                        }
+                    }
+                }
+                collect_body(body, limit).await
+            },
+        )
+}
+
+async fn collect_body<S, B>(body: S, limit: usize) -> Result<Bytes, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(ApiError::bad_request(
+                None,
+                format!("could not read the request body: {e}"),
+            ))
+        })?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(warp::reject::custom(ApiError::PayloadTooLarge { limit }));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_content_type;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("application/json; charset=utf-8"));
+        assert!(is_json_content_type("Application/JSON"));
+        assert!(is_json_content_type("application/vnd.api+json"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/x-www-form-urlencoded"));
+    }
+}
+
+/// Parses a body into a delivery and the alerts it carries.
+pub type ParseDelivery = fn(
+    &RequestCtx,
+    &[u8],
+) -> Result<
+    (
+        crate::storage::Delivery,
+        Vec<crate::domain::alert::NormalizedAlert>,
+    ),
+    ApiError,
+>;
+
+/// The shared alert-ingress handler: parse, store durably, then 202.
+#[tracing::instrument(skip_all, fields(route = route, request_id = %ctx.request_id))]
+pub async fn accept(
+    route: &'static str,
+    ctx: RequestCtx,
+    body: Bytes,
+    app: Arc<App>,
+    parse: ParseDelivery,
+) -> Response {
+    let result = async {
+        let (delivery, alerts) = parse(&ctx, &body)?;
+        let outcomes = crate::ingest::store(&app, &delivery).await?;
+        Ok::<_, ApiError>(crate::ingest::accepted_body(&ctx, &alerts, &outcomes))
+    }
+    .await;
+    match result {
+        Ok(body) => {
+            crate::error::json_response(warp::http::StatusCode::ACCEPTED, &body, &ctx.request_id)
+        }
+        Err(e) => {
+            tracing::info!(status = e.status().as_u16(), error = %e, "refused");
+            e.into_response(&ctx.request_id)
+        }
+    }
+}

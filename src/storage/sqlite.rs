@@ -1,1 +1,651 @@
-//! TODO
+//! The embedded store: SQLite (WAL, `synchronous=FULL`) in one file under `ICAHUB_DATA_DIR`.
+//!
+//! All writes go through one writer thread that takes whatever deliveries are queued, applies each
+//! inside its own savepoint of one `BEGIN IMMEDIATE` transaction, commits once (one fsync for the
+//! whole group) and only then answers every caller. That is group commit: each acknowledged alert
+//! is fsync'd, and the fsync cost is shared by everyone who arrived while the previous one ran.
+//! `BEGIN IMMEDIATE` also serializes writers from other processes on the same file, and a partial
+//! unique index makes a second open incident per stream impossible at the database level.
+//! Reads use a small pool of separate connections, so they never wait for the writer.
+
+use super::{
+    Delivery, EventOutcome, IncidentFilter, OutboxRow, OutboxStatus, RawRequest, Result, Store,
+    StoreError, StoredEvent,
+};
+use crate::domain::alert::{Condition, Severity, Source};
+use crate::domain::incident::{
+    plan, stream_key, stream_of_id, Incident, IncidentAction, StreamState,
+};
+use crate::domain::routing::{Routing, Sink};
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+const DB_FILE: &str = "icahub.db";
+/// Upper bound on deliveries per group commit; keeps one transaction short.
+const MAX_GROUP: usize = 512;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS streams (
+    stream        TEXT PRIMARY KEY,
+    incident_seq  INTEGER NOT NULL,
+    outbox_seq    INTEGER NOT NULL,
+    open_incident TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    id            TEXT PRIMARY KEY,
+    stream        TEXT NOT NULL,
+    dedup_key     TEXT NOT NULL UNIQUE,
+    request_id    TEXT NOT NULL,
+    invocation_id TEXT,
+    source        TEXT NOT NULL,
+    schema        TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    alert_id      TEXT NOT NULL,
+    condition     TEXT NOT NULL,
+    severity      TEXT NOT NULL,
+    incident_id   TEXT,
+    received_at   TEXT NOT NULL,
+    raw           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_stream ON events(stream, id);
+CREATE TABLE IF NOT EXISTS incidents (
+    id        TEXT PRIMARY KEY,
+    stream    TEXT NOT NULL,
+    status    TEXT NOT NULL,
+    severity  TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    doc       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_incident_per_stream ON incidents(stream) WHERE status = 'open';
+CREATE INDEX IF NOT EXISTS incidents_by_opened ON incidents(opened_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    stream          TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    sink            TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    event_id        TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    last_error      TEXT,
+    PRIMARY KEY (stream, seq)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id  TEXT PRIMARY KEY,
+    source      TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body        TEXT NOT NULL
+);
+"#;
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC so text order is time order.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {s:?}: {e}")))
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+struct Job {
+    delivery: Delivery,
+    routing: Routing,
+    reply: oneshot::Sender<Result<Vec<EventOutcome>>>,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database under `dir`, and start the writer thread.
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Config(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+        let conn = open_conn(&path, false).map_err(|e| {
+            StoreError::Config(format!("cannot open database {}: {e}", path.display()))
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|_| conn.execute_batch(SCHEMA))
+            .map_err(|e| {
+                StoreError::Config(format!("cannot prepare database {}: {e}", path.display()))
+            })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("icahub-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Config(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Run `f` on a pooled read connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().map_err(|_| poisoned())?.pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&path, true).map_err(db_err)?,
+            };
+            let out = f(&conn);
+            let mut guard = pool.lock().map_err(|_| poisoned())?;
+            if guard.len() < 8 {
+                guard.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("reader pool lock poisoned".into())
+}
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let results = commit_group(&mut conn, &jobs);
+        for (job, result) in jobs.into_iter().zip(results) {
+            // The caller may have gone away (client disconnected); the data is stored anyway.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Apply every job in one transaction, each in its own savepoint so one job's failure does not
+/// undo the others; then commit (the one fsync).
+fn commit_group(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Vec<EventOutcome>>> {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return jobs.iter().map(|_| Err(db_err_ref(&e))).collect(),
+    };
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let r = (|| {
+            // Dropping an uncommitted savepoint rolls back just this job.
+            let sp = tx.savepoint().map_err(db_err)?;
+            let out = apply_delivery(&sp, &job.delivery, &job.routing)?;
+            sp.commit().map_err(db_err)?;
+            Ok(out)
+        })();
+        results.push(r);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => jobs.iter().map(|_| Err(db_err_ref(&e))).collect(),
+    }
+}
+
+fn db_err_ref(e: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
+    let now = d.received_at;
+    let mut outcomes = Vec::with_capacity(d.alerts.len());
+    let mut any_new = false;
+    for da in &d.alerts {
+        let alert = &da.alert;
+        let existing: Option<(String, Option<String>)> = tx
+            .prepare_cached("SELECT id, incident_id FROM events WHERE dedup_key = ?1")
+            .and_then(|mut s| {
+                s.query_row([&alert.dedup_key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        if let Some((event_id, incident_id)) = existing {
+            outcomes.push(EventOutcome {
+                event_id,
+                duplicate: true,
+                incident_id,
+                action: IncidentAction::None,
+            });
+            continue;
+        }
+        any_new = true;
+        let stream = stream_key(alert).to_string();
+        let head: Option<(u64, u64, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT incident_seq, outbox_seq, open_incident FROM streams WHERE stream = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row([&stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
+            .map_err(db_err)?;
+        let (incident_seq, outbox_seq, open_id) = head.unwrap_or((0, 0, None));
+        let open = match open_id {
+            Some(id) => load_incident(tx, &id)?,
+            None => None,
+        };
+        let state = StreamState { incident_seq, open };
+        let p = plan(routing, &state, alert, &da.event_id, now);
+        let incident_id = p.incident.as_ref().map(|i| i.id.clone());
+        let raw = da.raw_alert.as_deref().unwrap_or(&d.raw_body);
+        tx.prepare_cached(
+            "INSERT INTO events (id, stream, dedup_key, request_id, invocation_id, source, schema, \
+             kind, alert_id, condition, severity, incident_id, received_at, raw) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                da.event_id,
+                stream,
+                alert.dedup_key,
+                d.request_id,
+                d.invocation_id,
+                alert.source.as_str(),
+                alert.schema,
+                alert.kind,
+                alert.alert_id,
+                alert.condition.as_str(),
+                alert.severity.as_str(),
+                incident_id,
+                ts(d.received_at),
+                raw,
+            ])
+        })
+        .map_err(db_err)?;
+        if let Some(inc) = &p.incident {
+            let doc = serde_json::to_string(inc)
+                .map_err(|e| StoreError::Corrupt(format!("incident encode: {e}")))?;
+            tx.prepare_cached(
+                "INSERT INTO incidents (id, stream, status, severity, opened_at, doc) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, \
+                 severity = excluded.severity, doc = excluded.doc",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    inc.id,
+                    stream,
+                    inc.status.as_str(),
+                    inc.severity.as_str(),
+                    ts(inc.opened_at),
+                    doc
+                ])
+            })
+            .map_err(db_err)?;
+        }
+        let mut seq = outbox_seq;
+        for draft in &p.outbox {
+            seq += 1;
+            let payload = serde_json::to_string(&draft.payload)
+                .map_err(|e| StoreError::Corrupt(format!("outbox encode: {e}")))?;
+            tx.prepare_cached(
+                "INSERT INTO outbox (stream, seq, sink, kind, idempotency_key, event_id, payload, \
+                 status, attempts, next_attempt_at, created_at, last_error) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, NULL)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    stream,
+                    seq,
+                    draft.sink.as_str(),
+                    draft.kind,
+                    draft.idempotency_key,
+                    da.event_id,
+                    payload,
+                    ts(now)
+                ])
+            })
+            .map_err(db_err)?;
+        }
+        let open_now = p.next.open.as_ref().map(|i| i.id.clone());
+        tx.prepare_cached(
+            "INSERT INTO streams (stream, incident_seq, outbox_seq, open_incident) \
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT(stream) DO UPDATE SET \
+             incident_seq = excluded.incident_seq, outbox_seq = excluded.outbox_seq, \
+             open_incident = excluded.open_incident",
+        )
+        .and_then(|mut s| s.execute(params![stream, p.next.incident_seq, seq, open_now]))
+        .map_err(db_err)?;
+        outcomes.push(EventOutcome {
+            event_id: da.event_id.clone(),
+            duplicate: false,
+            incident_id,
+            action: p.action,
+        });
+    }
+    if d.alerts.len() != 1 && (any_new || d.alerts.is_empty()) {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO requests (request_id, source, received_at, body) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                d.request_id,
+                d.source.as_str(),
+                ts(d.received_at),
+                d.raw_body
+            ])
+        })
+        .map_err(db_err)?;
+    }
+    Ok(outcomes)
+}
+
+fn load_incident(conn: &Connection, id: &str) -> Result<Option<Incident>> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM incidents WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(db_err)?;
+    doc.map(|d| {
+        serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("incident {id}: {e}")))
+    })
+    .transpose()
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<[Option<String>; 14]> {
+    let mut out: [Option<String>; 14] = Default::default();
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = r.get(i)?;
+    }
+    Ok(out)
+}
+
+const EVENT_COLS: &str = "id, request_id, invocation_id, source, schema, kind, alert_id, \
+    dedup_key, stream, condition, severity, incident_id, received_at, raw";
+
+fn decode_event(c: [Option<String>; 14]) -> Result<StoredEvent> {
+    let [id, request_id, invocation_id, source, schema, kind, alert_id, dedup_key, stream, condition, severity, incident_id, received_at, raw] =
+        c;
+    let req = |v: Option<String>, name: &str| {
+        v.ok_or_else(|| StoreError::Corrupt(format!("event column {name} is null")))
+    };
+    let source = req(source, "source")?;
+    let condition = req(condition, "condition")?;
+    let severity = req(severity, "severity")?;
+    Ok(StoredEvent {
+        id: req(id, "id")?,
+        request_id: req(request_id, "request_id")?,
+        invocation_id,
+        source: Source::parse(&source)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad source {source}")))?,
+        schema: req(schema, "schema")?,
+        kind: req(kind, "kind")?,
+        alert_id: req(alert_id, "alert_id")?,
+        dedup_key: req(dedup_key, "dedup_key")?,
+        stream: req(stream, "stream")?,
+        condition: Condition::parse(&condition)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad condition {condition}")))?,
+        severity: Severity::parse(&severity)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad severity {severity}")))?,
+        incident_id,
+        received_at: parse_ts(&req(received_at, "received_at")?)?,
+        raw: req(raw, "raw")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job {
+                delivery: delivery.clone(),
+                routing: routing.clone(),
+                reply,
+            })
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+    }
+
+    async fn incident(&self, id: &str) -> Result<Option<Incident>> {
+        if stream_of_id(id).is_none() {
+            return Ok(None);
+        }
+        let id = id.to_string();
+        self.read(move |c| load_incident(c, &id)).await
+    }
+
+    async fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>> {
+        let f = filter.clone();
+        self.read(move |c| {
+            let mut sql = String::from("SELECT doc FROM incidents WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            if let Some(s) = f.status {
+                args.push(s.as_str().to_string());
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            if let Some(s) = f.severity {
+                args.push(s.as_str().to_string());
+                sql.push_str(&format!(" AND severity = ?{}", args.len()));
+            }
+            if let Some(t) = f.since {
+                args.push(ts(t));
+                sql.push_str(&format!(" AND opened_at >= ?{}", args.len()));
+            }
+            sql.push_str(&format!(
+                " ORDER BY opened_at DESC, id DESC LIMIT {}",
+                f.limit
+            ));
+            let mut stmt = c.prepare(&sql).map_err(db_err)?;
+            let docs: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(db_err)?;
+            docs.iter()
+                .map(|d| {
+                    serde_json::from_str(d)
+                        .map_err(|e| StoreError::Corrupt(format!("incident doc: {e}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(&format!("SELECT {EVENT_COLS} FROM events WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([&id], event_from_row).optional())
+                .map_err(db_err)?;
+            row.map(decode_event).transpose()
+        })
+        .await
+    }
+
+    async fn stream_events(&self, stream: &str) -> Result<Vec<StoredEvent>> {
+        let stream = stream.to_string();
+        self.read(move |c| {
+            let rows: Vec<_> = c
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLS} FROM events WHERE stream = ?1 ORDER BY id"
+                ))
+                .and_then(|mut s| s.query_map([&stream], event_from_row)?.collect())
+                .map_err(db_err)?;
+            rows.into_iter().map(decode_event).collect()
+        })
+        .await
+    }
+
+    async fn raw_request(&self, request_id: &str) -> Result<Option<RawRequest>> {
+        let id = request_id.to_string();
+        self.read(move |c| {
+            let row: Option<(String, String, String, String)> = c
+                .prepare_cached(
+                    "SELECT request_id, source, received_at, body FROM requests WHERE request_id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .optional()
+                })
+                .map_err(db_err)?;
+            row.map(|(request_id, source, received_at, body)| {
+                Ok(RawRequest {
+                    request_id,
+                    source: Source::parse(&source)
+                        .ok_or_else(|| StoreError::Corrupt(format!("bad source {source}")))?,
+                    received_at: parse_ts(&received_at)?,
+                    body,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn stream_outbox(&self, stream: &str) -> Result<Vec<OutboxRow>> {
+        let stream = stream.to_string();
+        self.read(move |c| {
+            type Cols = (
+                String,
+                u64,
+                String,
+                String,
+                String,
+                String,
+                String,
+                String,
+                u32,
+                String,
+                String,
+                Option<String>,
+            );
+            let rows: Vec<Cols> = c
+                .prepare_cached(
+                    "SELECT stream, seq, sink, kind, idempotency_key, event_id, payload, status, \
+                     attempts, next_attempt_at, created_at, last_error \
+                     FROM outbox WHERE stream = ?1 ORDER BY seq",
+                )
+                .and_then(|mut s| {
+                    s.query_map([&stream], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                            r.get(8)?,
+                            r.get(9)?,
+                            r.get(10)?,
+                            r.get(11)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err)?;
+            rows.into_iter()
+                .map(
+                    |(
+                        stream,
+                        seq,
+                        sink,
+                        kind,
+                        key,
+                        event_id,
+                        payload,
+                        status,
+                        attempts,
+                        next,
+                        created,
+                        last_error,
+                    )| {
+                        Ok(OutboxRow {
+                            stream,
+                            seq,
+                            sink: Sink::parse(&sink)
+                                .ok_or_else(|| StoreError::Corrupt(format!("bad sink {sink}")))?,
+                            kind,
+                            idempotency_key: key,
+                            event_id,
+                            payload: serde_json::from_str(&payload)
+                                .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
+                            status: OutboxStatus::parse(&status).ok_or_else(|| {
+                                StoreError::Corrupt(format!("bad status {status}"))
+                            })?,
+                            attempts,
+                            next_attempt_at: parse_ts(&next)?,
+                            created_at: parse_ts(&created)?,
+                            last_error,
+                        })
+                    },
+                )
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_events(&self) -> Result<u64> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(db_err)
+        })
+        .await
+    }
+}

@@ -1,0 +1,334 @@
+//! `icahub bench`: a load generator for a running hub, and a start-up timer for `icahub serve`.
+//!
+//! Load: N connections each post realistic Azure Monitor (or Alertmanager) alerts back to back
+//! for a fixed time; every alert is distinct (its own alertId), so each 202 is a durable write.
+//! Prints accepted/s, latency percentiles and errors by status.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Payload {
+    /// Azure Monitor common-schema metric alerts (80% fired, 20% resolved).
+    Azure,
+    /// Alertmanager webhooks with one firing alert each.
+    Alertmanager,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  icahub bench --url http://127.0.0.1:7071 --concurrency 16 --duration 10\n  \
+icahub bench --startup   (time from spawning `icahub serve` to its first 202, embedded store)"
+)]
+pub struct BenchArgs {
+    /// Base URL of the hub.
+    #[arg(long, default_value = "http://127.0.0.1:7071")]
+    pub url: String,
+    /// Concurrent connections, each sending one request at a time.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up seconds, not counted.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Distinct alert rules/resources to spread alerts over (incident streams).
+    #[arg(long, default_value_t = 2000)]
+    pub streams: usize,
+    #[arg(long, value_enum, default_value_t = Payload::Azure)]
+    pub payload: Payload,
+    /// Instead of load: time `icahub serve` from spawn to its first 202, this many times.
+    #[arg(long)]
+    pub startup: bool,
+    #[arg(long, default_value_t = 10)]
+    pub startup_runs: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A realistic common-schema metric alert, distinct per `n`.
+pub fn azure_alert(n: u64, streams: usize, fired: bool) -> Value {
+    let s = n as usize % streams.max(1);
+    json!({
+      "schemaId": "azureMonitorCommonAlertSchema",
+      "data": {
+        "essentials": {
+          "alertId": format!("/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e/providers/Microsoft.AlertsManagement/alerts/{}", uuid::Uuid::new_v4()),
+          "alertRule": format!("cpu-high-{s}"),
+          "severity": format!("Sev{}", s % 5),
+          "signalType": "Metric",
+          "monitorCondition": if fired { "Fired" } else { "Resolved" },
+          "monitoringService": "Platform",
+          "alertTargetIDs": [format!("/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e/resourcegroups/bench-rg/providers/microsoft.compute/virtualmachines/vm-{s}")],
+          "configurationItems": [format!("vm-{s}")],
+          "originAlertId": format!("bench_{n}"),
+          "firedDateTime": "2026-11-22T10:00:00.123Z",
+          "description": "CPU above 90% for 5 minutes",
+          "essentialsVersion": "1.0",
+          "alertContextVersion": "1.0"
+        },
+        "alertContext": {
+          "properties": null,
+          "conditionType": "SingleResourceMultipleMetricCriteria",
+          "condition": {
+            "windowSize": "PT5M",
+            "allOf": [{
+              "metricName": "Percentage CPU",
+              "metricNamespace": "Microsoft.Compute/virtualMachines",
+              "operator": "GreaterThan",
+              "threshold": "90",
+              "timeAggregation": "Average",
+              "dimensions": [{"name": "ResourceId", "value": format!("vm-{s}")}],
+              "metricValue": 97.5
+            }],
+            "windowStartTime": "2026-11-22T09:55:00.000Z",
+            "windowEndTime": "2026-11-22T10:00:00.000Z"
+          }
+        },
+        "customProperties": {"team": "platform", "bench": "true"}
+      }
+    })
+}
+
+fn alertmanager_alert(n: u64, streams: usize) -> Value {
+    let s = n as usize % streams.max(1);
+    json!({
+      "receiver": "icahub", "status": "firing",
+      "alerts": [{
+        "status": "firing",
+        "labels": {"alertname": "InstanceDown", "instance": format!("node{s}:9100"), "job": "node", "severity": "critical"},
+        "annotations": {"summary": format!("Instance node{s}:9100 down")},
+        "startsAt": format!("2026-11-22T10:00:{:02}.{:09}Z", n % 60, n),
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus:9090/graph?g0.expr=up+%3D%3D+0&g0.tab=1",
+        "fingerprint": format!("{:016x}", n)
+      }],
+      "groupLabels": {"alertname": "InstanceDown"},
+      "commonLabels": {"alertname": "InstanceDown", "job": "node"},
+      "commonAnnotations": {},
+      "externalURL": "http://alertmanager:9093",
+      "version": "4",
+      "groupKey": "{}:{alertname=\"InstanceDown\"}",
+      "truncatedAlerts": 0
+    })
+}
+
+struct WorkerResult {
+    latencies_us: Vec<u64>,
+    statuses: BTreeMap<String, u64>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.startup {
+        return startup(args).await;
+    }
+    let base = args.url.trim_end_matches('/').to_string();
+    let target = match args.payload {
+        Payload::Azure => format!("{base}/api/v1/azdev/alert"),
+        Payload::Alertmanager => format!("{base}/api/v1/alertmanager"),
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    // Fail fast with a clear message when nothing listens there.
+    client
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .with_context(|| format!("no hub answers at {base} (start one with `icahub serve`)"))?;
+
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for w in 0..args.concurrency {
+        let (client, target, measuring, stop) = (
+            client.clone(),
+            target.clone(),
+            measuring.clone(),
+            stop.clone(),
+        );
+        let (payload, streams) = (args.payload, args.streams);
+        handles.push(tokio::spawn(async move {
+            let mut res = WorkerResult {
+                latencies_us: Vec::with_capacity(100_000),
+                statuses: BTreeMap::new(),
+            };
+            let mut n = (w as u64) << 40;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let body = match payload {
+                    Payload::Azure => azure_alert(n, streams, n % 5 != 0),
+                    Payload::Alertmanager => alertmanager_alert(n, streams),
+                };
+                let body = serde_json::to_vec(&body).expect("bench payload serializes");
+                let t = Instant::now();
+                let status = match client
+                    .post(&target)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        let s = r.status().as_u16().to_string();
+                        let _ = r.bytes().await;
+                        s
+                    }
+                    Err(e) if e.is_timeout() => "timeout".to_string(),
+                    Err(_) => "connection error".to_string(),
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    res.latencies_us.push(t.elapsed().as_micros() as u64);
+                    *res.statuses.entry(status).or_default() += 1;
+                }
+            }
+            res
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(args.duration);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1).min(end - Instant::now())).await;
+        if !args.json {
+            eprint!(
+                "\r  measuring... {:.0}/{:.0} s",
+                started.elapsed().as_secs_f64(),
+                args.duration
+            );
+        }
+    }
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    if !args.json {
+        eprintln!();
+    }
+
+    let mut lat = Vec::new();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    for h in handles {
+        let r = h.await?;
+        lat.extend(r.latencies_us);
+        for (k, v) in r.statuses {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((p / 100.0) * (lat.len() - 1) as f64).round() as usize;
+        lat[i] as f64 / 1000.0
+    };
+    let accepted = statuses.get("202").copied().unwrap_or(0);
+    let sent: u64 = statuses.values().sum();
+    let errors = sent - accepted;
+    let result = json!({
+        "target": target,
+        "concurrency": args.concurrency,
+        "seconds": elapsed,
+        "sent": sent,
+        "accepted": accepted,
+        "errors": errors,
+        "statuses": statuses,
+        "accepted_per_s": accepted as f64 / elapsed,
+        "latency_ms": {"p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "max": pct(100.0)},
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "target {target}\nconcurrency {}  measured {elapsed:.1} s after {:.1} s warm-up",
+            args.concurrency, args.warmup
+        );
+        println!("sent {sent}  accepted (202) {accepted}  errors {errors}  by status {statuses:?}");
+        println!("accepted/s {:.0}", accepted as f64 / elapsed);
+        println!(
+            "latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            pct(50.0),
+            pct(90.0),
+            pct(99.0),
+            pct(100.0)
+        );
+    }
+    Ok(())
+}
+
+/// Spawn `icahub serve` on a free port with a fresh embedded store (or whatever storage the
+/// environment configures), and time spawn → first 202 on the alert route.
+async fn startup(args: BenchArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    for run in 0..args.startup_runs {
+        let dir = tempfile_dir(run)?;
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}/api/v1/azdev/alert");
+        let body = serde_json::to_vec(&azure_alert(run as u64, 10, true))?;
+        let t = Instant::now();
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["serve", "--port", &port.to_string()])
+            .env("ICAHUB_DATA_DIR", &dir)
+            .env("ICAHUB_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning icahub serve")?;
+        let elapsed = loop {
+            if t.elapsed() > Duration::from_secs(30) {
+                anyhow::bail!("icahub serve did not answer 202 within 30 s");
+            }
+            if let Ok(r) = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+            {
+                if r.status().as_u16() == 202 {
+                    break t.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        let _ = child.kill().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        times.push(elapsed.as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    if args.json {
+        println!(
+            "{}",
+            json!({"runs": times.len(), "start_to_first_202_ms": {"median": median, "max": max, "all": times}})
+        );
+    } else {
+        println!(
+            "start to first 202 over {} runs: median {median:.1} ms, max {max:.1} ms",
+            times.len()
+        );
+    }
+    Ok(())
+}
+
+fn tempfile_dir(run: usize) -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("icahub-bench-startup-{}-{run}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

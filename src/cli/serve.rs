@@ -1,0 +1,42 @@
+//! `icahub serve`: load the configuration, open storage, listen, and stop gracefully on SIGTERM.
+
+use crate::config::{Config, StorageConfig};
+use crate::startup::{bind, serve, shutdown_signal, App};
+use clap::Args;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Storage: the embedded store in ICAHUB_DATA_DIR (default ./data) unless \
+ICAHUB_TABLES_CONNECTION_STRING or AzureWebJobsStorage is set, then Azure Table Storage. Under the \
+Functions host (FUNCTIONS_CUSTOMHANDLER_PORT set) Table Storage is required and that port is used."
+)]
+pub struct ServeArgs {
+    /// Port to listen on when FUNCTIONS_CUSTOMHANDLER_PORT is not set.
+    #[arg(long, default_value_t = crate::config::DEFAULT_PORT)]
+    pub port: u16,
+    /// Address to listen on (use 0.0.0.0 in a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::from_env(Some(args.port))?;
+    let storage_desc = match &config.storage {
+        StorageConfig::Embedded { .. } => "embedded",
+        StorageConfig::Tables { .. } => "azure_tables",
+    };
+    let listener = bind(&args.host, config.port).await?;
+    let app = App::build(config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        address = %addr,
+        storage = storage_desc,
+        location = %app.store.location(),
+        under_functions_host = app.config.under_functions_host,
+        "icahub listening on {addr}, storage {storage_desc} at {}",
+        app.store.location()
+    );
+    serve(app, listener, shutdown_signal()).await;
+    tracing::info!("icahub stopped");
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! `POST /api/v1/azdev/alert`: Azure Monitor action-group webhooks, every schema.
+
+use super::{accept, ctx, json_body, with_app};
+use crate::ingest;
+use crate::startup::App;
+use std::sync::Arc;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("api" / "v1" / "azdev" / "alert")
+        .and(warp::post())
+        .and(ctx())
+        .and(json_body(app.config.max_body_bytes))
+        .and(with_app(app))
+        .then(|ctx, body, app| accept("alert", ctx, body, app, ingest::azure_monitor_delivery))
+}
