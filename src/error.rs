@@ -26,6 +26,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     NotFound(String),
+    /// No route matches the path (as opposed to a route whose object does not exist).
+    #[error("no route matches this path")]
+    NoRoute,
     #[error("{0}")]
     MethodNotAllowed(String),
     /// Ours, and transient: the sender should retry after `retry_after` seconds.
@@ -53,7 +56,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::NotFound(_) => "not_found",
+            ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Unavailable { .. } => "unavailable",
         }
@@ -114,7 +118,7 @@ pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     let err = if let Some(e) = rej.find::<ApiError>() {
         e.clone()
     } else if rej.is_not_found() {
-        ApiError::NotFound("no such route".into())
+        ApiError::NoRoute
     } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::MethodNotAllowed("this method is not allowed on this path".into())
     } else if let Some(e) = rej.find::<warp::reject::InvalidHeader>() {

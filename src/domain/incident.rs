@@ -287,7 +287,8 @@ mod tests {
                 prop_assert_eq!(p.next.open.is_some(), *fired);
                 if let Some(open) = &p.next.open {
                     prop_assert_eq!(open.status, IncidentStatus::Open);
-                    prop_assert!(open.id.ends_with(&format!("-{}", p.next.incident_seq)));
+                    let suffix = format!("-{}", p.next.incident_seq);
+                    prop_assert!(open.id.ends_with(&suffix));
                 }
                 s = p.next;
             }

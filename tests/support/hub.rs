@@ -1,0 +1,174 @@
+//! The hub under test: in-process (`TestHub`) or as a child process (`ChildHub`).
+
+use icahub::config::Config;
+use icahub::startup::{bind, serve, App};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub struct TestHub {
+    pub base: String,
+    pub app: Arc<App>,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestHub {
+    /// The hub on a fresh embedded store in a temporary directory.
+    pub async fn embedded() -> TestHub {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cfg = Config::embedded(dir.path());
+        let mut hub = TestHub::start(cfg).await;
+        hub._dir = Some(dir);
+        hub
+    }
+
+    pub async fn start(config: Config) -> TestHub {
+        let listener = bind("127.0.0.1", 0).await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = App::build(config).await.expect("app builds");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(app.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        TestHub {
+            base,
+            app,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST a JSON body as bytes, exactly as given.
+    pub async fn post_json(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(r).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A response read whole: status, headers and JSON body (Null when the body is not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn read(r: reqwest::Response) -> Reply {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+
+    /// Assert a JSON error with this status; returns the error object.
+    pub fn expect_error(&self, status: u16) -> &serde_json::Value {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let err = &self.json["error"];
+        assert_eq!(err["status"], status, "body: {}", self.text);
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+        err
+    }
+}
+
+/// `icahub serve` as a child process, for crash and start-up tests.
+pub struct ChildHub {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ChildHub {
+    /// Spawn the real binary with these extra environment variables and wait until `/` answers.
+    pub async fn spawn(envs: &[(&str, String)]) -> ChildHub {
+        let port = free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"));
+        cmd.args(["serve", "--port", &port.to_string()])
+            .env("ICAHUB_LOG", "warn")
+            .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+            .env_remove("AzureWebJobsStorage")
+            .env_remove("ICAHUB_TABLES_CONNECTION_STRING");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn icahub");
+        let hub = ChildHub { child, port };
+        let client = reqwest::Client::new();
+        for _ in 0..400 {
+            if client.get(hub.url("/")).send().await.is_ok() {
+                return hub;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("icahub serve did not answer on port {port}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL: no graceful shutdown, no flushing.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
