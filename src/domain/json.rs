@@ -1,1 +1,326 @@
-//! Lenient JSON helpers for the typing quirks of real senders (see PROTOCOLS.md).
+//! Lenient JSON helpers for the typing quirks of real senders (see PROTOCOLS.md §2.1 and §7):
+//! values that are a string in one sample and a number in the next, lists sent as a real array or
+//! as JSON inside a string, timestamps with any number of fractional digits, with or without an
+//! offset, or in the old `3/22/2019 1:36:31 PM` form. Also the strict accessors the parsers use for
+//! the few fields they require, which name the JSON path of whatever is wrong.
+
+use super::alert::PayloadError;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+
+/// The JSON type of `v` as a phrase for error messages: "a string", "a number", "null", ...
+pub fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A scalar as text: strings as they are, numbers and booleans formatted; `None` for null,
+/// arrays and objects.
+pub fn lenient_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// [`lenient_string`] of `obj[key]`, with empty or whitespace-only text treated as absent.
+pub fn lenient_field(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    obj.get(key)
+        .and_then(lenient_string)
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// A list sent either as a real JSON array or as a string holding a JSON array (ServiceHealth
+/// `impactedServices`). `None` for anything else, including a string that is not a JSON array.
+pub fn array_or_json_string(v: &Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(items) => Some(items.clone()),
+        Value::String(s) => match serde_json::from_str::<Value>(s.trim()) {
+            Ok(Value::Array(items)) => Some(items),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Parse a timestamp leniently, always into UTC:
+/// RFC 3339 with any number of fractional digits and `Z` or a numeric offset;
+/// the same without an offset (taken as UTC); and `M/D/YYYY h:mm:ss AM/PM` (UTC).
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    const NAIVE_FORMATS: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%m/%d/%Y %I:%M:%S %p",
+        "%m/%d/%Y %H:%M:%S",
+    ];
+    NAIVE_FORMATS
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|n| n.and_utc())
+}
+
+/// [`parse_timestamp`] of a JSON value; `None` unless it is a parseable string.
+pub fn lenient_timestamp(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    v.and_then(Value::as_str).and_then(parse_timestamp)
+}
+
+/// Follow a chain of object keys.
+pub fn get_path<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+    keys.iter().try_fold(v, |cur, k| cur.as_object()?.get(*k))
+}
+
+/// Join a parent JSON path and a key: `join("data", "essentials")` is `data.essentials`.
+pub fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() || parent == "$" {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `obj[key]` as an object, which must be present. `path` is the path of `obj`.
+pub fn required_object<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a Map<String, Value>, PayloadError> {
+    let field = join(path, key);
+    match obj.get(key) {
+        None | Some(Value::Null) => Err(PayloadError::new(field, "is required")),
+        Some(Value::Object(m)) => Ok(m),
+        Some(other) => Err(PayloadError::new(
+            field,
+            format!("must be an object, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// `obj[key]` as a string; absent or null is `None`, any other type is an error.
+pub fn optional_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a str>, PayloadError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(PayloadError::new(
+            join(path, key),
+            format!("must be a string, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// `obj[key]` as a non-empty string, which must be present.
+pub fn required_str<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, PayloadError> {
+    match optional_str(obj, key, path)? {
+        None => Err(PayloadError::new(join(path, key), "is required")),
+        Some(s) if s.trim().is_empty() => {
+            Err(PayloadError::new(join(path, key), "must not be empty"))
+        }
+        Some(s) => Ok(s),
+    }
+}
+
+/// `obj[key]` as an array of strings; absent or null is an empty list, anything else an error
+/// naming the field (or the offending element, as `key[i]`).
+pub fn optional_str_array(
+    obj: &Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Vec<String>, PayloadError> {
+    let field = join(path, key);
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(PayloadError::new(
+                    format!("{field}[{i}]"),
+                    format!("must be a string, got {}", type_name(other)),
+                )),
+            })
+            .collect(),
+        Some(other) => Err(PayloadError::new(
+            field,
+            format!("must be an array of strings, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// Cut `s` to at most `max` characters (on a character boundary), marking the cut with `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn lenient_string_formats_scalars() {
+        assert_eq!(lenient_string(&json!("25")), Some("25".into()));
+        assert_eq!(lenient_string(&json!(25)), Some("25".into()));
+        assert_eq!(lenient_string(&json!(7.727)), Some("7.727".into()));
+        assert_eq!(lenient_string(&json!(true)), Some("true".into()));
+        assert_eq!(lenient_string(&json!(null)), None);
+        assert_eq!(lenient_string(&json!([1])), None);
+        assert_eq!(lenient_string(&json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn lenient_field_skips_empty() {
+        let m = json!({"a": "", "b": " ", "c": 3, "d": null});
+        let m = m.as_object().unwrap();
+        assert_eq!(lenient_field(m, "a"), None);
+        assert_eq!(lenient_field(m, "b"), None);
+        assert_eq!(lenient_field(m, "c"), Some("3".into()));
+        assert_eq!(lenient_field(m, "d"), None);
+        assert_eq!(lenient_field(m, "missing"), None);
+    }
+
+    #[test]
+    fn array_or_json_string_accepts_both_forms() {
+        let real = json!([{"ServiceName": "A"}]);
+        let encoded = json!("[{\"ServiceName\":\"A\"}]");
+        assert_eq!(array_or_json_string(&real), array_or_json_string(&encoded));
+        assert_eq!(array_or_json_string(&real).unwrap().len(), 1);
+        assert_eq!(array_or_json_string(&json!("not json")), None);
+        assert_eq!(array_or_json_string(&json!("{\"a\":1}")), None);
+        assert_eq!(array_or_json_string(&json!(5)), None);
+        assert_eq!(array_or_json_string(&json!(null)), None);
+    }
+
+    #[test]
+    fn timestamps_with_any_fraction_and_offset() {
+        let t = parse_timestamp("2019-03-22T13:58:24.3713213Z").unwrap();
+        assert_eq!(t.timestamp(), utc(2019, 3, 22, 13, 58, 24).timestamp());
+        assert_eq!(t.timestamp_subsec_nanos(), 371_321_300);
+        assert_eq!(
+            parse_timestamp("2019-03-22T13:56:31.2917159+00:00").map(|t| t.timestamp()),
+            Some(utc(2019, 3, 22, 13, 56, 31).timestamp())
+        );
+        assert_eq!(
+            parse_timestamp("2024-05-01T10:00:00.123456789Z").map(|t| t.timestamp()),
+            Some(utc(2024, 5, 1, 10, 0, 0).timestamp())
+        );
+        assert_eq!(
+            parse_timestamp("2020-07-07T13:54:34Z"),
+            Some(utc(2020, 7, 7, 13, 54, 34))
+        );
+        assert_eq!(
+            parse_timestamp("2019-08-26T10:34:14+02:00"),
+            Some(utc(2019, 8, 26, 8, 34, 14))
+        );
+    }
+
+    #[test]
+    fn timestamps_without_offset_are_utc() {
+        assert_eq!(
+            parse_timestamp("2021-11-15T15:16:49"),
+            Some(utc(2021, 11, 15, 15, 16, 49))
+        );
+        assert_eq!(
+            parse_timestamp("2021-11-15T15:16:49.0000000"),
+            Some(utc(2021, 11, 15, 15, 16, 49))
+        );
+    }
+
+    #[test]
+    fn old_log_alert_timestamps() {
+        assert_eq!(
+            parse_timestamp("3/22/2019 1:36:31 PM"),
+            Some(utc(2019, 3, 22, 13, 36, 31))
+        );
+        assert_eq!(
+            parse_timestamp("12/1/2019 12:05:00 AM"),
+            Some(utc(2019, 12, 1, 0, 5, 0))
+        );
+        assert_eq!(
+            parse_timestamp("03/22/2019 11:59:59 am"),
+            Some(utc(2019, 3, 22, 11, 59, 59))
+        );
+    }
+
+    #[test]
+    fn bad_timestamps_are_none() {
+        for s in [
+            "",
+            "  ",
+            "yesterday",
+            "2019-13-40T00:00:00Z",
+            "3/22/2019",
+            "1.5",
+        ] {
+            assert_eq!(parse_timestamp(s), None, "{s:?}");
+        }
+        assert_eq!(lenient_timestamp(Some(&json!(12345))), None);
+        assert_eq!(lenient_timestamp(None), None);
+    }
+
+    #[test]
+    fn strict_accessors_name_the_path() {
+        let v = json!({"s": "x", "n": 3, "e": "", "arr": ["a", 1], "str": "a", "o": []});
+        let m = v.as_object().unwrap();
+        assert_eq!(required_str(m, "s", "data").unwrap(), "x");
+        let e = required_str(m, "n", "data").unwrap_err();
+        assert_eq!(e.field, "data.n");
+        assert_eq!(e.problem, "must be a string, got a number");
+        assert_eq!(
+            required_str(m, "e", "data").unwrap_err().problem,
+            "must not be empty"
+        );
+        assert_eq!(
+            required_str(m, "zz", "data").unwrap_err().problem,
+            "is required"
+        );
+        assert_eq!(optional_str(m, "zz", "data").unwrap(), None);
+        let e = optional_str_array(m, "arr", "data").unwrap_err();
+        assert_eq!(e.field, "data.arr[1]");
+        let e = optional_str_array(m, "str", "data").unwrap_err();
+        assert_eq!(e.field, "data.str");
+        assert_eq!(e.problem, "must be an array of strings, got a string");
+        let e = required_object(m, "o", "$").unwrap_err();
+        assert_eq!(e.field, "o");
+        assert_eq!(e.problem, "must be an object, got an array");
+    }
+
+    #[test]
+    fn get_path_and_truncate() {
+        let v = json!({"a": {"b": {"c": 1}}});
+        assert_eq!(get_path(&v, &["a", "b", "c"]), Some(&json!(1)));
+        assert_eq!(get_path(&v, &["a", "x"]), None);
+        assert_eq!(truncate("héllo", 10), "héllo");
+        assert_eq!(truncate("héllo", 2), "hé…");
+    }
+}
