@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS streams (
 CREATE TABLE IF NOT EXISTS events (
     id            TEXT PRIMARY KEY,
     stream        TEXT NOT NULL,
-    dedup_key     TEXT NOT NULL UNIQUE,
+    dedup_key     TEXT NOT NULL,
     request_id    TEXT NOT NULL,
     invocation_id TEXT,
     source        TEXT NOT NULL,
@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS events (
     raw           TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_stream ON events(stream, id);
+-- Dedup keys are scoped to their stream, as in Table Storage where the marker lives in the stream's
+-- partition: the same alert id on another rule or resource is another alert.
+CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events(stream, dedup_key);
 CREATE TABLE IF NOT EXISTS incidents (
     id        TEXT PRIMARY KEY,
     stream    TEXT NOT NULL,
@@ -238,10 +241,13 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
     let mut any_new = false;
     for da in &d.alerts {
         let alert = &da.alert;
+        let stream = stream_key(alert).to_string();
         let existing: Option<(String, Option<String>)> = tx
-            .prepare_cached("SELECT id, incident_id FROM events WHERE dedup_key = ?1")
+            .prepare_cached(
+                "SELECT id, incident_id FROM events WHERE stream = ?1 AND dedup_key = ?2",
+            )
             .and_then(|mut s| {
-                s.query_row([&alert.dedup_key], |r| Ok((r.get(0)?, r.get(1)?)))
+                s.query_row([&stream, &alert.dedup_key], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
             .map_err(db_err)?;
@@ -255,7 +261,6 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
             continue;
         }
         any_new = true;
-        let stream = stream_key(alert).to_string();
         let head: Option<(u64, u64, Option<String>)> = tx
             .prepare_cached(
                 "SELECT incident_seq, outbox_seq, open_incident FROM streams WHERE stream = ?1",
