@@ -36,7 +36,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "icahub listening on {addr}, storage {storage_desc} at {}",
         app.store.location()
     );
-    serve(app, listener, shutdown_signal()).await;
+    // Run the accept loop on a runtime worker, not on the main thread's `block_on`.
+    tokio::spawn(serve(app, listener, shutdown_signal())).await?;
     tracing::info!("icahub stopped");
     Ok(())
 }

@@ -51,7 +51,6 @@ CREATE TABLE IF NOT EXISTS events (
     received_at   TEXT NOT NULL,
     raw           TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_stream ON events(stream, id);
 -- Dedup keys are scoped to their stream, as in Table Storage where the marker lives in the stream's
 -- partition: the same alert id on another rule or resource is another alert.
 CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events(stream, dedup_key);
@@ -518,9 +517,13 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let rows: Vec<_> = c
                 .prepare_cached(&format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE stream = ?1 ORDER BY id"
+                    "SELECT {EVENT_COLS} FROM events WHERE id > ?1 AND id < ?2 ORDER BY id"
                 ))
-                .and_then(|mut s| s.query_map([&stream], event_from_row)?.collect())
+                // Event ids are `EVT-<stream>-<time>...`, so the primary key groups a stream.
+                .and_then(|mut s| {
+                    let (lo, hi) = (format!("EVT-{stream}-"), format!("EVT-{stream}."));
+                    s.query_map([&lo, &hi], event_from_row)?.collect()
+                })
                 .map_err(db_err)?;
             rows.into_iter().map(decode_event).collect()
         })
