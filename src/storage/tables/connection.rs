@@ -204,7 +204,8 @@ pub(crate) fn status_of(e: &azure_core::Error) -> Option<StatusCode> {
 }
 
 /// Map an `azure_core` error to a store error. 404/409/412 are handled by the callers that
-/// expect them; anything reaching here is a failure.
+/// expect them; anything reaching here is a failure. Messages are passed through [`redact`]:
+/// transport errors quote the request URL, which carries the SAS token when one is used.
 pub(crate) fn map_err(what: &str, e: azure_core::Error) -> StoreError {
     match e.kind() {
         ErrorKind::HttpResponse { status, error_code } => {
@@ -218,10 +219,27 @@ pub(crate) fn map_err(what: &str, e: azure_core::Error) -> StoreError {
                 _ => StoreError::Unavailable(msg),
             }
         }
-        ErrorKind::DataConversion => StoreError::Corrupt(format!("{what}: {e}")),
-        ErrorKind::Credential => StoreError::Config(format!("{what}: credentials: {e}")),
-        _ => StoreError::Unavailable(format!("{what}: {e}")),
+        ErrorKind::DataConversion => StoreError::Corrupt(redact(&format!("{what}: {e}"))),
+        ErrorKind::Credential => StoreError::Config(redact(&format!("{what}: credentials: {e}"))),
+        _ => StoreError::Unavailable(redact(&format!("{what}: {e}"))),
     }
+}
+
+/// Replace the value of every `sig=` query parameter with `REDACTED`.
+pub(crate) fn redact(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str("REDACTED");
+        rest = &rest[i + 4..];
+        let end = rest
+            .find(|c: char| c == '&' || c == ')' || c == '"' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -230,6 +248,15 @@ mod tests {
 
     const KEY: &str =
         "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    #[test]
+    fn sas_signatures_are_redacted() {
+        assert_eq!(
+            redact("error sending request for url (https://a/t?sv=1&sig=abc%2B==&se=2) x"),
+            "error sending request for url (https://a/t?sv=1&sig=REDACTED&se=2) x"
+        );
+        assert_eq!(redact("sig=zz"), "sig=REDACTED");
+    }
 
     #[test]
     fn development_storage() {
