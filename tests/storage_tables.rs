@@ -74,6 +74,13 @@ fn delivery(alerts: Vec<NormalizedAlert>) -> Delivery {
     }
 }
 
+fn all_incidents() -> IncidentFilter {
+    IncidentFilter {
+        limit: 1000,
+        ..IncidentFilter::default()
+    }
+}
+
 fn all_sinks() -> Routing {
     Routing {
         mattermost: true,
@@ -265,7 +272,7 @@ async fn events_outbox_and_incident_are_written_together() {
     let keys: HashSet<_> = rows.iter().map(|r| r.idempotency_key.clone()).collect();
     assert_eq!(keys.len(), 10);
     assert_eq!(s.stream_events(&stream).await.unwrap().len(), 3);
-    let incs = s.incidents(&IncidentFilter::default()).await.unwrap();
+    let incs = s.incidents(&all_incidents()).await.unwrap();
     assert_eq!(incs.len(), 1);
     assert_eq!(incs[0].event_count, 3);
     assert_eq!(incs[0].status, IncidentStatus::Resolved);
@@ -296,7 +303,7 @@ async fn hundred_concurrent_copies_store_one_event_and_one_incident() {
     assert!(outcomes.iter().all(|o| o.event_id == new[0].event_id));
     assert!(outcomes.iter().all(|o| o.incident_id == new[0].incident_id));
     assert_eq!(s.count_events().await.unwrap(), 1);
-    let incs = s.incidents(&IncidentFilter::default()).await.unwrap();
+    let incs = s.incidents(&all_incidents()).await.unwrap();
     assert_eq!(incs.len(), 1);
     assert_eq!(incs[0].event_count, 1);
     assert_eq!(s.stream_outbox(&incs[0].stream).await.unwrap().len(), 4);
@@ -351,7 +358,7 @@ async fn two_hub_instances_lose_no_update() {
         .filter(|o| o.action == IncidentAction::Attached)
         .count();
     assert_eq!((opened, attached), (1, 49));
-    let incs = a.incidents(&IncidentFilter::default()).await.unwrap();
+    let incs = a.incidents(&all_incidents()).await.unwrap();
     assert_eq!(incs.len(), 1);
     assert_eq!(incs[0].event_count, 50);
     let events = b.stream_events(&incs[0].stream).await.unwrap();
@@ -484,7 +491,7 @@ async fn incident_filters() {
             s.ingest(&d, &Routing::default()).await.unwrap();
         }
     }
-    let all = s.incidents(&IncidentFilter::default()).await.unwrap();
+    let all = s.incidents(&all_incidents()).await.unwrap();
     let titles: Vec<_> = all.iter().map(|i| i.title.as_str()).collect();
     assert_eq!(
         titles,
@@ -499,27 +506,28 @@ async fn incident_filters() {
         limit,
     };
     let open = s
-        .incidents(&f(Some(IncidentStatus::Open), None, 0))
+        .incidents(&f(Some(IncidentStatus::Open), None, 9))
         .await
         .unwrap();
     assert_eq!(open.len(), 3);
     let resolved = s
-        .incidents(&f(Some(IncidentStatus::Resolved), None, 0))
+        .incidents(&f(Some(IncidentStatus::Resolved), None, 9))
         .await
         .unwrap();
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].title, "f-high2");
     let high = s
-        .incidents(&f(None, Some(Severity::High), 0))
+        .incidents(&f(None, Some(Severity::High), 9))
         .await
         .unwrap();
     assert_eq!(high.len(), 2);
     let open_high = s
-        .incidents(&f(Some(IncidentStatus::Open), Some(Severity::High), 0))
+        .incidents(&f(Some(IncidentStatus::Open), Some(Severity::High), 9))
         .await
         .unwrap();
     assert_eq!(open_high.len(), 1);
     assert_eq!(open_high[0].title, "f-high");
+    assert!(s.incidents(&f(None, None, 0)).await.unwrap().is_empty());
     let two = s.incidents(&f(None, None, 2)).await.unwrap();
     assert_eq!(
         two.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
@@ -528,13 +536,13 @@ async fn incident_filters() {
 
     let since = IncidentFilter {
         since: Some(all[1].opened_at),
-        ..IncidentFilter::default()
+        ..all_incidents()
     };
     let recent = s.incidents(&since).await.unwrap();
     assert_eq!(recent.len(), 2);
     let future = IncidentFilter {
         since: Some(Utc::now() + ChronoDuration::hours(1)),
-        ..IncidentFilter::default()
+        ..all_incidents()
     };
     assert!(s.incidents(&future).await.unwrap().is_empty());
 }

@@ -216,7 +216,7 @@ impl Store for TableStore {
     }
 
     /// Scans the incident rows of all streams (filtered server-side on `Kind`, status,
-    /// severity and opening time), then sorts newest first. `limit` 0 means no limit.
+    /// severity and opening time), then sorts newest first and keeps `limit` (like SQL `LIMIT`).
     async fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>> {
         let mut q = "Kind eq 'incident'".to_string();
         if let Some(s) = filter.status {
@@ -235,9 +235,7 @@ impl Store for TableStore {
             .map(rows::incident_of)
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then_with(|| b.id.cmp(&a.id)));
-        if filter.limit > 0 {
-            out.truncate(filter.limit);
-        }
+        out.truncate(filter.limit);
         Ok(out)
     }
 
