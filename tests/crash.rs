@@ -61,7 +61,11 @@ async fn every_acknowledged_alert_survives_sigkill_embedded() {
     ];
     let mut hub = ChildHub::spawn(&env).await;
     let acked = load_until_killed(&mut hub, 16).await;
-    assert!(acked.len() > 100, "too few alerts before the kill: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too few alerts before the kill: {}",
+        acked.len()
+    );
 
     // Restart on the same data: it must come up and accept more.
     let hub2 = ChildHub::spawn(&env).await;
@@ -81,6 +85,12 @@ async fn every_acknowledged_alert_survives_sigkill_embedded() {
             missing.push(id.clone());
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged alerts lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged alerts lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
     assert!(store.count_events().await.unwrap() >= acked.len() as u64 + 1);
 }

@@ -62,7 +62,11 @@ fn declared_routes() -> Vec<(String, String, String)> {
         let route = t["route"].as_str().unwrap_or(&name).to_string();
         let path = format!("/{prefix}/{route}").replace("{id}", "INC-0000000000000000-1");
         for m in t["methods"].as_array().expect("methods listed") {
-            out.push((name.clone(), m.as_str().unwrap().to_uppercase(), path.clone()));
+            out.push((
+                name.clone(),
+                m.as_str().unwrap().to_uppercase(),
+                path.clone(),
+            ));
         }
     }
     out
@@ -84,7 +88,10 @@ async fn every_declared_route_exists_in_the_router() {
             .unwrap();
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert_ne!(body["error"]["code"], "no_route", "{name}: {method} {path} has no route");
+        assert_ne!(
+            body["error"]["code"], "no_route",
+            "{name}: {method} {path} has no route"
+        );
         assert_ne!(status, 405, "{name}: {method} {path} not allowed");
         assert!(status < 500, "{name}: {method} {path} answered {status}");
     }

@@ -38,7 +38,11 @@ async fn azure_monitor_samples_are_accepted_and_stored_raw() {
             .await
             .unwrap()
             .expect("event stored");
-        assert_eq!(stored.raw.as_bytes(), &body[..], "{name}: raw body kept as sent");
+        assert_eq!(
+            stored.raw.as_bytes(),
+            &body[..],
+            "{name}: raw body kept as sent"
+        );
         assert_eq!(stored.request_id, r.json["request_id"].as_str().unwrap());
         assert_eq!(
             r.headers["x-request-id"].to_str().unwrap(),
@@ -63,7 +67,10 @@ async fn fired_then_resolved_resolves_the_incident() {
     let r1 = hub.post_json(ALERT, fired.to_string()).await;
     assert_eq!(r1.status, 202, "{}", r1.text);
     assert_eq!(r1.json["events"][0]["incident_action"], "opened");
-    let id = r1.json["events"][0]["incident_id"].as_str().unwrap().to_string();
+    let id = r1.json["events"][0]["incident_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let open = hub.get(&format!("/api/v1/azdev/incident/{id}")).await;
     assert_eq!(open.status, 200);
@@ -182,17 +189,28 @@ async fn bad_input_gets_a_specific_error_and_loses_nothing() {
     let hub = TestHub::embedded().await;
     let good = fixture("azmon-common-metric-static-fired.json");
     assert_eq!(hub.post_json(ALERT, good.clone()).await.status, 202);
-    assert_eq!(hub.post_json(AM, fixture("alertmanager-webhook-v4.json")).await.status, 202);
+    assert_eq!(
+        hub.post_json(AM, fixture("alertmanager-webhook-v4.json"))
+            .await
+            .status,
+        202
+    );
     let before = event_count(&hub).await;
     assert_eq!(before, 3);
 
     // Empty body.
     let e = hub.post_json(ALERT, "").await;
-    assert!(e.expect_error(400)["message"].as_str().unwrap().contains("empty"));
+    assert!(e.expect_error(400)["message"]
+        .as_str()
+        .unwrap()
+        .contains("empty"));
     // Truncated JSON.
     let e = hub.post_json(ALERT, good[..good.len() / 2].to_vec()).await;
     let err = e.expect_error(400);
-    assert!(err["message"].as_str().unwrap().contains("ends early"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("ends early"),
+        "{err}"
+    );
     // JSON that is not an object.
     for body in ["[1,2,3]", "\"alert\"", "42", "null"] {
         let e = hub.post_json(ALERT, body).await;
@@ -208,14 +226,20 @@ async fn bad_input_gets_a_specific_error_and_loses_nothing() {
     let mut wrong = fixture_json("azmon-common-metric-static-fired.json");
     wrong["data"]["essentials"]["alertTargetIDs"] = json!("not-a-list");
     let e = hub.post_json(ALERT, wrong.to_string()).await;
-    assert_eq!(e.expect_error(400)["field"], "data.essentials.alertTargetIDs");
+    assert_eq!(
+        e.expect_error(400)["field"],
+        "data.essentials.alertTargetIDs"
+    );
     let mut missing = fixture_json("azmon-common-metric-static-fired.json");
     missing["data"]["essentials"]
         .as_object_mut()
         .unwrap()
         .remove("monitorCondition");
     let e = hub.post_json(ALERT, missing.to_string()).await;
-    assert_eq!(e.expect_error(400)["field"], "data.essentials.monitorCondition");
+    assert_eq!(
+        e.expect_error(400)["field"],
+        "data.essentials.monitorCondition"
+    );
     let mut am_bad = fixture_json("alertmanager-webhook-v4.json");
     am_bad["alerts"][1]["status"] = json!("exploded");
     let e = hub.post_json(AM, am_bad.to_string()).await;
@@ -237,7 +261,13 @@ async fn bad_input_gets_a_specific_error_and_loses_nothing() {
         .await
         .unwrap();
     support::hub::Reply::read(r).await.expect_error(415);
-    let r = hub.client.post(hub.url(ALERT)).body(good.clone()).send().await.unwrap();
+    let r = hub
+        .client
+        .post(hub.url(ALERT))
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
     support::hub::Reply::read(r).await.expect_error(415);
 
     // Nothing stored before was lost or changed; the good alert is still a duplicate of itself.
@@ -282,7 +312,9 @@ async fn incident_read_api_filters_and_validates() {
     // bench alerts: stream s has severity Sev(s % 5): Sev0 for s = 0 and 5.
     let crit = hub.get("/api/v1/azdev/incidents?severity=critical").await;
     assert_eq!(crit.json["count"], 2);
-    let crit = hub.get("/api/v1/azdev/incidents?severity=Sev0&status=open&limit=1").await;
+    let crit = hub
+        .get("/api/v1/azdev/incidents?severity=Sev0&status=open&limit=1")
+        .await;
     assert_eq!(crit.json["count"], 1);
     let none = hub.get("/api/v1/azdev/incidents?status=resolved").await;
     assert_eq!(none.json["count"], 0);
@@ -301,7 +333,9 @@ async fn incident_read_api_filters_and_validates() {
         let e = hub.get(&format!("/api/v1/azdev/incidents?{q}")).await;
         assert_eq!(e.expect_error(400)["field"], field, "{q}");
     }
-    let e = hub.get("/api/v1/azdev/incident/INC-0000000000000000-9").await;
+    let e = hub
+        .get("/api/v1/azdev/incident/INC-0000000000000000-9")
+        .await;
     assert_eq!(e.expect_error(404)["code"], "not_found");
     let e = hub.get("/api/v1/azdev/incident/garbage").await;
     e.expect_error(404);
@@ -310,8 +344,17 @@ async fn incident_read_api_filters_and_validates() {
 #[tokio::test]
 async fn readiness_unknown_routes_and_wrong_methods() {
     let hub = TestHub::embedded().await;
-    for method in [reqwest::Method::GET, reqwest::Method::POST, reqwest::Method::HEAD] {
-        let r = hub.client.request(method, hub.url("/")).send().await.unwrap();
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::POST,
+        reqwest::Method::HEAD,
+    ] {
+        let r = hub
+            .client
+            .request(method, hub.url("/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let h = hub.get("/api/healthz").await;
@@ -374,12 +417,20 @@ async fn every_variant_is_accepted_end_to_end() {
     assert!(names.len() >= 30, "variants: {names:?}");
     for name in names {
         let body = std::fs::read(dir.join(&name)).unwrap();
-        let path = if name.starts_with("alertmanager") { AM } else { ALERT };
+        let path = if name.starts_with("alertmanager") {
+            AM
+        } else {
+            ALERT
+        };
         let r = hub.post_json(path, body.clone()).await;
         assert_eq!(r.status, 202, "{name}: {}", r.text);
         for ev in r.json["events"].as_array().unwrap() {
             let expect_unrecognized = name == "azmon-legacy-budget-aip.json";
-            assert_eq!(ev["schema"] == "unrecognized", expect_unrecognized, "{name}: {ev}");
+            assert_eq!(
+                ev["schema"] == "unrecognized",
+                expect_unrecognized,
+                "{name}: {ev}"
+            );
             let stored = hub
                 .app
                 .store
@@ -389,7 +440,10 @@ async fn every_variant_is_accepted_end_to_end() {
                 .expect("stored");
             // Some documentation samples share placeholder alert ids; a repeat is a duplicate.
             if path == ALERT && ev["duplicate"] == false {
-                assert!(stored.raw.as_bytes() == &body[..], "{name}: raw body differs");
+                assert!(
+                    stored.raw.as_bytes() == &body[..],
+                    "{name}: raw body differs"
+                );
             }
         }
     }

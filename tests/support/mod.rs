@@ -2,6 +2,7 @@
 //! read fixtures. Included by test files with `mod support;`.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod hub;
 
 use std::path::PathBuf;

@@ -1,0 +1,317 @@
+//! The Azure Table Storage backend of [`Store`]: [`TableStore`].
+//!
+//! Two tables. `<prefix>streams` holds everything about incident streams, one partition per
+//! stream (PartitionKey = [`stream_key`]), with rows `head` (incident and outbox sequence
+//! numbers, the open incident), `event|<event_id>`, `dedup|<sha256 of dedup key>`,
+//! `incident|<incident_id>` and `outbox|<seq, 12 digits>`; every row has a `Kind` column.
+//! `<prefix>requests` holds the raw bodies of requests that carried several alerts
+//! (PartitionKey = `YYYYMMDD` of receipt, RowKey = request id).
+//!
+//! Each new alert is one entity-group transaction on its stream's partition: event, dedup
+//! marker, head (inserted, or updated with `If-Match` on the ETag read), incident and outbox
+//! rows. A concurrent writer on the same stream (another task or another hub instance) makes
+//! the transaction fail with 409/412; the alert is then re-read and re-planned, so no update is
+//! lost and an incident is never opened twice.
+//!
+//! Cross-partition reads (`incidents`, `raw_request`, `count_events`) scan the table with a
+//! server-side filter; fine for operator use, not for hot paths.
+//!
+//! Raw bodies and long texts are stored as Edm.Binary chunks of 64 KiB (at most 896 KiB per
+//! value, see `rows`); larger bodies are refused with [`StoreError::Config`], so the ingress
+//! body limit must stay below that.
+//!
+//! Files: this one (connecting, reads, the [`Store`] impl), `ingest` (the write loop),
+//! `rows` (entity layout and codecs), `connection` (connection strings, HTTP policy, errors).
+
+mod connection;
+mod ingest;
+mod rows;
+
+use crate::domain::incident::{stream_key, stream_of_id, Incident};
+use crate::domain::routing::Routing;
+use crate::storage::{
+    Delivery, EventOutcome, IncidentFilter, OutboxRow, RawRequest, Result, Store, StoreError,
+    StoredEvent,
+};
+use async_trait::async_trait;
+use azure_core::{Etag, StatusCode};
+use azure_data_tables::prelude::TableClient;
+use connection::{map_err, status_of};
+use futures::StreamExt;
+use rows::{lit, valid_key, Entity};
+use std::collections::BTreeMap;
+
+/// Azure Table Storage implementation of [`Store`]. Cheap to clone; safe to share.
+#[derive(Debug, Clone)]
+pub struct TableStore {
+    streams: TableClient,
+    requests: TableClient,
+    location: String,
+}
+
+impl TableStore {
+    /// Connect and create the tables `<prefix>streams` and `<prefix>requests` if missing.
+    ///
+    /// `table_prefix` must be alphanumeric and start with a letter (or be empty). Errors with
+    /// [`StoreError::Config`] for a bad connection string or rejected credentials, and
+    /// [`StoreError::Unavailable`] when the service cannot be reached.
+    pub async fn connect(connection_string: &str, table_prefix: &str) -> Result<TableStore> {
+        if !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+            || table_prefix.starts_with(|c: char| c.is_ascii_digit())
+            || table_prefix.len() > 55
+        {
+            return Err(StoreError::Config(format!(
+                "table prefix {table_prefix:?} must be at most 55 ASCII letters and digits, \
+                 starting with a letter"
+            )));
+        }
+        let endpoint = connection::parse(connection_string)?;
+        let service = connection::client(&endpoint)?;
+        let streams = service.table_client(format!("{table_prefix}streams"));
+        let requests = service.table_client(format!("{table_prefix}requests"));
+        for table in [&streams, &requests] {
+            create_table(table).await?;
+        }
+        Ok(TableStore {
+            location: format!(
+                "{} (tables {}, {})",
+                endpoint.url,
+                streams.table_name(),
+                requests.table_name()
+            ),
+            streams,
+            requests,
+        })
+    }
+
+    /// Point read; `None` on 404.
+    pub(super) async fn get(
+        &self,
+        table: &TableClient,
+        pk: &str,
+        rk: &str,
+    ) -> Result<Option<(Entity, Etag)>> {
+        let res = table
+            .partition_key_client(pk.replace('\'', "''"))
+            .entity_client(rk.replace('\'', "''"))
+            .get::<Entity>()
+            .await;
+        match res {
+            Ok(r) => Ok(Some((r.entity, r.etag))),
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => Ok(None),
+            Err(e) => Err(map_err("read", e)),
+        }
+    }
+
+    /// All entities matching `filter`, following continuation tokens.
+    async fn query(&self, table: &TableClient, filter: String) -> Result<Vec<Entity>> {
+        let mut pages = table.query().filter(filter).into_stream::<Entity>();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            out.extend(page.map_err(|e| map_err("query", e))?.entities);
+        }
+        Ok(out)
+    }
+
+    /// Rows of one stream whose RowKey starts with `<prefix>|`, in RowKey order.
+    async fn stream_rows(&self, stream: &str, prefix: &str) -> Result<Vec<Entity>> {
+        if !valid_key(stream) {
+            return Ok(Vec::new());
+        }
+        // '}' follows '|' in ASCII: the range is exactly the keys starting with "<prefix>|".
+        let filter = format!(
+            "PartitionKey eq {} and RowKey ge '{prefix}|' and RowKey lt '{prefix}}}'",
+            lit(stream)
+        );
+        self.query(&self.streams, filter).await
+    }
+}
+
+async fn create_table(table: &TableClient) -> Result<()> {
+    match table.create().await {
+        Ok(_) => Ok(()),
+        Err(e) if status_of(&e) == Some(StatusCode::Conflict) => Ok(()),
+        Err(e) if matches!(status_of(&e).map(u16::from), Some(401 | 403)) => {
+            Err(StoreError::Config(format!(
+                "Table Storage refused the credentials while creating table {} ({})",
+                table.table_name(),
+                u16::from(status_of(&e).expect("matched"))
+            )))
+        }
+        Err(e) => Err(map_err(&format!("create table {}", table.table_name()), e)),
+    }
+}
+
+#[async_trait]
+impl Store for TableStore {
+    fn backend(&self) -> &'static str {
+        "azure_tables"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
+        // Streams are independent partitions: run them concurrently, each in delivery order.
+        let mut by_stream: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, da) in delivery.alerts.iter().enumerate() {
+            by_stream.entry(stream_key(&da.alert)).or_default().push(i);
+        }
+        let per_stream = by_stream.into_values().map(|idxs| async move {
+            let mut out = Vec::with_capacity(idxs.len());
+            for i in idxs {
+                let da = &delivery.alerts[i];
+                out.push((i, self.ingest_alert(delivery, da, routing).await?));
+            }
+            Ok::<_, StoreError>(out)
+        });
+        let mut outcomes: Vec<(usize, EventOutcome)> = futures::future::try_join_all(per_stream)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        outcomes.sort_by_key(|(i, _)| *i);
+        let outcomes: Vec<EventOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+
+        let any_new = outcomes.iter().any(|o| !o.duplicate);
+        if delivery.alerts.len() != 1 && (delivery.alerts.is_empty() || any_new) {
+            if !valid_key(&delivery.request_id) {
+                return Err(StoreError::Corrupt(format!(
+                    "request id {:?} cannot be a RowKey",
+                    delivery.request_id
+                )));
+            }
+            let req = RawRequest {
+                request_id: delivery.request_id.clone(),
+                source: delivery.source,
+                received_at: delivery.received_at,
+                body: delivery.raw_body.clone(),
+            };
+            let entity = rows::request_entity(&req)?;
+            let day = delivery.received_at.format("%Y%m%d").to_string();
+            self.requests
+                .partition_key_client(day)
+                .entity_client(req.request_id.replace('\'', "''"))
+                .insert_or_replace(&entity)
+                .map_err(|e| map_err("store request", e))?
+                .await
+                .map_err(|e| map_err("store request", e))?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn incident(&self, id: &str) -> Result<Option<Incident>> {
+        let Some(stream) = stream_of_id(id).filter(|_| valid_key(id) && id.starts_with("INC-"))
+        else {
+            return Ok(None);
+        };
+        match self
+            .get(&self.streams, stream, &rows::incident_key(id))
+            .await?
+        {
+            Some((m, _)) => rows::incident_of(&m).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Scans the incident rows of all streams (filtered server-side on `Kind`, status,
+    /// severity and opening time), then sorts newest first and keeps `limit` (like SQL `LIMIT`).
+    async fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>> {
+        let mut q = "Kind eq 'incident'".to_string();
+        if let Some(s) = filter.status {
+            q.push_str(&format!(" and Status eq {}", lit(s.as_str())));
+        }
+        if let Some(s) = filter.severity {
+            q.push_str(&format!(" and Severity eq {}", lit(s.as_str())));
+        }
+        if let Some(t) = filter.since {
+            q.push_str(&format!(" and OpenedAt ge {}", lit(&rows::ts(t))));
+        }
+        let mut out = self
+            .query(&self.streams, q)
+            .await?
+            .iter()
+            .map(rows::incident_of)
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| b.opened_at.cmp(&a.opened_at).then_with(|| b.id.cmp(&a.id)));
+        out.truncate(filter.limit);
+        Ok(out)
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>> {
+        let Some(stream) = stream_of_id(id).filter(|_| valid_key(id) && id.starts_with("EVT-"))
+        else {
+            return Ok(None);
+        };
+        match self
+            .get(&self.streams, stream, &rows::event_key(id))
+            .await?
+        {
+            Some((m, _)) => rows::event_of(&m).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn stream_events(&self, stream: &str) -> Result<Vec<StoredEvent>> {
+        let mut out = self
+            .stream_rows(stream, "event")
+            .await?
+            .iter()
+            .map(rows::event_of)
+            .collect::<Result<Vec<_>>>()?;
+        // RowKey order is event-id order, which is time order; make receipt time win.
+        out.sort_by_key(|e| e.received_at);
+        Ok(out)
+    }
+
+    /// Looks the request id up across all days (a RowKey filter: scans the requests table).
+    async fn raw_request(&self, request_id: &str) -> Result<Option<RawRequest>> {
+        if !valid_key(request_id) {
+            return Ok(None);
+        }
+        let rows = self
+            .query(&self.requests, format!("RowKey eq {}", lit(request_id)))
+            .await?;
+        rows.first().map(rows::request_of).transpose()
+    }
+
+    async fn stream_outbox(&self, stream: &str) -> Result<Vec<OutboxRow>> {
+        let mut out = self
+            .stream_rows(stream, "outbox")
+            .await?
+            .iter()
+            .map(rows::outbox_of)
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|o| o.seq);
+        Ok(out)
+    }
+
+    /// Scans all event rows (only their keys are transferred).
+    async fn count_events(&self) -> Result<u64> {
+        let mut pages = self
+            .streams
+            .query()
+            .filter("Kind eq 'event'")
+            .select("PartitionKey,RowKey")
+            .into_stream::<Entity>();
+        let mut n = 0u64;
+        while let Some(page) = pages.next().await {
+            n += page.map_err(|e| map_err("count events", e))?.entities.len() as u64;
+        }
+        Ok(n)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut pages = self
+            .streams
+            .query()
+            .filter("PartitionKey eq 'ping' and RowKey eq 'ping'")
+            .top(1)
+            .into_stream::<Entity>();
+        match pages.next().await {
+            Some(Err(e)) => Err(map_err("ping", e)),
+            _ => Ok(()),
+        }
+    }
+}

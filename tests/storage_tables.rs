@@ -1,0 +1,653 @@
+//! Integration tests of the Azure Table Storage backend ([`icahub::storage::tables::TableStore`])
+//! against a real Azurite started by `support::azurite` (one per test binary, one table prefix
+//! per test, so tests run in parallel). Deliveries are built by hand from `NormalizedAlert`s.
+
+mod support;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use icahub::domain::alert::{incident_fingerprint, Condition, NormalizedAlert, Severity, Source};
+use icahub::domain::incident::{stream_key, IncidentAction, IncidentStatus};
+use icahub::domain::routing::{Routing, Sink};
+use icahub::storage::tables::TableStore;
+use icahub::storage::{
+    new_event_id, Delivery, DeliveryAlert, IncidentFilter, OutboxStatus, Store, StoreError,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+use support::azurite;
+
+async fn store(test: &str) -> TableStore {
+    TableStore::connect(&azurite::connection_string(), &azurite::unique_prefix(test))
+        .await
+        .expect("connect to Azurite")
+}
+
+fn alert(rule: &str, cond: Condition, sev: Severity, dedup: &str) -> NormalizedAlert {
+    let targets = vec![format!(
+        "/subscriptions/s/resourcegroups/rg/providers/x/vm-{rule}"
+    )];
+    NormalizedAlert {
+        source: Source::AzureMonitor,
+        schema: "azureMonitorCommonAlertSchema".into(),
+        kind: "Platform".into(),
+        alert_id: format!("alert-{dedup}"),
+        rule: rule.into(),
+        rule_id: Some(format!("/rules/{rule}")),
+        targets: targets.clone(),
+        condition: cond,
+        severity: sev,
+        fired_at: None,
+        resolved_at: None,
+        description: Some("CPU above 90%".into()),
+        resource_group: Some("rg".into()),
+        link: Some("https://portal.azure.com/#x".into()),
+        details: BTreeMap::from([("metric".to_string(), "cpu".to_string())]),
+        dedup_key: dedup.into(),
+        fingerprint: incident_fingerprint(Source::AzureMonitor, rule, &targets),
+    }
+}
+
+fn raw_of(a: &NormalizedAlert) -> String {
+    serde_json::to_string(a).unwrap()
+}
+
+/// A delivery as the ingress builds it: one alert is the whole body, several carry their own JSON.
+fn delivery(alerts: Vec<NormalizedAlert>) -> Delivery {
+    let now = Utc::now();
+    let single = alerts.len() == 1;
+    let raw_body = serde_json::to_string(&alerts).unwrap();
+    Delivery {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        invocation_id: Some("inv-1".into()),
+        source: Source::AzureMonitor,
+        received_at: now,
+        raw_body: if single { raw_of(&alerts[0]) } else { raw_body },
+        alerts: alerts
+            .into_iter()
+            .map(|a| DeliveryAlert {
+                event_id: new_event_id(stream_key(&a), now),
+                raw_alert: (!single).then(|| raw_of(&a)),
+                alert: a,
+            })
+            .collect(),
+    }
+}
+
+fn all_incidents() -> IncidentFilter {
+    IncidentFilter {
+        limit: 1000,
+        ..IncidentFilter::default()
+    }
+}
+
+fn all_sinks() -> Routing {
+    Routing {
+        mattermost: true,
+        pagerduty: true,
+        control_plane: true,
+        page_at_or_above: Severity::High,
+    }
+}
+
+#[tokio::test]
+async fn new_alert_opens_an_incident_and_stores_the_event() {
+    let s = store("open").await;
+    let d = delivery(vec![alert("cpu", Condition::Fired, Severity::High, "k1")]);
+    let out = s.ingest(&d, &Routing::default()).await.unwrap();
+    assert_eq!(out.len(), 1);
+    let o = &out[0];
+    assert!(!o.duplicate);
+    assert_eq!(o.action, IncidentAction::Opened);
+    assert_eq!(o.event_id, d.alerts[0].event_id);
+    let inc_id = o.incident_id.clone().unwrap();
+    assert!(inc_id.ends_with("-1"));
+
+    let inc = s.incident(&inc_id).await.unwrap().unwrap();
+    assert_eq!(inc.status, IncidentStatus::Open);
+    assert_eq!(inc.event_count, 1);
+    assert_eq!(inc.title, "cpu");
+    assert_eq!(inc.targets, d.alerts[0].alert.targets);
+    assert_eq!(inc.description.as_deref(), Some("CPU above 90%"));
+    assert_eq!(inc.first_event_id, o.event_id);
+
+    let ev = s.event(&o.event_id).await.unwrap().unwrap();
+    assert_eq!(ev.raw, d.raw_body);
+    assert_eq!(ev.incident_id.as_deref(), Some(inc_id.as_str()));
+    assert_eq!(ev.request_id, d.request_id);
+    assert_eq!(ev.invocation_id.as_deref(), Some("inv-1"));
+    assert_eq!(ev.condition, Condition::Fired);
+    assert_eq!(ev.dedup_key, "k1");
+    assert_eq!(ev.received_at, d.received_at);
+    assert_eq!(s.count_events().await.unwrap(), 1);
+    // Single-alert deliveries keep their body in the event, not in the requests table.
+    assert!(s.raw_request(&d.request_id).await.unwrap().is_none());
+    // Unknown or malformed ids are simply absent.
+    assert!(s
+        .incident("INC-0123456789abcdef-9")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.event("EVT-0123456789abcdef-x'y").await.unwrap().is_none());
+    assert!(s.incident("garbage").await.unwrap().is_none());
+    s.ping().await.unwrap();
+    assert_eq!(s.backend(), "azure_tables");
+    assert!(!s.location().contains(azurite::ACCOUNT_KEY));
+}
+
+#[tokio::test]
+async fn same_dedup_key_is_a_duplicate() {
+    let s = store("dup").await;
+    let first = delivery(vec![alert("disk", Condition::Fired, Severity::Low, "same")]);
+    let again = delivery(vec![alert("disk", Condition::Fired, Severity::Low, "same")]);
+    let o1 = s
+        .ingest(&first, &Routing::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let o2 = s
+        .ingest(&again, &Routing::default())
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!o1.duplicate);
+    assert!(o2.duplicate);
+    assert_eq!(o2.event_id, o1.event_id);
+    assert_eq!(o2.incident_id, o1.incident_id);
+    assert_eq!(o2.action, IncidentAction::None);
+    let stream = stream_key(&first.alerts[0].alert).to_string();
+    assert_eq!(s.stream_events(&stream).await.unwrap().len(), 1);
+    assert_eq!(s.count_events().await.unwrap(), 1);
+    let inc = s
+        .incident(o1.incident_id.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc.event_count, 1);
+}
+
+#[tokio::test]
+async fn fired_then_resolved_resolves() {
+    let s = store("resolve").await;
+    let fired = delivery(vec![alert("mem", Condition::Fired, Severity::Medium, "f")]);
+    let resolved = delivery(vec![alert(
+        "mem",
+        Condition::Resolved,
+        Severity::Medium,
+        "r",
+    )]);
+    let o1 = s
+        .ingest(&fired, &Routing::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let o2 = s
+        .ingest(&resolved, &Routing::default())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(o2.action, IncidentAction::Resolved);
+    assert_eq!(o2.incident_id, o1.incident_id);
+    let inc = s
+        .incident(o1.incident_id.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc.status, IncidentStatus::Resolved);
+    assert!(inc.resolved_at.is_some());
+    assert_eq!(inc.event_count, 2);
+    assert_eq!(inc.last_event_id, o2.event_id);
+    let stream = stream_key(&fired.alerts[0].alert).to_string();
+    let evs = s.stream_events(&stream).await.unwrap();
+    let ids: Vec<_> = evs.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, vec![o1.event_id.clone(), o2.event_id.clone()]);
+    // A new firing opens incident 2 of the stream.
+    let again = delivery(vec![alert("mem", Condition::Fired, Severity::Medium, "f2")]);
+    let o3 = s
+        .ingest(&again, &Routing::default())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(o3.action, IncidentAction::Opened);
+    assert!(o3.incident_id.unwrap().ends_with("-2"));
+    // A resolve with nothing open changes nothing.
+    let stray = delivery(vec![alert(
+        "other",
+        Condition::Resolved,
+        Severity::Low,
+        "z",
+    )]);
+    let o4 = s
+        .ingest(&stray, &Routing::default())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((o4.action, o4.incident_id), (IncidentAction::None, None));
+}
+
+#[tokio::test]
+async fn events_outbox_and_incident_are_written_together() {
+    let s = store("outbox").await;
+    let fired = delivery(vec![alert(
+        "net",
+        Condition::Fired,
+        Severity::Critical,
+        "a",
+    )]);
+    let attach = delivery(vec![alert(
+        "net",
+        Condition::Fired,
+        Severity::Critical,
+        "b",
+    )]);
+    let resolved = delivery(vec![alert(
+        "net",
+        Condition::Resolved,
+        Severity::Critical,
+        "c",
+    )]);
+    for d in [&fired, &attach, &resolved] {
+        s.ingest(d, &all_sinks()).await.unwrap();
+    }
+    let stream = stream_key(&fired.alerts[0].alert).to_string();
+    let rows = s.stream_outbox(&stream).await.unwrap();
+    // opened: cp alert + cp incident + mattermost + pagerduty; attached: cp alert + cp
+    // incident; resolved: 4 again.
+    assert_eq!(rows.len(), 10, "{rows:#?}");
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert!(rows
+        .iter()
+        .all(|r| r.status == OutboxStatus::Pending && r.attempts == 0));
+    assert_eq!(rows[0].sink, Sink::ControlPlane);
+    assert_eq!(rows[0].kind, "alert.received");
+    assert_eq!(rows[0].event_id, fired.alerts[0].event_id);
+    assert_eq!(
+        rows[0].payload["event_id"],
+        fired.alerts[0].event_id.as_str()
+    );
+    let kinds: Vec<(Sink, &str)> = rows.iter().map(|r| (r.sink, r.kind.as_str())).collect();
+    assert!(kinds.contains(&(Sink::Pagerduty, "incident.resolved")));
+    assert!(kinds.contains(&(Sink::Mattermost, "incident.opened")));
+    let keys: HashSet<_> = rows.iter().map(|r| r.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), 10);
+    assert_eq!(s.stream_events(&stream).await.unwrap().len(), 3);
+    let incs = s.incidents(&all_incidents()).await.unwrap();
+    assert_eq!(incs.len(), 1);
+    assert_eq!(incs[0].event_count, 3);
+    assert_eq!(incs[0].status, IncidentStatus::Resolved);
+}
+
+#[tokio::test]
+async fn hundred_concurrent_copies_store_one_event_and_one_incident() {
+    let s = Arc::new(store("hundred").await);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let d = delivery(vec![alert(
+                "storm",
+                Condition::Fired,
+                Severity::High,
+                "one",
+            )]);
+            s.ingest(&d, &all_sinks()).await.map(|mut o| o.remove(0))
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap().expect("ingest"));
+    }
+    let new: Vec<_> = outcomes.iter().filter(|o| !o.duplicate).collect();
+    assert_eq!(new.len(), 1, "exactly one copy is new");
+    assert!(outcomes.iter().all(|o| o.event_id == new[0].event_id));
+    assert!(outcomes.iter().all(|o| o.incident_id == new[0].incident_id));
+    assert_eq!(s.count_events().await.unwrap(), 1);
+    let incs = s.incidents(&all_incidents()).await.unwrap();
+    assert_eq!(incs.len(), 1);
+    assert_eq!(incs[0].event_count, 1);
+    assert_eq!(s.stream_outbox(&incs[0].stream).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn two_hub_instances_lose_no_update() {
+    let prefix = azurite::unique_prefix("twohubs");
+    let cs = azurite::connection_string();
+    let a = Arc::new(TableStore::connect(&cs, &prefix).await.unwrap());
+    let b = Arc::new(TableStore::connect(&cs, &prefix).await.unwrap());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let d = delivery(vec![alert(
+                "busy",
+                Condition::Fired,
+                Severity::Medium,
+                &format!("k{i}"),
+            )]);
+            // A sender whose request got 503 (contention) retries it: so do we.
+            let mut contention = 0;
+            loop {
+                match s.ingest(&d, &all_sinks()).await {
+                    Ok(mut o) => return (o.remove(0), contention),
+                    Err(StoreError::Contention(_)) => contention += 1,
+                    Err(e) => panic!("ingest: {e}"),
+                }
+            }
+        }));
+    }
+    let mut outcomes = Vec::new();
+    let mut contention = 0;
+    for t in tasks {
+        let (o, c) = t.await.unwrap();
+        outcomes.push(o);
+        contention += c;
+    }
+    eprintln!(
+        "two instances, 50 concurrent alerts on one stream: {:?}, {contention} Contention errors",
+        started.elapsed()
+    );
+    assert!(outcomes.iter().all(|o| !o.duplicate));
+    let opened = outcomes
+        .iter()
+        .filter(|o| o.action == IncidentAction::Opened)
+        .count();
+    let attached = outcomes
+        .iter()
+        .filter(|o| o.action == IncidentAction::Attached)
+        .count();
+    assert_eq!((opened, attached), (1, 49));
+    let incs = a.incidents(&all_incidents()).await.unwrap();
+    assert_eq!(incs.len(), 1);
+    assert_eq!(incs[0].event_count, 50);
+    let events = b.stream_events(&incs[0].stream).await.unwrap();
+    assert_eq!(events.len(), 50);
+    let ids: HashSet<_> = events.iter().map(|e| e.id.clone()).collect();
+    assert!(outcomes.iter().all(|o| ids.contains(&o.event_id)));
+    // 1 opening (3 rows: medium severity pages nobody) + 49 attachments (2 rows each),
+    // numbered without gaps.
+    let seqs: Vec<u64> = a
+        .stream_outbox(&incs[0].stream)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, (1..=3 + 49 * 2).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn large_raw_bodies_round_trip_byte_exact() {
+    let s = store("raw").await;
+    // ~300 KB with multi-byte characters straddling the 64 KiB chunk boundaries.
+    let filler: String = "é€😀abc\u{0}\"\\\n".chars().cycle().take(130_000).collect();
+    let mut a = alert("big", Condition::Fired, Severity::Low, "big");
+    a.description = Some("x".repeat(40_000));
+    let mut d = delivery(vec![a]);
+    d.raw_body = serde_json::json!({ "data": filler }).to_string();
+    assert!(d.raw_body.len() > 300_000, "{}", d.raw_body.len());
+    let o = s.ingest(&d, &Routing::default()).await.unwrap().remove(0);
+    let ev = s.event(&o.event_id).await.unwrap().unwrap();
+    assert_eq!(ev.raw.as_bytes(), d.raw_body.as_bytes());
+    let inc = s
+        .incident(o.incident_id.as_ref().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inc.description.as_deref().map(str::len), Some(40_000));
+
+    // The same size as a multi-alert request body, kept in the requests table.
+    let mut m = delivery(vec![
+        alert("m1", Condition::Fired, Severity::Low, "m1"),
+        alert("m2", Condition::Fired, Severity::Low, "m2"),
+    ]);
+    m.raw_body = d.raw_body.clone();
+    s.ingest(&m, &Routing::default()).await.unwrap();
+    let req = s.raw_request(&m.request_id).await.unwrap().unwrap();
+    assert_eq!(req.body.as_bytes(), d.raw_body.as_bytes());
+    assert_eq!(req.received_at, m.received_at);
+    assert_eq!(req.source, Source::AzureMonitor);
+}
+
+#[tokio::test]
+async fn multi_alert_deliveries_keep_the_request_body_when_something_is_new() {
+    let s = store("multi").await;
+    let alerts = vec![
+        alert("r1", Condition::Fired, Severity::High, "x1"),
+        alert("r2", Condition::Fired, Severity::High, "x2"),
+        alert("r1", Condition::Fired, Severity::High, "x3"),
+    ];
+    let d = delivery(alerts.clone());
+    let out = s.ingest(&d, &Routing::default()).await.unwrap();
+    let actions: Vec<_> = out.iter().map(|o| o.action).collect();
+    assert_eq!(
+        actions,
+        vec![
+            IncidentAction::Opened,
+            IncidentAction::Opened,
+            IncidentAction::Attached
+        ]
+    );
+    for (o, da) in out.iter().zip(&d.alerts) {
+        assert_eq!(o.event_id, da.event_id);
+        let ev = s.event(&o.event_id).await.unwrap().unwrap();
+        assert_eq!(Some(ev.raw), da.raw_alert.clone());
+    }
+    assert_eq!(
+        s.raw_request(&d.request_id).await.unwrap().unwrap().body,
+        d.raw_body
+    );
+
+    // Redelivered in full: all duplicates, so no second copy of the body.
+    let again = delivery(alerts);
+    let out = s.ingest(&again, &Routing::default()).await.unwrap();
+    assert!(out.iter().all(|o| o.duplicate));
+    assert!(s.raw_request(&again.request_id).await.unwrap().is_none());
+
+    // Zero alerts: the body is all there is, keep it.
+    let mut empty = delivery(vec![]);
+    empty.raw_body = r#"{"alerts":[]}"#.into();
+    assert!(s
+        .ingest(&empty, &Routing::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.raw_request(&empty.request_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .body,
+        empty.raw_body
+    );
+    assert_eq!(s.count_events().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn incident_filters() {
+    let s = store("filters").await;
+    let cases = [
+        ("f-crit", Severity::Critical, false),
+        ("f-high", Severity::High, false),
+        ("f-high2", Severity::High, true),
+        ("f-low", Severity::Low, false),
+    ];
+    for (rule, sev, resolve) in cases {
+        s.ingest(
+            &delivery(vec![alert(rule, Condition::Fired, sev, rule)]),
+            &Routing::default(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        if resolve {
+            let d = delivery(vec![alert(
+                rule,
+                Condition::Resolved,
+                sev,
+                &format!("{rule}-r"),
+            )]);
+            s.ingest(&d, &Routing::default()).await.unwrap();
+        }
+    }
+    let all = s.incidents(&all_incidents()).await.unwrap();
+    let titles: Vec<_> = all.iter().map(|i| i.title.as_str()).collect();
+    assert_eq!(
+        titles,
+        vec!["f-low", "f-high2", "f-high", "f-crit"],
+        "newest first"
+    );
+
+    let f = |status, severity, limit| IncidentFilter {
+        status,
+        severity,
+        since: None,
+        limit,
+    };
+    let open = s
+        .incidents(&f(Some(IncidentStatus::Open), None, 9))
+        .await
+        .unwrap();
+    assert_eq!(open.len(), 3);
+    let resolved = s
+        .incidents(&f(Some(IncidentStatus::Resolved), None, 9))
+        .await
+        .unwrap();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].title, "f-high2");
+    let high = s
+        .incidents(&f(None, Some(Severity::High), 9))
+        .await
+        .unwrap();
+    assert_eq!(high.len(), 2);
+    let open_high = s
+        .incidents(&f(Some(IncidentStatus::Open), Some(Severity::High), 9))
+        .await
+        .unwrap();
+    assert_eq!(open_high.len(), 1);
+    assert_eq!(open_high[0].title, "f-high");
+    assert!(s.incidents(&f(None, None, 0)).await.unwrap().is_empty());
+    let two = s.incidents(&f(None, None, 2)).await.unwrap();
+    assert_eq!(
+        two.iter().map(|i| i.title.as_str()).collect::<Vec<_>>(),
+        vec!["f-low", "f-high2"]
+    );
+
+    let since = IncidentFilter {
+        since: Some(all[1].opened_at),
+        ..all_incidents()
+    };
+    let recent = s.incidents(&since).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    let future = IncidentFilter {
+        since: Some(Utc::now() + ChronoDuration::hours(1)),
+        ..all_incidents()
+    };
+    assert!(s.incidents(&future).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn configuration_errors_are_clear_and_keep_the_key_secret() {
+    let key = azurite::ACCOUNT_KEY;
+    for (cs, prefix) in [
+        (format!("AccountName=a;AccountKey={key};Nonsense=1"), "p"),
+        ("no equals sign".to_string(), "p"),
+        (format!("AccountKey={key}"), "p"),
+        (azurite::connection_string(), "1bad"),
+        (azurite::connection_string(), "bad-prefix"),
+    ] {
+        match TableStore::connect(&cs, prefix).await {
+            Err(StoreError::Config(msg)) => assert!(!msg.contains(key), "{msg}"),
+            Err(e) => panic!("{cs}: expected Config, got {e}"),
+            Ok(_) => panic!("{cs}: accepted"),
+        }
+    }
+    // Nothing listens there: unavailable, quickly.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cs = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};\
+         TableEndpoint=http://127.0.0.1:{closed}/devstoreaccount1"
+    );
+    let t = Instant::now();
+    match TableStore::connect(&cs, "p").await {
+        Err(StoreError::Unavailable(msg)) => assert!(!msg.contains(key), "{msg}"),
+        Err(e) => panic!("expected Unavailable, got {e}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    // A wrong key is a configuration problem.
+    let wrong = azurite::connection_string().replace(key, &"A".repeat(88));
+    assert!(matches!(
+        TableStore::connect(&wrong, "p").await,
+        Err(StoreError::Config(_))
+    ));
+}
+
+/// Not an assertion on speed: prints how long one ingest takes against Azurite.
+#[tokio::test]
+async fn ingest_latency() {
+    let s = store("latency").await;
+    let n = 40;
+    let mut new_streams = Vec::new();
+    let mut same_stream = Vec::new();
+    for i in 0..n {
+        let d = delivery(vec![alert(
+            &format!("lat{i}"),
+            Condition::Fired,
+            Severity::Low,
+            "x",
+        )]);
+        let t = Instant::now();
+        s.ingest(&d, &all_sinks()).await.unwrap();
+        new_streams.push(t.elapsed());
+        let d = delivery(vec![alert(
+            "lat",
+            Condition::Fired,
+            Severity::Low,
+            &format!("y{i}"),
+        )]);
+        let t = Instant::now();
+        s.ingest(&d, &all_sinks()).await.unwrap();
+        same_stream.push(t.elapsed());
+    }
+    let d = delivery(vec![alert("lat", Condition::Fired, Severity::Low, "y0")]);
+    let t = Instant::now();
+    s.ingest(&d, &all_sinks()).await.unwrap();
+    let dup = t.elapsed();
+    let stats = |v: &mut Vec<std::time::Duration>| {
+        v.sort();
+        format!("median {:?}, p90 {:?}", v[v.len() / 2], v[v.len() * 9 / 10])
+    };
+    eprintln!(
+        "ingest against Azurite: new stream {}; existing stream {}; duplicate {dup:?}",
+        stats(&mut new_streams),
+        stats(&mut same_stream)
+    );
+}
+
+mod conformance {
+    use super::support;
+    use icahub::storage::{tables::TableStore, Store};
+    use std::sync::Arc;
+
+    /// Two hub instances: two independent clients on the same tables.
+    async fn two_stores() -> (Arc<dyn Store>, Arc<dyn Store>) {
+        let cs = support::azurite::connection_string();
+        let prefix = support::azurite::unique_prefix("conf");
+        (
+            Arc::new(TableStore::connect(&cs, &prefix).await.unwrap()),
+            Arc::new(TableStore::connect(&cs, &prefix).await.unwrap()),
+        )
+    }
+
+    icahub::store_conformance_tests!(two_stores);
+}
