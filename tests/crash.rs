@@ -1,9 +1,9 @@
-//! Crash safety on the embedded store: SIGKILL the server in the middle of a load of concurrent
+//! Crash safety on the embedded store and on Azurite: SIGKILL the server in the middle of a load of concurrent
 //! alerts, restart it, and check that every alert that got a 202 is in the store.
 
 mod support;
 
-use icahub::storage::{sqlite::SqliteStore, Store};
+use icahub::storage::{sqlite::SqliteStore, tables::TableStore, Store};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::hub::ChildHub;
@@ -52,23 +52,18 @@ pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_acknowledged_alert_survives_sigkill_embedded() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("ICAHUB_STORAGE", "embedded".to_string()),
-        ("ICAHUB_DATA_DIR", dir.path().display().to_string()),
-    ];
-    let mut hub = ChildHub::spawn(&env).await;
+/// Load, SIGKILL, restart on the same storage, then check every acknowledged id in `store`.
+async fn crash_and_check(env: &[(&str, String)], store: &dyn Store) {
+    let mut hub = ChildHub::spawn(env).await;
     let acked = load_until_killed(&mut hub, 16).await;
     assert!(
-        acked.len() > 100,
+        acked.len() > 50,
         "too few alerts before the kill: {}",
         acked.len()
     );
 
     // Restart on the same data: it must come up and accept more.
-    let hub2 = ChildHub::spawn(&env).await;
+    let hub2 = ChildHub::spawn(env).await;
     let r = reqwest::Client::new()
         .post(hub2.url("/api/v1/azdev/alert"))
         .header("content-type", "application/json")
@@ -78,7 +73,6 @@ async fn every_acknowledged_alert_survives_sigkill_embedded() {
         .unwrap();
     assert_eq!(r.status(), 202);
 
-    let store = SqliteStore::open(dir.path()).unwrap();
     let mut missing = Vec::new();
     for id in &acked {
         if store.event(id).await.unwrap().is_none() {
@@ -92,5 +86,29 @@ async fn every_acknowledged_alert_survives_sigkill_embedded() {
         acked.len(),
         &missing[..missing.len().min(5)]
     );
-    assert!(store.count_events().await.unwrap() >= acked.len() as u64 + 1);
+    assert!(store.count_events().await.unwrap() > acked.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_alert_survives_sigkill_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ICAHUB_STORAGE", "embedded".to_string()),
+        ("ICAHUB_DATA_DIR", dir.path().display().to_string()),
+    ];
+    let store = SqliteStore::open(dir.path()).unwrap();
+    crash_and_check(&env, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_alert_survives_sigkill_azurite() {
+    let cs = support::azurite::connection_string();
+    let prefix = support::azurite::unique_prefix("crash");
+    let env = [
+        ("ICAHUB_STORAGE", "tables".to_string()),
+        ("ICAHUB_TABLES_CONNECTION_STRING", cs.clone()),
+        ("ICAHUB_TABLE_PREFIX", prefix.clone()),
+    ];
+    let store = TableStore::connect(&cs, &prefix).await.unwrap();
+    crash_and_check(&env, &store).await;
 }

@@ -161,21 +161,6 @@ where
     Ok(buf.freeze())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::is_json_content_type;
-
-    #[test]
-    fn json_content_types() {
-        assert!(is_json_content_type("application/json"));
-        assert!(is_json_content_type("application/json; charset=utf-8"));
-        assert!(is_json_content_type("Application/JSON"));
-        assert!(is_json_content_type("application/vnd.api+json"));
-        assert!(!is_json_content_type("text/plain"));
-        assert!(!is_json_content_type("application/x-www-form-urlencoded"));
-    }
-}
-
 /// Parses a body into a delivery and the alerts it carries.
 pub type ParseDelivery = fn(
     &RequestCtx,
@@ -211,5 +196,20 @@ pub async fn accept(
             tracing::info!(status = e.status().as_u16(), error = %e, "refused");
             e.into_response(&ctx.request_id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_content_type;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("application/json; charset=utf-8"));
+        assert!(is_json_content_type("Application/JSON"));
+        assert!(is_json_content_type("application/vnd.api+json"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/x-www-form-urlencoded"));
     }
 }
