@@ -143,6 +143,7 @@ impl SqliteStore {
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|_| conn.pragma_update(None, "mmap_size", 268_435_456))
             .and_then(|_| conn.execute_batch(SCHEMA))
             .map_err(|e| {
                 StoreError::Config(format!("cannot prepare database {}: {e}", path.display()))
@@ -269,7 +270,8 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
                     .optional()
             })
             .map_err(db_err)?;
-        let (incident_seq, outbox_seq, open_id) = head.unwrap_or((0, 0, None));
+        let (incident_seq, outbox_seq, open_id) = head.clone().unwrap_or((0, 0, None));
+        let open_id_before = open_id.clone();
         let open = match open_id {
             Some(id) => load_incident(tx, &id)?,
             None => None,
@@ -348,6 +350,20 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
             .map_err(db_err)?;
         }
         let open_now = p.next.open.as_ref().map(|i| i.id.clone());
+        let unchanged = head.is_some()
+            && p.next.incident_seq == incident_seq
+            && seq == outbox_seq
+            && open_now == open_id_before;
+        if unchanged {
+            // An alert attached to the open incident with no outbox rows: the head row stands.
+            outcomes.push(EventOutcome {
+                event_id: da.event_id.clone(),
+                duplicate: false,
+                incident_id,
+                action: p.action,
+            });
+            continue;
+        }
         tx.prepare_cached(
             "INSERT INTO streams (stream, incident_seq, outbox_seq, open_incident) \
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT(stream) DO UPDATE SET \
