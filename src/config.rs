@@ -146,11 +146,31 @@ impl Config {
         let store_timeout =
             Duration::from_millis(parse_num(&get, "ICAHUB_STORE_TIMEOUT_MS", 8000u64)?);
 
+        let rules = match (get("ICAHUB_ROUTING"), get("ICAHUB_ROUTING_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set ICAHUB_ROUTING or ICAHUB_ROUTING_FILE, not both".into(),
+                ))
+            }
+            (Some(json), None) => {
+                Routing::parse_rules(&json).map_err(|e| ConfigError(format!("ICAHUB_ROUTING: {e}")))?
+            }
+            (None, Some(path)) => {
+                let json = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError(format!("ICAHUB_ROUTING_FILE={path:?} cannot be read: {e}"))
+                })?;
+                Routing::parse_rules(&json)
+                    .map_err(|e| ConfigError(format!("ICAHUB_ROUTING_FILE={path:?}: {e}")))?
+            }
+            (None, None) => Routing::default_rules(),
+        };
         let routing = Routing {
+            rules,
             control_plane: get("ICAHUB_CONTROL_PLANE_URL").is_some(),
-            mattermost: get("ICAHUB_MATTERMOST_WEBHOOK_URL").is_some(),
-            pagerduty: get("ICAHUB_PAGERDUTY_ROUTING_KEY").is_some(),
-            ..Routing::default()
+            mattermost: get("ICAHUB_MATTERMOST_WEBHOOK_URL").is_some()
+                || get("ICAHUB_MATTERMOST_WEBHOOKS").is_some(),
+            pagerduty: get("ICAHUB_PAGERDUTY_ROUTING_KEY").is_some()
+                || get("ICAHUB_PAGERDUTY_ROUTING_KEYS").is_some(),
         };
 
         Ok(Config {

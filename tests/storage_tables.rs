@@ -82,12 +82,7 @@ fn all_incidents() -> IncidentFilter {
 }
 
 fn all_sinks() -> Routing {
-    Routing {
-        mattermost: true,
-        pagerduty: true,
-        control_plane: true,
-        page_at_or_above: Severity::High,
-    }
+    icahub::storage::conformance::all_sinks()
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ pub fn delivery(a: NormalizedAlert) -> Delivery {
     }
 }
 
-fn all_sinks() -> Routing {
+pub fn all_sinks() -> Routing {
     Routing {
         mattermost: true,
         pagerduty: true,
