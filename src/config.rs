@@ -152,9 +152,8 @@ impl Config {
                     "set ICAHUB_ROUTING or ICAHUB_ROUTING_FILE, not both".into(),
                 ))
             }
-            (Some(json), None) => {
-                Routing::parse_rules(&json).map_err(|e| ConfigError(format!("ICAHUB_ROUTING: {e}")))?
-            }
+            (Some(json), None) => Routing::parse_rules(&json)
+                .map_err(|e| ConfigError(format!("ICAHUB_ROUTING: {e}")))?,
             (None, Some(path)) => {
                 let json = std::fs::read_to_string(&path).map_err(|e| {
                     ConfigError(format!("ICAHUB_ROUTING_FILE={path:?} cannot be read: {e}"))

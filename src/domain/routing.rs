@@ -140,7 +140,11 @@ impl Routing {
             pagerduty_key: None,
         };
         vec![
-            rule("everything-to-the-control-plane", Match::default(), vec![Sink::ControlPlane]),
+            rule(
+                "everything-to-the-control-plane",
+                Match::default(),
+                vec![Sink::ControlPlane],
+            ),
             rule(
                 "page-critical-and-high",
                 Match {
@@ -149,7 +153,11 @@ impl Routing {
                 },
                 vec![Sink::Pagerduty],
             ),
-            rule("chat-about-every-incident", Match::default(), vec![Sink::Mattermost]),
+            rule(
+                "chat-about-every-incident",
+                Match::default(),
+                vec![Sink::Mattermost],
+            ),
         ]
     }
 
@@ -191,7 +199,11 @@ impl Routing {
         resource_group: Option<&str>,
     ) -> Vec<(Sink, &Rule)> {
         let mut out: Vec<(Sink, &Rule)> = Vec::new();
-        for rule in self.rules.iter().filter(|r| r.matches(source, severity, resource_group)) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.matches(source, severity, resource_group))
+        {
             for &sink in &rule.sinks {
                 if self.enabled(sink) && !out.iter().any(|(s, _)| *s == sink) {
                     out.push((sink, rule));
@@ -287,8 +299,14 @@ mod tests {
             sinks(Severity::High),
             vec![Sink::Mattermost, Sink::Pagerduty, Sink::ControlPlane]
         );
-        assert_eq!(sinks(Severity::Medium), vec![Sink::Mattermost, Sink::ControlPlane]);
-        assert_eq!(sinks(Severity::Info), vec![Sink::Mattermost, Sink::ControlPlane]);
+        assert_eq!(
+            sinks(Severity::Medium),
+            vec![Sink::Mattermost, Sink::ControlPlane]
+        );
+        assert_eq!(
+            sinks(Severity::Info),
+            vec![Sink::Mattermost, Sink::ControlPlane]
+        );
     }
 
     #[test]
@@ -315,14 +333,19 @@ mod tests {
             ]}"#,
         )
         .unwrap();
-        let r = Routing {
-            rules,
-            ..all()
-        };
+        let r = Routing { rules, ..all() };
         let routes = r.route(Source::AzureMonitor, Severity::Critical, Some("prod-db"));
-        let mm = routes.iter().find(|(s, _)| *s == Sink::Mattermost).unwrap().1;
+        let mm = routes
+            .iter()
+            .find(|(s, _)| *s == Sink::Mattermost)
+            .unwrap()
+            .1;
         assert_eq!(mm.mattermost_channel.as_deref(), Some("db-oncall"));
-        let pd = routes.iter().find(|(s, _)| *s == Sink::Pagerduty).unwrap().1;
+        let pd = routes
+            .iter()
+            .find(|(s, _)| *s == Sink::Pagerduty)
+            .unwrap()
+            .1;
         assert_eq!(pd.pagerduty_key.as_deref(), Some("dba"));
         let low = r.route(Source::AzureMonitor, Severity::Low, Some("prod-db"));
         assert!(low.iter().all(|(s, _)| *s != Sink::Pagerduty));
@@ -337,7 +360,9 @@ mod tests {
         assert!(Routing::parse_rules(r#"[{"name":"x","sinks":[]}]"#)
             .unwrap_err()
             .contains("no sinks"));
-        assert!(Routing::parse_rules(r#"[{"name":"x","sinks":["mattermost"],"mtach":{}}]"#).is_err());
+        assert!(
+            Routing::parse_rules(r#"[{"name":"x","sinks":["mattermost"],"mtach":{}}]"#).is_err()
+        );
     }
 
     #[test]
@@ -347,6 +372,9 @@ mod tests {
         // Attached with no incident given: only the control plane's alert record.
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, "alert.received");
-        assert_eq!(d[0].payload["route"]["rule"], "everything-to-the-control-plane");
+        assert_eq!(
+            d[0].payload["route"]["rule"],
+            "everything-to-the-control-plane"
+        );
     }
 }

@@ -50,6 +50,9 @@ pub struct EventOutcome {
     pub duplicate: bool,
     pub incident_id: Option<String>,
     pub action: IncidentAction,
+    /// Outbox rows written with this event (0 for duplicates).
+    #[serde(default)]
+    pub outbox_rows: u32,
 }
 
 /// A stored event: one alert as received.
@@ -122,6 +125,55 @@ pub struct OutboxRow {
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub last_error: Option<String>,
+    /// The dispatcher holding this row, and until when: nobody else sends it meanwhile.
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The backend's concurrency token for this row (Table Storage ETag); opaque.
+    #[serde(skip)]
+    pub version: Option<String>,
+}
+
+impl OutboxRow {
+    /// `OUT-<stream>-<seq>`: what operators type in `icahub outbox show|redrive`.
+    pub fn id(&self) -> String {
+        outbox_id(&self.stream, self.seq)
+    }
+}
+
+pub fn outbox_id(stream: &str, seq: u64) -> String {
+    format!("OUT-{stream}-{seq}")
+}
+
+/// Parse `OUT-<stream>-<seq>` into its parts.
+pub fn parse_outbox_id(id: &str) -> Option<(String, u64)> {
+    let rest = id.strip_prefix("OUT-")?;
+    let (stream, seq) = rest.rsplit_once('-')?;
+    let ok = !stream.is_empty() && stream.bytes().all(|b| b.is_ascii_alphanumeric());
+    Some((stream.to_string(), seq.parse().ok()?)).filter(|_| ok)
+}
+
+/// How a delivery attempt ended; applied only by the lease holder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// The sink confirmed it.
+    Delivered { at: DateTime<Utc> },
+    /// Failed, worth another attempt then (counts as an attempt).
+    Retry {
+        next_attempt_at: DateTime<Utc>,
+        error: String,
+    },
+    /// Permanent failure or given up: a dead letter, kept with its last error (counts as an attempt).
+    Dead { error: String },
+    /// Not attempted (our own rate limit): try again then, attempts unchanged.
+    Defer { next_attempt_at: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxFilter {
+    pub status: Option<OutboxStatus>,
+    pub sink: Option<Sink>,
+    pub limit: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -174,6 +226,33 @@ pub trait Store: Send + Sync + 'static {
     async fn count_events(&self) -> Result<u64>;
     /// A cheap round trip to check the storage answers.
     async fn ping(&self) -> Result<()>;
+
+    /// Rows that may be sent now, at most `limit`: for each (stream, sink) only its lowest
+    /// pending row (so a stream's deliveries to one sink go out in order), and only when it is due
+    /// (`next_attempt_at <= now`) and not under a live lease. `stream` restricts to one stream.
+    async fn outbox_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        stream: Option<&str>,
+    ) -> Result<Vec<OutboxRow>>;
+    /// Take the lease on `row` (as read by `outbox_due`) until `until`, if it is still pending and
+    /// nobody holds a live lease. Returns the leased row, or `None` when someone else got it.
+    async fn outbox_lease(
+        &self,
+        row: &OutboxRow,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<OutboxRow>>;
+    /// Record the outcome of a leased row and release the lease; `false` when the lease was lost
+    /// (expired and taken by another dispatcher), in which case nothing is written.
+    async fn outbox_settle(&self, leased: &OutboxRow, settle: &Settle) -> Result<bool>;
+    async fn outbox_get(&self, stream: &str, seq: u64) -> Result<Option<OutboxRow>>;
+    /// Rows by status and sink, oldest first, at most `filter.limit` (may scan).
+    async fn outbox_list(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>>;
+    /// Put a dead letter back to pending, due now, attempts reset. `false` if it is not dead.
+    async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool>;
 }
 
 /// A new event id for an alert of stream `stream`: `EVT-<stream>-<UTC yyyymmddHHMMSSffffff><8 hex>`,

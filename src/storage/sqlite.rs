@@ -9,8 +9,8 @@
 //! Reads use a small pool of separate connections, so they never wait for the writer.
 
 use super::{
-    Delivery, EventOutcome, IncidentFilter, OutboxRow, OutboxStatus, RawRequest, Result, Store,
-    StoreError, StoredEvent,
+    Delivery, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, OutboxStatus, RawRequest,
+    Result, Settle, Store, StoreError, StoredEvent,
 };
 use crate::domain::alert::{Condition, Severity, Source};
 use crate::domain::incident::{
@@ -77,9 +77,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at TEXT NOT NULL,
     created_at      TEXT NOT NULL,
     last_error      TEXT,
+    lease_owner     TEXT,
+    lease_until     TEXT,
+    delivered_at    TEXT,
     PRIMARY KEY (stream, seq)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_attempt_at);
+-- The head of each (stream, sink): the lowest pending seq.
+CREATE INDEX IF NOT EXISTS outbox_heads ON outbox(status, stream, sink, seq);
 CREATE TABLE IF NOT EXISTS requests (
     request_id  TEXT PRIMARY KEY,
     source      TEXT NOT NULL,
@@ -87,6 +92,28 @@ CREATE TABLE IF NOT EXISTS requests (
     body        TEXT NOT NULL
 );
 "#;
+
+/// Bring a database made by an older icahub up to [`SCHEMA`] (columns only ever get added).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_outbox: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_outbox {
+        return Ok(());
+    }
+    let cols: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('outbox')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for col in ["lease_owner", "lease_until", "delivered_at"] {
+        if !cols.iter().any(|c| c == col) {
+            conn.execute_batch(&format!("ALTER TABLE outbox ADD COLUMN {col} TEXT"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Timestamps are stored as fixed-width RFC 3339 UTC so text order is time order.
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
@@ -103,15 +130,52 @@ fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite: {e}"))
 }
 
-struct Job {
-    delivery: Delivery,
-    routing: Routing,
-    reply: oneshot::Sender<Result<Vec<EventOutcome>>>,
+/// A unit of work for the writer thread: applied inside its own savepoint of a group commit,
+/// answered only after the group's COMMIT (or its failure).
+trait WriteJob: Send {
+    /// Run the work; `true` keeps its savepoint, `false` rolls it back.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Deliver the result once the group's fate is known.
+    fn finish(self: Box<Self>, commit: Result<()>);
 }
+
+struct Job<T, F> {
+    work: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T> + Send,
+{
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let r = match self.work.take() {
+            Some(f) => f(conn),
+            None => Err(StoreError::Unavailable("write job applied twice".into())),
+        };
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<()>) {
+        let r = match (commit, self.result) {
+            (Ok(()), Some(r)) => r,
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Unavailable("write job never ran".into())),
+        };
+        // The caller may have gone away (client disconnected); the data is stored anyway.
+        let _ = self.reply.send(r);
+    }
+}
+
+type BoxedJob = Box<dyn WriteJob>;
 
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::UnboundedSender<Job>,
+    writer: mpsc::UnboundedSender<BoxedJob>,
     readers: Arc<Mutex<Vec<Connection>>>,
 }
 
@@ -144,6 +208,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
             .and_then(|_| conn.pragma_update(None, "mmap_size", 268_435_456))
+            .and_then(|_| migrate(&conn))
             .and_then(|_| conn.execute_batch(SCHEMA))
             .map_err(|e| {
                 StoreError::Config(format!("cannot prepare database {}: {e}", path.display()))
@@ -158,6 +223,25 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Run `f` on the writer thread inside the next group commit; answers after the COMMIT.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: BoxedJob = Box::new(Job {
+            work: Some(f),
+            result: None,
+            reply,
+        });
+        self.writer
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
     }
 
     /// Run `f` on a pooled read connection on the blocking pool.
@@ -190,7 +274,7 @@ fn poisoned() -> StoreError {
     StoreError::Unavailable("reader pool lock poisoned".into())
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<BoxedJob>) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -199,40 +283,32 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = commit_group(&mut conn, &jobs);
-        for (job, result) in jobs.into_iter().zip(results) {
-            // The caller may have gone away (client disconnected); the data is stored anyway.
-            let _ = job.reply.send(result);
+        let commit = commit_group(&mut conn, &mut jobs);
+        for job in jobs {
+            job.finish(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            });
         }
     }
 }
 
 /// Apply every job in one transaction, each in its own savepoint so one job's failure does not
 /// undo the others; then commit (the one fsync).
-fn commit_group(conn: &mut Connection, jobs: &[Job]) -> Vec<Result<Vec<EventOutcome>>> {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return jobs.iter().map(|_| Err(db_err_ref(&e))).collect(),
-    };
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let r = (|| {
-            // Dropping an uncommitted savepoint rolls back just this job.
-            let sp = tx.savepoint().map_err(db_err)?;
-            let out = apply_delivery(&sp, &job.delivery, &job.routing)?;
+fn commit_group(conn: &mut Connection, jobs: &mut [BoxedJob]) -> Result<()> {
+    let mut tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    for job in jobs.iter_mut() {
+        let mut sp = tx.savepoint().map_err(db_err)?;
+        if job.apply(&sp) {
             sp.commit().map_err(db_err)?;
-            Ok(out)
-        })();
-        results.push(r);
+        } else {
+            // Dropping an uncommitted savepoint rolls back just this job.
+            sp.rollback().map_err(db_err)?;
+        }
     }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(e) => jobs.iter().map(|_| Err(db_err_ref(&e))).collect(),
-    }
-}
-
-fn db_err_ref(e: &rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(format!("sqlite: {e}"))
+    tx.commit().map_err(db_err)
 }
 
 fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
@@ -257,6 +333,7 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
                 duplicate: true,
                 incident_id,
                 action: IncidentAction::None,
+                outbox_rows: 0,
             });
             continue;
         }
@@ -361,6 +438,7 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
                 duplicate: false,
                 incident_id,
                 action: p.action,
+                outbox_rows: 0,
             });
             continue;
         }
@@ -377,6 +455,7 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
             duplicate: false,
             incident_id,
             action: p.action,
+            outbox_rows: p.outbox.len() as u32,
         });
     }
     if d.alerts.len() != 1 && (any_new || d.alerts.is_empty()) {
@@ -449,6 +528,111 @@ fn decode_event(c: [Option<String>; 14]) -> Result<StoredEvent> {
     })
 }
 
+const OUTBOX_COLS: &str = "stream, seq, sink, kind, idempotency_key, event_id, payload, status, \
+    attempts, next_attempt_at, created_at, last_error, lease_owner, lease_until, delivered_at";
+
+fn outbox_row(c: &Connection, stream: &str, seq: u64) -> Result<Option<OutboxRow>> {
+    let mut rows = query_outbox(
+        c,
+        &format!("SELECT {OUTBOX_COLS} FROM outbox WHERE stream = ?1 AND seq = ?2"),
+        &[&stream, &seq],
+    )?;
+    Ok(rows.pop())
+}
+
+fn query_outbox(
+    c: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<OutboxRow>> {
+    type Cols = (
+        String,
+        u64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        u32,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<Cols> = c
+        .prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(params, |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                    r.get(13)?,
+                    r.get(14)?,
+                ))
+            })?
+            .collect()
+        })
+        .map_err(db_err)?;
+    let opt_ts = |v: Option<String>| v.map(|s| parse_ts(&s)).transpose();
+    rows.into_iter()
+        .map(
+            |(
+                stream,
+                seq,
+                sink,
+                kind,
+                key,
+                event_id,
+                payload,
+                status,
+                attempts,
+                next,
+                created,
+                last_error,
+                lease_owner,
+                lease_until,
+                delivered_at,
+            )| {
+                Ok(OutboxRow {
+                    stream,
+                    seq,
+                    sink: Sink::parse(&sink)
+                        .ok_or_else(|| StoreError::Corrupt(format!("bad sink {sink}")))?,
+                    kind,
+                    idempotency_key: key,
+                    event_id,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
+                    status: OutboxStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("bad status {status}")))?,
+                    attempts,
+                    next_attempt_at: parse_ts(&next)?,
+                    created_at: parse_ts(&created)?,
+                    last_error,
+                    lease_owner,
+                    lease_until: opt_ts(lease_until)?,
+                    delivered_at: opt_ts(delivered_at)?,
+                    version: None,
+                })
+            },
+        )
+        .collect()
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
@@ -460,16 +644,9 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Job {
-                delivery: delivery.clone(),
-                routing: routing.clone(),
-                reply,
-            })
-            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the writer thread has stopped".into()))?
+        let (delivery, routing) = (delivery.clone(), routing.clone());
+        self.write(move |c| apply_delivery(c, &delivery, &routing))
+            .await
     }
 
     async fn incident(&self, id: &str) -> Result<Option<Incident>> {
@@ -575,83 +752,144 @@ impl Store for SqliteStore {
     async fn stream_outbox(&self, stream: &str) -> Result<Vec<OutboxRow>> {
         let stream = stream.to_string();
         self.read(move |c| {
-            type Cols = (
-                String,
-                u64,
-                String,
-                String,
-                String,
-                String,
-                String,
-                String,
-                u32,
-                String,
-                String,
-                Option<String>,
+            query_outbox(
+                c,
+                &format!("SELECT {OUTBOX_COLS} FROM outbox WHERE stream = ?1 ORDER BY seq"),
+                &[&stream],
+            )
+        })
+        .await
+    }
+
+    async fn outbox_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        stream: Option<&str>,
+    ) -> Result<Vec<OutboxRow>> {
+        let stream = stream.map(str::to_string);
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {OUTBOX_COLS} FROM outbox o \
+                 WHERE o.status = 'pending' AND (?3 IS NULL OR o.stream = ?3) \
+                 AND o.seq = (SELECT MIN(p.seq) FROM outbox p WHERE p.status = 'pending' \
+                              AND p.stream = o.stream AND p.sink = o.sink) \
+                 AND o.next_attempt_at <= ?1 AND (o.lease_until IS NULL OR o.lease_until <= ?1) \
+                 ORDER BY o.next_attempt_at, o.stream, o.seq LIMIT ?2"
             );
-            let rows: Vec<Cols> = c
+            query_outbox(c, &sql, &[&ts(now), &(limit as i64), &stream])
+        })
+        .await
+    }
+
+    async fn outbox_lease(
+        &self,
+        row: &OutboxRow,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<OutboxRow>> {
+        let (stream, seq, owner) = (row.stream.clone(), row.seq, owner.to_string());
+        self.write(move |c| {
+            let n = c
                 .prepare_cached(
-                    "SELECT stream, seq, sink, kind, idempotency_key, event_id, payload, status, \
-                     attempts, next_attempt_at, created_at, last_error \
-                     FROM outbox WHERE stream = ?1 ORDER BY seq",
+                    "UPDATE outbox SET lease_owner = ?1, lease_until = ?2 \
+                     WHERE stream = ?3 AND seq = ?4 AND status = 'pending' \
+                     AND (lease_until IS NULL OR lease_until <= ?5)",
                 )
-                .and_then(|mut s| {
-                    s.query_map([&stream], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get(1)?,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                            r.get(5)?,
-                            r.get(6)?,
-                            r.get(7)?,
-                            r.get(8)?,
-                            r.get(9)?,
-                            r.get(10)?,
-                            r.get(11)?,
-                        ))
-                    })?
-                    .collect()
-                })
+                .and_then(|mut s| s.execute(params![owner, ts(until), stream, seq, ts(now)]))
                 .map_err(db_err)?;
-            rows.into_iter()
-                .map(
-                    |(
-                        stream,
-                        seq,
-                        sink,
-                        kind,
-                        key,
-                        event_id,
-                        payload,
-                        status,
-                        attempts,
-                        next,
-                        created,
-                        last_error,
-                    )| {
-                        Ok(OutboxRow {
-                            stream,
-                            seq,
-                            sink: Sink::parse(&sink)
-                                .ok_or_else(|| StoreError::Corrupt(format!("bad sink {sink}")))?,
-                            kind,
-                            idempotency_key: key,
-                            event_id,
-                            payload: serde_json::from_str(&payload)
-                                .map_err(|e| StoreError::Corrupt(format!("outbox payload: {e}")))?,
-                            status: OutboxStatus::parse(&status).ok_or_else(|| {
-                                StoreError::Corrupt(format!("bad status {status}"))
-                            })?,
-                            attempts,
-                            next_attempt_at: parse_ts(&next)?,
-                            created_at: parse_ts(&created)?,
-                            last_error,
-                        })
-                    },
+            if n == 0 {
+                return Ok(None);
+            }
+            outbox_row(c, &stream, seq)
+        })
+        .await
+    }
+
+    async fn outbox_settle(&self, leased: &OutboxRow, settle: &Settle) -> Result<bool> {
+        let (stream, seq) = (leased.stream.clone(), leased.seq);
+        let (owner, until) = match (&leased.lease_owner, leased.lease_until) {
+            (Some(o), Some(u)) => (o.clone(), ts(u)),
+            _ => return Ok(false),
+        };
+        let settle = settle.clone();
+        self.write(move |c| {
+            let (set, args): (&str, Vec<Option<String>>) = match &settle {
+                Settle::Delivered { at } => (
+                    "status = 'delivered', delivered_at = ?5, attempts = attempts + 1, last_error = NULL",
+                    vec![Some(ts(*at))],
+                ),
+                Settle::Retry {
+                    next_attempt_at,
+                    error,
+                } => (
+                    "next_attempt_at = ?5, last_error = ?6, attempts = attempts + 1",
+                    vec![Some(ts(*next_attempt_at)), Some(error.clone())],
+                ),
+                Settle::Dead { error } => (
+                    "status = 'dead', last_error = ?5, attempts = attempts + 1",
+                    vec![Some(error.clone())],
+                ),
+                Settle::Defer { next_attempt_at } => {
+                    ("next_attempt_at = ?5", vec![Some(ts(*next_attempt_at))])
+                }
+            };
+            let sql = format!(
+                "UPDATE outbox SET {set}, lease_owner = NULL, lease_until = NULL \
+                 WHERE stream = ?1 AND seq = ?2 AND status = 'pending' \
+                 AND lease_owner = ?3 AND lease_until = ?4"
+            );
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&stream, &seq, &owner, &until];
+            for a in &args {
+                params.push(a);
+            }
+            let n = c
+                .prepare_cached(&sql)
+                .and_then(|mut s| s.execute(params.as_slice()))
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn outbox_get(&self, stream: &str, seq: u64) -> Result<Option<OutboxRow>> {
+        let stream = stream.to_string();
+        self.read(move |c| outbox_row(c, &stream, seq)).await
+    }
+
+    async fn outbox_list(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>> {
+        let f = filter.clone();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {OUTBOX_COLS} FROM outbox WHERE (?1 IS NULL OR status = ?1) \
+                 AND (?2 IS NULL OR sink = ?2) ORDER BY created_at, stream, seq LIMIT ?3"
+            );
+            query_outbox(
+                c,
+                &sql,
+                &[
+                    &f.status.map(|s| s.as_str()),
+                    &f.sink.map(|s| s.as_str()),
+                    &(f.limit as i64),
+                ],
+            )
+        })
+        .await
+    }
+
+    async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
+        let stream = stream.to_string();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE stream = ?1 AND seq = ?2 AND status = 'dead'",
                 )
-                .collect()
+                .and_then(|mut s| s.execute(params![stream, seq, ts(now)]))
+                .map_err(db_err)?;
+            Ok(n == 1)
         })
         .await
     }

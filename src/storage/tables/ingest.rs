@@ -68,6 +68,7 @@ impl TableStore {
                     } else {
                         d.action
                     },
+                    outbox_rows: 0,
                 });
             }
             let (state, outbox_seq, etag) = match head? {
@@ -90,6 +91,7 @@ impl TableStore {
                 duplicate: false,
                 incident_id: incident_id.clone(),
                 action: p.action,
+                outbox_rows: p.outbox.len() as u32,
             };
             let event = StoredEvent {
                 id: da.event_id.clone(),
@@ -128,6 +130,10 @@ impl TableStore {
                     next_attempt_at: now,
                     created_at: now,
                     last_error: None,
+                    lease_owner: None,
+                    lease_until: None,
+                    delivered_at: None,
+                    version: None,
                 })
                 .collect();
             let dedup = Dedup {

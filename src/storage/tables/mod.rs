@@ -314,4 +314,54 @@ impl Store for TableStore {
             _ => Ok(()),
         }
     }
+    async fn outbox_due(
+        &self,
+        _now: chrono::DateTime<chrono::Utc>,
+        _limit: usize,
+        _stream: Option<&str>,
+    ) -> Result<Vec<OutboxRow>> {
+        Err(StoreError::Unavailable(
+            "outbox dispatch on Table Storage: not yet".into(),
+        ))
+    }
+    async fn outbox_lease(
+        &self,
+        _row: &OutboxRow,
+        _owner: &str,
+        _now: chrono::DateTime<chrono::Utc>,
+        _until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<OutboxRow>> {
+        Err(StoreError::Unavailable(
+            "outbox dispatch on Table Storage: not yet".into(),
+        ))
+    }
+    async fn outbox_settle(
+        &self,
+        _leased: &OutboxRow,
+        _settle: &crate::storage::Settle,
+    ) -> Result<bool> {
+        Err(StoreError::Unavailable(
+            "outbox dispatch on Table Storage: not yet".into(),
+        ))
+    }
+    async fn outbox_get(&self, _stream: &str, _seq: u64) -> Result<Option<OutboxRow>> {
+        Err(StoreError::Unavailable(
+            "outbox dispatch on Table Storage: not yet".into(),
+        ))
+    }
+    async fn outbox_list(&self, _filter: &crate::storage::OutboxFilter) -> Result<Vec<OutboxRow>> {
+        Err(StoreError::Unavailable(
+            "outbox dispatch on Table Storage: not yet".into(),
+        ))
+    }
+    async fn outbox_redrive(
+        &self,
+        _stream: &str,
+        _seq: u64,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        Err(StoreError::Unavailable(
+            "outbox dispatch on Table Storage: not yet".into(),
+        ))
+    }
 }

@@ -383,6 +383,10 @@ pub(crate) fn outbox_of(m: &Entity) -> Result<OutboxRow, StoreError> {
         next_attempt_at: get_time(m, "NextAttemptAt")?,
         created_at: get_time(m, "CreatedAt")?,
         last_error: get_text(m, "LastError")?,
+        lease_owner: None,
+        lease_until: None,
+        delivered_at: None,
+        version: None,
     })
 }
 
