@@ -25,17 +25,19 @@
 
 mod connection;
 mod ingest;
+mod outbox;
 mod rows;
 
 use crate::domain::incident::{stream_key, stream_of_id, Incident};
 use crate::domain::routing::Routing;
 use crate::storage::{
-    Delivery, EventOutcome, IncidentFilter, OutboxRow, RawRequest, Result, Store, StoreError,
-    StoredEvent,
+    Delivery, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, RawRequest, Result, Settle,
+    Store, StoreError, StoredEvent,
 };
 use async_trait::async_trait;
 use azure_core::{Etag, StatusCode};
 use azure_data_tables::prelude::TableClient;
+use chrono::{DateTime, Utc};
 use connection::{map_err, status_of};
 use futures::StreamExt;
 use rows::{lit, valid_key, Entity};
@@ -314,54 +316,39 @@ impl Store for TableStore {
             _ => Ok(()),
         }
     }
+
     async fn outbox_due(
         &self,
-        _now: chrono::DateTime<chrono::Utc>,
-        _limit: usize,
-        _stream: Option<&str>,
+        now: DateTime<Utc>,
+        limit: usize,
+        stream: Option<&str>,
     ) -> Result<Vec<OutboxRow>> {
-        Err(StoreError::Unavailable(
-            "outbox dispatch on Table Storage: not yet".into(),
-        ))
+        self.due(now, limit, stream).await
     }
+
     async fn outbox_lease(
         &self,
-        _row: &OutboxRow,
-        _owner: &str,
-        _now: chrono::DateTime<chrono::Utc>,
-        _until: chrono::DateTime<chrono::Utc>,
+        row: &OutboxRow,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
     ) -> Result<Option<OutboxRow>> {
-        Err(StoreError::Unavailable(
-            "outbox dispatch on Table Storage: not yet".into(),
-        ))
+        self.lease(row, owner, now, until).await
     }
-    async fn outbox_settle(
-        &self,
-        _leased: &OutboxRow,
-        _settle: &crate::storage::Settle,
-    ) -> Result<bool> {
-        Err(StoreError::Unavailable(
-            "outbox dispatch on Table Storage: not yet".into(),
-        ))
+
+    async fn outbox_settle(&self, leased: &OutboxRow, settle: &Settle) -> Result<bool> {
+        self.settle(leased, settle).await
     }
-    async fn outbox_get(&self, _stream: &str, _seq: u64) -> Result<Option<OutboxRow>> {
-        Err(StoreError::Unavailable(
-            "outbox dispatch on Table Storage: not yet".into(),
-        ))
+
+    async fn outbox_get(&self, stream: &str, seq: u64) -> Result<Option<OutboxRow>> {
+        self.outbox_row(stream, seq).await
     }
-    async fn outbox_list(&self, _filter: &crate::storage::OutboxFilter) -> Result<Vec<OutboxRow>> {
-        Err(StoreError::Unavailable(
-            "outbox dispatch on Table Storage: not yet".into(),
-        ))
+
+    async fn outbox_list(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>> {
+        self.list(filter).await
     }
-    async fn outbox_redrive(
-        &self,
-        _stream: &str,
-        _seq: u64,
-        _now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool> {
-        Err(StoreError::Unavailable(
-            "outbox dispatch on Table Storage: not yet".into(),
-        ))
+
+    async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
+        self.redrive(stream, seq, now).await
     }
 }

@@ -20,6 +20,8 @@ const MAX_CHUNKS: usize = 14;
 const PLAIN_TEXT_UNITS: usize = 16 * 1024;
 
 pub(crate) const HEAD: &str = "head";
+/// The property carrying an entity's ETag in responses with full metadata.
+pub(crate) const ODATA_ETAG: &str = "odata.etag";
 
 pub(crate) fn event_key(event_id: &str) -> String {
     format!("event|{event_id}")
@@ -364,6 +366,11 @@ pub(crate) fn outbox_entity(o: &OutboxRow) -> Result<Entity, StoreError> {
     if let Some(e) = &o.last_error {
         put_text(&mut m, "LastError", e)?;
     }
+    // Absent when unset: outbox rows are always written whole (insert or replace), so leaving a
+    // property out clears it.
+    put_opt(&mut m, "LeaseOwner", o.lease_owner.as_deref());
+    put_opt(&mut m, "LeaseUntil", o.lease_until.map(ts).as_deref());
+    put_opt(&mut m, "DeliveredAt", o.delivered_at.map(ts).as_deref());
     Ok(m)
 }
 
@@ -383,10 +390,11 @@ pub(crate) fn outbox_of(m: &Entity) -> Result<OutboxRow, StoreError> {
         next_attempt_at: get_time(m, "NextAttemptAt")?,
         created_at: get_time(m, "CreatedAt")?,
         last_error: get_text(m, "LastError")?,
-        lease_owner: None,
-        lease_until: None,
-        delivered_at: None,
-        version: None,
+        lease_owner: opt_str(m, "LeaseOwner")?,
+        lease_until: opt_time(m, "LeaseUntil")?,
+        delivered_at: opt_time(m, "DeliveredAt")?,
+        // Queries and point reads ask for full metadata, so the entity carries its ETag.
+        version: opt_str(m, ODATA_ETAG)?,
     })
 }
 
