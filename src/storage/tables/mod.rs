@@ -20,8 +20,13 @@
 //! value, see `rows`); larger bodies are refused with [`StoreError::Config`], so the ingress
 //! body limit must stay below that.
 //!
+//! Outbox rows are dispatched in place: leases and outcomes are whole-entity replaces with
+//! `If-Match` on the row's ETag (carried in `OutboxRow::version`); see `outbox`. Finding due rows
+//! across all streams and listing the outbox scan the table with a server-side filter.
+//!
 //! Files: this one (connecting, reads, the [`Store`] impl), `ingest` (the write loop),
-//! `rows` (entity layout and codecs), `connection` (connection strings, HTTP policy, errors).
+//! `outbox` (dispatch: due, lease, settle, list, redrive), `rows` (entity layout and codecs),
+//! `connection` (connection strings, HTTP policy, errors).
 
 mod connection;
 mod ingest;
