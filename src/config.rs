@@ -1,6 +1,7 @@
 //! Configuration: read once from the environment into typed values, validated at start.
 //! Every variable the hub reads is listed in [`VARS`] (and in the README) with its default.
 
+use crate::dispatcher::policy::RetryPolicy;
 use crate::domain::routing::Routing;
 use std::fmt;
 use std::path::PathBuf;
@@ -38,6 +39,13 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_CONTROL_PLANE_URL", "unset", "Control-plane base URL; when set, every alert and incident change gets a control-plane outbox row"),
     ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
     ("ICAHUB_PAGERDUTY_ROUTING_KEY", "unset", "PagerDuty Events v2 routing key; when set, critical and high incidents get PagerDuty outbox rows"),
+    ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see the README); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
+    ("ICAHUB_ROUTING_FILE", "unset", "Path of a JSON file of routing rules"),
+    ("ICAHUB_RETRY_FIRST_SECS", "5", "Delay before the first retry of a failed delivery; doubles each time"),
+    ("ICAHUB_RETRY_MAX_SECS", "3600", "Longest delay between retries"),
+    ("ICAHUB_GIVE_UP_AFTER_SECS", "86400", "A delivery still failing this long after it was created becomes a dead letter"),
+    ("ICAHUB_LEASE_SECS", "60", "How long a dispatcher owns a delivery it is sending (a crashed one's deliveries wait this long)"),
+    ("ICAHUB_DISPATCH_INTERVAL_SECS", "10", "Outside the Functions host, `serve` drains the outbox this often (0 = only the fast path)"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
@@ -65,6 +73,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub store_timeout: Duration,
     pub routing: Routing,
+    pub retry: RetryPolicy,
+    /// How long a dispatcher owns a delivery it is sending.
+    pub lease: Duration,
+    /// `icahub serve` outside the Functions host drains the outbox this often (None: never).
+    pub dispatch_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +185,29 @@ impl Config {
                 || get("ICAHUB_PAGERDUTY_ROUTING_KEYS").is_some(),
         };
 
+        let secs = |name: &str, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(parse_num(&get, name, default)?))
+        };
+        let retry = RetryPolicy {
+            first_delay: secs("ICAHUB_RETRY_FIRST_SECS", 5)?,
+            max_delay: secs("ICAHUB_RETRY_MAX_SECS", 3600)?,
+            give_up_after: secs("ICAHUB_GIVE_UP_AFTER_SECS", 86_400)?,
+            ..RetryPolicy::default()
+        };
+        if retry.first_delay.is_zero() || retry.max_delay < retry.first_delay {
+            return Err(ConfigError(
+                "ICAHUB_RETRY_FIRST_SECS must be at least 1 and at most ICAHUB_RETRY_MAX_SECS".into(),
+            ));
+        }
+        let lease = secs("ICAHUB_LEASE_SECS", 60)?;
+        if lease < Duration::from_secs(15) {
+            return Err(ConfigError(
+                "ICAHUB_LEASE_SECS must be at least 15 (longer than a sink's 10 s timeout)".into(),
+            ));
+        }
+        let interval = secs("ICAHUB_DISPATCH_INTERVAL_SECS", 10)?;
+        let dispatch_interval = (!interval.is_zero()).then_some(interval);
+
         Ok(Config {
             port,
             under_functions_host,
@@ -179,6 +215,9 @@ impl Config {
             max_body_bytes,
             store_timeout,
             routing,
+            retry,
+            lease,
+            dispatch_interval,
         })
     }
 
@@ -191,6 +230,9 @@ impl Config {
             max_body_bytes: 524_288,
             store_timeout: Duration::from_secs(8),
             routing: Routing::default(),
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(60),
+            dispatch_interval: None,
         }
     }
 }

@@ -8,11 +8,15 @@
 //! - [`domain`]: pure logic: payload parsers, incidents, routing.
 //! - [`storage`]: the `Store` trait and its backends (embedded SQLite, Azure Table Storage).
 //! - [`ingest`]: parse, store durably, answer: the path every alert takes.
+//! - [`dispatcher`]: drains the outbox through the sinks (retries, dead letters, leases);
+//!   [`clock`] is passed in so tests can move time.
 //! - [`cli`]: operator commands (`serve`, `bench`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod dispatcher;
 pub mod domain;
 pub mod error;
 pub mod functions_host;

@@ -1,7 +1,11 @@
 //! Build the app from a [`Config`] and serve it on a listener it is given (port 0 in tests).
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StorageConfig};
+use crate::dispatcher::Dispatcher;
+use crate::sinks::Sinks;
 use crate::storage::{sqlite::SqliteStore, tables::TableStore, Store};
+use std::time::Duration;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,26 +16,66 @@ use tokio::net::TcpListener;
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+/// Open the configured store (creating tables or the database file).
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.storage {
+        StorageConfig::Embedded { dir } => Arc::new(
+            SqliteStore::open(dir)
+                .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
+        ),
+        StorageConfig::Tables {
+            connection_string,
+            table_prefix,
+        } => Arc::new(
+            TableStore::connect(connection_string.expose(), table_prefix)
+                .await
+                .context("connecting to Azure Table Storage")?,
+        ),
+    })
 }
 
 impl App {
-    /// Open the configured store (creating tables or the database file) and build the app.
+    /// The app with sinks configured from the environment and the real clock.
     pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
-        let store: Arc<dyn Store> = match &config.storage {
-            StorageConfig::Embedded { dir } => Arc::new(
-                SqliteStore::open(dir)
-                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
-            ),
-            StorageConfig::Tables {
-                connection_string,
-                table_prefix,
-            } => Arc::new(
-                TableStore::connect(connection_string.expose(), table_prefix)
-                    .await
-                    .context("connecting to Azure Table Storage")?,
-            ),
-        };
-        Ok(Arc::new(App { config, store }))
+        let sinks = Sinks::from_lookup(&|k| std::env::var(k).ok())
+            .map_err(|e| anyhow::anyhow!("sink configuration: {e}"))?;
+        App::build_with(config, sinks, Arc::new(SystemClock)).await
+    }
+
+    /// The app with the given sinks and clock (tests point sinks at local receivers).
+    pub async fn build_with(
+        config: Config,
+        sinks: Sinks,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<App>> {
+        let store = open_store(&config).await?;
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            sinks,
+            config.retry.clone(),
+            clock,
+            config.lease,
+        ));
+        Ok(Arc::new(App {
+            config,
+            store,
+            dispatcher,
+        }))
+    }
+}
+
+/// Drain the outbox every `every` until `stop` resolves (`serve` outside the Functions host).
+pub async fn drain_periodically(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.dispatcher.drain(crate::http::timer::DRAIN_BUDGET).await {
+            tracing::warn!(error = %e, "periodic outbox drain failed; will retry");
+        }
     }
 }
 

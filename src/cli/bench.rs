@@ -46,6 +46,13 @@ pub struct BenchArgs {
     /// Instead of load: time `icahub serve` from spawn to its first 202, this many times.
     #[arg(long)]
     pub startup: bool,
+    /// Instead of load: spawn a hub wired to a local Mattermost receiver, post alerts at `--rate`
+    /// per second, and measure from each 202 to the arrival of its Mattermost message.
+    #[arg(long)]
+    pub e2e: bool,
+    /// Alerts per second for `--e2e`.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
     #[arg(long, default_value_t = 10)]
     pub startup_runs: usize,
     /// Print the result as JSON.
@@ -128,6 +135,9 @@ struct WorkerResult {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.startup {
         return startup(args).await;
+    }
+    if args.e2e {
+        return e2e(args).await;
     }
     let base = args.url.trim_end_matches('/').to_string();
     let target = match args.payload {
@@ -331,4 +341,169 @@ fn tempfile_dir(run: usize) -> anyhow::Result<std::path::PathBuf> {
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
+}
+
+/// End-to-end latency: 202 → the Mattermost message at a local receiver. Each alert opens its
+/// own incident (its own rule), so each produces exactly one message naming its incident id.
+async fn e2e(args: BenchArgs) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use warp::Filter;
+
+    type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let rx = arrivals.clone();
+    let receiver = warp::post()
+        .and(warp::body::bytes())
+        .map(move |body: bytes::Bytes| {
+            let at = Instant::now();
+            let text = String::from_utf8_lossy(&body);
+            if let Some(i) = text.find("INC-") {
+                let id: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                if let Ok(mut m) = rx.lock() {
+                    m.entry(id).or_insert(at);
+                }
+            }
+            "ok"
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hooks/bench", listener.local_addr()?);
+    tokio::spawn(warp::serve(receiver).incoming(listener).run());
+
+    let exe = std::env::current_exe()?;
+    let dir = tempfile_dir(9999)?;
+    let port = free_port()?;
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["serve", "--port", &port.to_string()])
+        .env("ICAHUB_DATA_DIR", &dir)
+        .env("ICAHUB_STORAGE", "embedded")
+        .env("ICAHUB_MATTERMOST_WEBHOOK_URL", &hook)
+        .env_remove("ICAHUB_CONTROL_PLANE_URL")
+        .env_remove("ICAHUB_PAGERDUTY_ROUTING_KEY")
+        .env("ICAHUB_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning icahub serve")?;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let t0 = Instant::now();
+    while client.get(format!("{base}/")).send().await.is_err() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            anyhow::bail!("the hub did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let total = (args.rate as f64 * args.duration) as u64;
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..total {
+        // Open-loop pacing: send at the scheduled time whatever the previous answers did.
+        let due = start + interval.mul_f64(n as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (client, url, acked, errors) = (
+            client.clone(),
+            format!("{base}/api/v1/azdev/alert"),
+            acked.clone(),
+            errors.clone(),
+        );
+        let mut body = azure_alert(n, usize::MAX, true);
+        body["data"]["essentials"]["alertRule"] = json!(format!("e2e-{n}"));
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().as_u16() == 202 => {
+                    let at = Instant::now();
+                    let v: Value = r.json().await.unwrap_or_default();
+                    if let Some(id) = v["events"][0]["incident_id"].as_str() {
+                        if let Ok(mut m) = acked.lock() {
+                            m.insert(id.to_string(), at);
+                        }
+                    }
+                }
+                _ => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let sent_in = start.elapsed();
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Let the last messages arrive.
+    let settle = Instant::now();
+    loop {
+        let (a, r) = (
+            acked.lock().map(|m| m.len()).unwrap_or(0),
+            arrivals.lock().map(|m| m.len()).unwrap_or(0),
+        );
+        if r >= a || settle.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let acked = acked.lock().map(|m| m.clone()).unwrap_or_default();
+    let arrivals = arrivals.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut lat: Vec<f64> = acked
+        .iter()
+        .filter_map(|(id, t202)| {
+            arrivals
+                .get(id)
+                .map(|a| a.saturating_duration_since(*t202).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((p / 100.0) * (lat.len() - 1) as f64).round() as usize]
+        }
+    };
+    let result = json!({
+        "rate_per_s": args.rate,
+        "sent": total,
+        "send_seconds": sent_in.as_secs_f64(),
+        "accepted": acked.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "arrived": lat.len(),
+        "latency_202_to_mattermost_ms": {"p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "max": pct(100.0)},
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "e2e: {total} alerts at {}/s (sent in {:.1} s), accepted {}, errors {}, arrived at Mattermost {}",
+            args.rate,
+            sent_in.as_secs_f64(),
+            acked.len(),
+            errors.load(Ordering::Relaxed),
+            lat.len()
+        );
+        println!(
+            "202 → Mattermost ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+            pct(50.0),
+            pct(90.0),
+            pct(99.0),
+            pct(100.0)
+        );
+    }
+    Ok(())
 }

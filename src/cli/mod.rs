@@ -1,6 +1,7 @@
 //! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
 
 pub mod bench;
+pub mod outbox;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -27,11 +28,14 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Load-test a running hub and print accepted/s and latency; or time `serve` start-up.
     Bench(bench::BenchArgs),
+    /// Inspect the outbox and redrive dead letters.
+    Outbox(outbox::OutboxArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Outbox(args) => outbox::run(args).await,
     }
 }

@@ -6,6 +6,7 @@ pub mod alertmanager;
 pub mod alerts;
 pub mod health;
 pub mod incidents;
+pub mod timer;
 
 use crate::error::ApiError;
 use crate::functions_host::INVOCATION_ID_HEADER;
@@ -30,7 +31,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(incidents::get_one(app.clone()))
         .unify()
-        .or(incidents::list(app))
+        .or(incidents::list(app.clone()))
+        .unify()
+        .or(timer::route(app))
         .unify()
         .recover(crate::error::recover)
         .unify()
@@ -185,6 +188,13 @@ pub async fn accept(
     let result = async {
         let (delivery, alerts) = parse(&ctx, &body)?;
         let outcomes = crate::ingest::store(&app, &delivery).await?;
+        // Fast path: deliver this event's outbox rows in the background; the 202 does not wait.
+        for (da, o) in delivery.alerts.iter().zip(&outcomes) {
+            if o.outbox_rows > 0 {
+                app.dispatcher
+                    .kick(crate::domain::incident::stream_key(&da.alert).to_string());
+            }
+        }
         Ok::<_, ApiError>(crate::ingest::accepted_body(&ctx, &alerts, &outcomes))
     }
     .await;

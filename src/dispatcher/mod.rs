@@ -1,0 +1,233 @@
+//! The outbox dispatcher: takes due outbox rows, leases them, sends them through their sink, and
+//! records the outcome (delivered, retry later, dead letter, or deferred by our own rate limit).
+//!
+//! Two ways in, one mechanism: the fast path ([`Dispatcher::kick`]) right after an event's durable
+//! write, in the background so the sender's 2xx never waits; and [`Dispatcher::drain`], run by the
+//! timer function every minute under the Functions host, or on an interval by `icahub serve`.
+//! Leases make several dispatchers (instances) safe; taking only each (stream, sink)'s lowest
+//! pending row keeps a stream's deliveries to one sink in order.
+
+pub mod policy;
+
+use crate::clock::Clock;
+use crate::sinks::{SendError, Sinks};
+use crate::storage::{OutboxRow, Settle, Store, StoreError};
+use futures::StreamExt;
+use policy::RetryPolicy;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Rows fetched per round of a drain.
+const BATCH: usize = 64;
+/// Deliveries in flight at once within a drain (each to a different stream and sink).
+const CONCURRENCY: usize = 16;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DrainReport {
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub deferred: u64,
+    /// Rows another dispatcher leased first.
+    pub skipped: u64,
+    /// Rows whose lease expired before the outcome could be recorded (another dispatcher has them).
+    pub lost_leases: u64,
+}
+
+impl DrainReport {
+    fn add(&mut self, o: &DrainReport) {
+        self.delivered += o.delivered;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.deferred += o.deferred;
+        self.skipped += o.skipped;
+        self.lost_leases += o.lost_leases;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.delivered + self.retried + self.dead + self.deferred
+    }
+}
+
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    sinks: Sinks,
+    policy: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    /// This dispatcher's name in leases.
+    owner: String,
+    lease: Duration,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sinks: Sinks,
+        policy: RetryPolicy,
+        clock: Arc<dyn Clock>,
+        lease: Duration,
+    ) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "icahub".into());
+        Dispatcher {
+            store,
+            sinks,
+            policy,
+            clock,
+            owner: format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            lease,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Fast path: deliver what is due on `stream`, in the background.
+    pub fn kick(self: &Arc<Self>, stream: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.deliver_stream(&stream).await {
+                tracing::warn!(stream = %stream, error = %e, "fast-path delivery failed; the timer will retry");
+            }
+        });
+    }
+
+    /// Deliver one stream's due rows until none is due (each sink's rows in order).
+    pub async fn deliver_stream(&self, stream: &str) -> Result<DrainReport, StoreError> {
+        let mut report = DrainReport::default();
+        for _ in 0..64 {
+            let due = self
+                .store
+                .outbox_due(self.clock.now(), BATCH, Some(stream))
+                .await?;
+            if due.is_empty() {
+                break;
+            }
+            let round = self.deliver_all(due).await;
+            report.add(&round);
+            if round.delivered == 0 {
+                break; // what is left failed or is someone else's: it is not due now
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deliver everything due, for at most `budget`.
+    pub async fn drain(&self, budget: Duration) -> Result<DrainReport, StoreError> {
+        let started = Instant::now();
+        let mut report = DrainReport::default();
+        while started.elapsed() < budget {
+            let due = self.store.outbox_due(self.clock.now(), BATCH, None).await?;
+            if due.is_empty() {
+                break;
+            }
+            let round = self.deliver_all(due).await;
+            report.add(&round);
+            if round.total() == 0 {
+                break; // every row was leased by someone else
+            }
+        }
+        if report.total() > 0 {
+            tracing::info!(
+                delivered = report.delivered,
+                retried = report.retried,
+                dead = report.dead,
+                deferred = report.deferred,
+                skipped = report.skipped,
+                "outbox drained"
+            );
+        }
+        Ok(report)
+    }
+
+    async fn deliver_all(&self, rows: Vec<OutboxRow>) -> DrainReport {
+        let outcomes: Vec<DrainReport> = futures::stream::iter(rows)
+            .map(|row| async move {
+                match self.deliver_one(row).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox delivery could not be recorded");
+                        DrainReport::default()
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut total = DrainReport::default();
+        for o in &outcomes {
+            total.add(o);
+        }
+        total
+    }
+
+    /// Lease, send, settle one row.
+    #[tracing::instrument(skip_all, fields(outbox = %row.id(), sink = row.sink.as_str(), kind = %row.kind))]
+    pub async fn deliver_one(&self, row: OutboxRow) -> Result<DrainReport, StoreError> {
+        let mut report = DrainReport::default();
+        let now = self.clock.now();
+        let until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(1));
+        let Some(leased) = self.store.outbox_lease(&row, &self.owner, now, until).await? else {
+            report.skipped = 1;
+            return Ok(report);
+        };
+        let result = match self.sinks.get(leased.sink) {
+            Some(client) => client.send(&leased).await.map(|_| ()),
+            None => Err(SendError::Retry {
+                error: format!(
+                    "the {} sink is not configured on this instance",
+                    leased.sink.as_str()
+                ),
+                retry_after: None,
+            }),
+        };
+        let now = self.clock.now();
+        let settle = match result {
+            Ok(()) => {
+                report.delivered = 1;
+                Settle::Delivered { at: now }
+            }
+            Err(SendError::Retry { error, retry_after }) => {
+                let random = uuid::Uuid::new_v4().as_u128() as u64;
+                let s = self
+                    .policy
+                    .after_failure(&leased, now, retry_after, error, random);
+                match &s {
+                    Settle::Dead { .. } => report.dead = 1,
+                    _ => report.retried = 1,
+                }
+                s
+            }
+            Err(SendError::Permanent { error }) => {
+                report.dead = 1;
+                Settle::Dead { error }
+            }
+            Err(SendError::Throttled { wait }) => {
+                report.deferred = 1;
+                Settle::Defer {
+                    next_attempt_at: now
+                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(1)),
+                }
+            }
+        };
+        match &settle {
+            Settle::Dead { error } => {
+                tracing::warn!(error = %error, attempts = leased.attempts + 1, "dead letter")
+            }
+            Settle::Retry {
+                error,
+                next_attempt_at,
+            } => tracing::info!(error = %error, retry_at = %next_attempt_at, "delivery failed; will retry"),
+            _ => {}
+        }
+        if !self.store.outbox_settle(&leased, &settle).await? {
+            tracing::warn!("lease expired before the outcome was recorded");
+            report = DrainReport {
+                lost_leases: 1,
+                ..DrainReport::default()
+            };
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,71 @@
+//! `POST /dispatch`: the `dispatch` timer function (every minute, functions/dispatch). The host
+//! sends the Data/Metadata envelope to `/<FunctionName>` (no `/api`); we drain the outbox within a
+//! budget and answer the host's response envelope. Any 2xx with that shape is success to the host.
+
+use super::with_app;
+use crate::error::{json_response, ApiError};
+use crate::functions_host::{InvocationRequest, InvocationResponse};
+use crate::startup::App;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+/// A drain stops taking new rows after this, well inside the one-minute schedule.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(45);
+
+pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("dispatch")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(1024 * 1024))
+        .and(warp::body::bytes())
+        .and(with_app(app))
+        .then(handle)
+}
+
+async fn handle(body: Bytes, app: Arc<App>) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let envelope: InvocationRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        InvocationRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(e) => e,
+            Err(e) => {
+                return ApiError::bad_request(
+                    Some("$".into()),
+                    format!("not a Functions host invocation envelope: {e}"),
+                )
+                .into_response(&request_id)
+            }
+        }
+    };
+    let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
+    match app.dispatcher.drain(DRAIN_BUDGET).await {
+        Ok(report) => {
+            let line = format!(
+                "outbox drain: delivered {}, retried {}, dead {}, deferred {}, skipped {}{}",
+                report.delivered,
+                report.retried,
+                report.dead,
+                report.deferred,
+                report.skipped,
+                if past_due { " (timer was past due)" } else { "" }
+            );
+            // No `$return` binding: ReturnValue stays null (the host would try to base64-decode a
+            // string there).
+            let resp = InvocationResponse {
+                logs: vec![line],
+                ..Default::default()
+            };
+            json_response(
+                StatusCode::OK,
+                &serde_json::to_value(resp).unwrap_or_default(),
+                &request_id,
+            )
+        }
+        // A failed invocation is logged by the host and retried on the next tick.
+        Err(e) => crate::ingest::store_error(e).into_response(&request_id),
+    }
+}
