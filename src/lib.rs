@@ -8,6 +8,8 @@
 //! - [`domain`]: pure logic: payload parsers, incidents, routing.
 //! - [`storage`]: the `Store` trait and its backends (embedded SQLite, Azure Table Storage).
 //! - [`ingest`]: parse, store durably, answer: the path every alert takes.
+//! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared
+//!   retry classification.
 //! - [`cli`]: operator commands (`serve`, `bench`).
 #![forbid(unsafe_code)]
 
@@ -18,5 +20,6 @@ pub mod error;
 pub mod functions_host;
 pub mod http;
 pub mod ingest;
+pub mod sinks;
 pub mod startup;
 pub mod storage;
