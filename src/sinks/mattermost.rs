@@ -7,8 +7,8 @@
 //! Mattermost and never sent.
 
 use super::{
-    check_url, http_link, human_duration, incident_payload, name_map, post, prefix, route_field,
-    short_targets, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
+    check_url, http_link, human_duration, incident_payload, name_map, post, prefix, ranked_details,
+    route_field, short_targets, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
 };
 use crate::config::Secret;
 use crate::domain::alert::{NormalizedAlert, Severity};
@@ -162,7 +162,10 @@ fn attachment(phase: Phase, inc: &Incident, alert: &NormalizedAlert, headline: &
         }
     }
     fields.push(("Incident".into(), inc.id.clone(), true));
-    for (k, v) in alert.details.iter().take(MAX_DETAIL_FIELDS) {
+    for (k, v) in ranked_details(&alert.details)
+        .into_iter()
+        .take(MAX_DETAIL_FIELDS)
+    {
         fields.push((k.clone(), v.clone(), v.chars().count() <= 40));
     }
     let fields: Vec<Value> = fields

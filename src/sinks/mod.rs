@@ -361,3 +361,31 @@ pub(crate) fn prefix(sink: &str, e: SendError) -> SendError {
         t @ SendError::Throttled { .. } => t,
     }
 }
+
+/// Alert details most worth a human's glance first (metric, value, threshold; query and count;
+/// who did what), then the rest in name order. `metricName[1]` ranks as `metricName`.
+pub(crate) fn ranked_details(
+    details: &std::collections::BTreeMap<String, String>,
+) -> Vec<(&String, &String)> {
+    const FIRST: &[&str] = &[
+        "metricName",
+        "metricValue",
+        "operator",
+        "threshold",
+        "timeAggregation",
+        "dimensions",
+        "searchQuery",
+        "resultCount",
+        "operationName",
+        "caller",
+        "status",
+        "summary",
+    ];
+    let rank = |k: &str| {
+        let base = k.split('[').next().unwrap_or(k);
+        FIRST.iter().position(|f| *f == base).unwrap_or(FIRST.len())
+    };
+    let mut v: Vec<_> = details.iter().collect();
+    v.sort_by_key(|(k, _)| rank(k)); // stable: name order within a rank
+    v
+}

@@ -202,7 +202,15 @@ mod tests {
         let key = SigningKey::parse(SECRET).unwrap();
         let ts = TS.to_string();
         let v = |id: &str, ts: &str, sig: &str, body: &[u8], now: i64| {
-            verify(&[key.clone()], id, ts, sig, body, now, DEFAULT_TOLERANCE)
+            verify(
+                std::slice::from_ref(&key),
+                id,
+                ts,
+                sig,
+                body,
+                now,
+                DEFAULT_TOLERANCE,
+            )
         };
         assert_eq!(v(ID, &ts, SIG, b"{}", TS), Err(VerifyError::Mismatch));
         assert_eq!(
