@@ -10,7 +10,9 @@
 //! - [`ingest`]: parse, store durably, answer: the path every alert takes.
 //! - [`dispatcher`]: drains the outbox through the sinks (retries, dead letters, leases);
 //!   [`clock`] is passed in so tests can move time.
-//! - [`cli`]: operator commands (`serve`, `bench`).
+//! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared
+//!   retry classification.
+//! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -22,5 +24,6 @@ pub mod error;
 pub mod functions_host;
 pub mod http;
 pub mod ingest;
+pub mod sinks;
 pub mod startup;
 pub mod storage;

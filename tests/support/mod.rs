@@ -4,6 +4,7 @@
 
 pub mod azurite;
 pub mod hub;
+pub mod receiver;
 
 use std::path::PathBuf;
 

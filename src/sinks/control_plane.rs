@@ -1,0 +1,189 @@
+//! The ICA control plane: every ledger record (alert received, incident changes, and later runs and
+//! approvals) is forwarded to its REST API under `{base}/api/v1/azdev/...` ([`path_for`]).
+//!
+//! Each request carries `Idempotency-Key` (the row's key, stable across retries), a bearer token
+//! when one is configured, and Standard Webhooks headers (`webhook-id` = the idempotency key,
+//! `webhook-timestamp` = the attempt's unix time, `webhook-signature` = one `v1,` HMAC per active
+//! secret, see [`super::signature`]) when signing secrets are configured. The signature covers the
+//! exact body bytes sent.
+
+use super::signature::{sign, SigningKey};
+use super::{check_url, post, prefix, Delivered, SendError, SinkClient};
+use crate::config::Secret;
+use crate::domain::routing::Sink;
+use crate::storage::OutboxRow;
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The path segments (after the base URL) for a row, or `Permanent` for an unknown kind.
+/// `approval.signed` needs `approval_id` (or `approval.id`) in the payload.
+pub fn path_for(row: &OutboxRow) -> Result<Vec<String>, SendError> {
+    let tail: Vec<String> = match row.kind.as_str() {
+        "alert.received" => vec!["alert".into()],
+        "incident.opened" | "incident.updated" | "incident.resolved" => vec!["incident".into()],
+        "run.start" => vec!["run".into(), "start".into()],
+        "run.event" => vec!["run".into(), "event".into()],
+        "run.finish" => vec!["run".into(), "finish".into()],
+        "approval.created" => vec!["approval".into()],
+        "approval.signed" => {
+            let id = row
+                .payload
+                .get("approval_id")
+                .or_else(|| row.payload.get("approval").and_then(|a| a.get("id")))
+                .and_then(Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+                .ok_or_else(|| {
+                    SendError::permanent(
+                        "control plane: approval.signed payload has no approval_id",
+                    )
+                })?;
+            vec!["approval".into(), id.to_string(), "sign".into()]
+        }
+        other => {
+            return Err(SendError::permanent(format!(
+                "control plane: no route for kind {other:?}"
+            )))
+        }
+    };
+    let mut path: Vec<String> = ["api", "v1", "azdev"].map(String::from).to_vec();
+    path.extend(tail);
+    Ok(path)
+}
+
+/// The JSON body for a row (serialized once; the signature covers these bytes).
+pub fn body(row: &OutboxRow) -> Value {
+    json!({
+        "kind": row.kind,
+        "idempotency_key": row.idempotency_key,
+        "event_id": row.event_id,
+        "stream": row.stream,
+        "seq": row.seq,
+        "occurred_at": row.created_at,
+        "data": row.payload,
+    })
+}
+
+#[derive(Debug)]
+pub struct ControlPlaneClient {
+    client: reqwest::Client,
+    base: reqwest::Url,
+    token: Option<Secret>,
+    keys: Vec<SigningKey>,
+    warned_unsigned: AtomicBool,
+}
+
+impl ControlPlaneClient {
+    pub fn new(
+        client: reqwest::Client,
+        base: reqwest::Url,
+        token: Option<Secret>,
+        keys: Vec<SigningKey>,
+    ) -> Self {
+        ControlPlaneClient {
+            client,
+            base,
+            token,
+            keys,
+            warned_unsigned: AtomicBool::new(false),
+        }
+    }
+
+    /// `ICAHUB_CONTROL_PLANE_URL` (base URL; `None` when unset), `ICAHUB_CONTROL_PLANE_TOKEN`
+    /// (optional bearer token), `ICAHUB_CONTROL_PLANE_SIGNING_SECRETS` (optional, comma-separated
+    /// `whsec_<base64>`; every one signs, so a new secret can be added before the old is removed).
+    pub fn from_lookup(
+        get: &dyn Fn(&str) -> Option<String>,
+        client: reqwest::Client,
+    ) -> Result<Option<Self>, String> {
+        let Some(url) = get("ICAHUB_CONTROL_PLANE_URL") else {
+            return Ok(None);
+        };
+        let base = check_url("ICAHUB_CONTROL_PLANE_URL", &url)?;
+        if base.cannot_be_a_base() || base.query().is_some() {
+            return Err("ICAHUB_CONTROL_PLANE_URL must be a base URL without a query".into());
+        }
+        let token = get("ICAHUB_CONTROL_PLANE_TOKEN").map(Secret::new);
+        if let Some(t) = &token {
+            if HeaderValue::from_str(&format!("Bearer {}", t.expose())).is_err() {
+                return Err(
+                    "ICAHUB_CONTROL_PLANE_TOKEN has characters not allowed in a header".into(),
+                );
+            }
+        }
+        let mut keys = Vec::new();
+        if let Some(list) = get("ICAHUB_CONTROL_PLANE_SIGNING_SECRETS") {
+            for (i, s) in list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .enumerate()
+            {
+                keys.push(SigningKey::parse(s).map_err(|e| {
+                    format!(
+                        "ICAHUB_CONTROL_PLANE_SIGNING_SECRETS: secret #{} {e}",
+                        i + 1
+                    )
+                })?);
+            }
+        }
+        Ok(Some(ControlPlaneClient::new(client, base, token, keys)))
+    }
+
+    fn url(&self, segments: &[String]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("checked: the base URL can be a base")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+}
+
+#[async_trait]
+impl SinkClient for ControlPlaneClient {
+    fn sink(&self) -> Sink {
+        Sink::ControlPlane
+    }
+
+    async fn send(&self, row: &OutboxRow) -> Result<Delivered, SendError> {
+        let url = self.url(&path_for(row)?);
+        let bytes = serde_json::to_vec(&body(row)).expect("a JSON value serializes");
+        let id = HeaderValue::from_str(&row.idempotency_key).map_err(|_| {
+            SendError::permanent("control plane: idempotency key is not a valid header value")
+        })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(HeaderName::from_static("idempotency-key"), id.clone());
+        if let Some(t) = &self.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .expect("checked at configuration");
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        if self.keys.is_empty() {
+            if !self.warned_unsigned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "ICAHUB_CONTROL_PLANE_SIGNING_SECRETS is not set: control-plane requests are unsigned"
+                );
+            }
+        } else {
+            let ts = chrono::Utc::now().timestamp();
+            let sig = sign(&self.keys, &row.idempotency_key, ts, &bytes);
+            headers.insert(HeaderName::from_static("webhook-id"), id);
+            headers.insert(
+                HeaderName::from_static("webhook-timestamp"),
+                HeaderValue::from(ts),
+            );
+            headers.insert(
+                HeaderName::from_static("webhook-signature"),
+                HeaderValue::from_str(&sig).expect("base64 is a valid header value"),
+            );
+        }
+        let (status, _) = post(&self.client, url.as_str(), headers, bytes)
+            .await
+            .map_err(|e| prefix("control plane", e))?;
+        Ok(Delivered { status })
+    }
+}

@@ -1,0 +1,451 @@
+//! Local HTTP receivers standing in for Mattermost, PagerDuty and the ICA control plane. Each
+//! records every request and checks it the way the real service does (PROTOCOLS.md §5.1, §6;
+//! the control plane verifies its bearer token and Standard Webhooks signature). A request the
+//! real service would refuse gets the real service's error answer and is listed in
+//! [`Receiver::rejections`]; an accepted one gets the next scripted [`Reply`], or the service's
+//! success answer when the script is empty.
+
+use bytes::Bytes;
+use icahub::sinks::signature::{self, SigningKey};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("request body is JSON")
+    }
+}
+
+/// An answer to give.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply::new(status, body.to_string()).header("content-type", "application/json")
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// `Ok(success answer)` or `Err((reason, error answer))`.
+type Check = dyn Fn(&Recorded) -> Result<Reply, (String, Reply)> + Send + Sync;
+
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    script: Mutex<VecDeque<Reply>>,
+    rejections: Mutex<Vec<String>>,
+    check: Box<Check>,
+}
+
+pub struct Receiver {
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    state: Arc<State>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Receiver {
+    async fn start(check: Box<Check>) -> Receiver {
+        let state = Arc::new(State {
+            requests: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            rejections: Mutex::new(Vec::new()),
+            check,
+        });
+        let st = state.clone();
+        let route = warp::method()
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .map(
+                move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+                    handle(
+                        &st,
+                        Recorded {
+                            method: method.to_string(),
+                            path: path.as_str().to_string(),
+                            headers,
+                            body,
+                        },
+                    )
+                },
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async {
+                    let _ = rx.await;
+                })
+                .run(),
+        );
+        Receiver {
+            base,
+            state,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Mattermost incoming webhooks at `/hooks/<key>`.
+    pub async fn mattermost() -> Receiver {
+        Receiver::start(Box::new(check_mattermost)).await
+    }
+
+    /// PagerDuty Events API v2 at `/v2/enqueue`.
+    pub async fn pagerduty() -> Receiver {
+        Receiver::start(Box::new(check_pagerduty)).await
+    }
+
+    /// The control plane: requires `Bearer <token>` when `token` is set, and a valid Standard
+    /// Webhooks signature by one of `keys` when `keys` is not empty.
+    pub async fn control_plane(token: Option<&str>, keys: Vec<SigningKey>) -> Receiver {
+        let token = token.map(str::to_string);
+        Receiver::start(Box::new(move |r: &Recorded| {
+            check_control_plane(r, token.as_deref(), &keys)
+        }))
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Answer the next accepted requests with these, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("at least one request")
+    }
+
+    /// Why requests were refused, in order.
+    pub fn rejections(&self) -> Vec<String> {
+        self.state.rejections.lock().unwrap().clone()
+    }
+
+    pub fn assert_no_rejections(&self) {
+        let r = self.rejections();
+        assert!(r.is_empty(), "the receiver refused requests: {r:?}");
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn handle(state: &State, req: Recorded) -> Response {
+    let verdict = (state.check)(&req);
+    state.requests.lock().unwrap().push(req);
+    let reply = match verdict {
+        Err((reason, reply)) => {
+            state.rejections.lock().unwrap().push(reason);
+            reply
+        }
+        Ok(success) => state.script.lock().unwrap().pop_front().unwrap_or(success),
+    };
+    let mut resp = Response::new(reply.body.into());
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in reply.headers {
+        resp.headers_mut().append(
+            warp::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    resp
+}
+
+fn is_json(r: &Recorded) -> bool {
+    r.header("content-type")
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mattermost
+
+fn mm_error(reason: &str, id: &str, message: &str) -> Result<Reply, (String, Reply)> {
+    Err((
+        reason.to_string(),
+        Reply::json(
+            400,
+            &json!({"id": id, "message": message, "detailed_error": "", "request_id": "r", "status_code": 400}),
+        ),
+    ))
+}
+
+fn check_mattermost(r: &Recorded) -> Result<Reply, (String, Reply)> {
+    let key = r.path.strip_prefix("/hooks/").unwrap_or("");
+    if r.method != "POST" || key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err((
+            format!("{} {}: not a webhook", r.method, r.path),
+            Reply::new(404, "404 page not found"),
+        ));
+    }
+    if !is_json(r) {
+        return mm_error(
+            "no JSON content type",
+            "web.incoming_webhook.parse.app_error",
+            "Unable to parse incoming data.",
+        );
+    }
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&r.body) else {
+        return mm_error(
+            "body is not a JSON object",
+            "web.incoming_webhook.parse.app_error",
+            "Unable to parse incoming data.",
+        );
+    };
+    let text = body.get("text").and_then(Value::as_str).unwrap_or("");
+    let attachments = body.get("attachments").and_then(Value::as_array);
+    if text.is_empty() && attachments.is_none_or(|a| a.is_empty()) {
+        return mm_error(
+            "neither text nor attachments",
+            "web.incoming_webhook.text.app_error",
+            "No text specified.",
+        );
+    }
+    for k in ["channel", "username", "icon_url", "icon_emoji", "text"] {
+        if body.get(k).is_some_and(|v| !v.is_string()) {
+            return mm_error(
+                &format!("{k} is not a string"),
+                "web.incoming_webhook.parse.app_error",
+                "Unable to parse incoming data.",
+            );
+        }
+    }
+    if let Some(t) = body.get("type").and_then(Value::as_str) {
+        if !t.starts_with("custom_") {
+            return mm_error(
+                "type must start with custom_",
+                "api.incoming_webhook.invalid_type.app_error",
+                "Invalid type.",
+            );
+        }
+    }
+    for a in attachments.into_iter().flatten() {
+        let Some(a) = a.as_object() else {
+            return mm_error(
+                "attachment is not an object",
+                "web.incoming_webhook.parse.app_error",
+                "Unable to parse incoming data.",
+            );
+        };
+        // Mattermost ignores `ts`; sending it means we expect something that will not happen.
+        if a.contains_key("ts") {
+            return mm_error(
+                "attachment has ts, which Mattermost does not support",
+                "test.unsupported_field",
+                "ts is not supported",
+            );
+        }
+        for f in a
+            .get("fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !f.get("title").is_some_and(Value::is_string) {
+                return mm_error(
+                    "field without a string title",
+                    "web.incoming_webhook.parse.app_error",
+                    "Unable to parse incoming data.",
+                );
+            }
+        }
+    }
+    Ok(Reply::new(200, "ok").header("content-type", "text/plain"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// PagerDuty
+
+fn pd_invalid(errors: Vec<String>) -> Result<Reply, (String, Reply)> {
+    Err((
+        errors.join("; "),
+        Reply::json(
+            400,
+            &json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}),
+        ),
+    ))
+}
+
+fn check_pagerduty(r: &Recorded) -> Result<Reply, (String, Reply)> {
+    if r.method != "POST" || r.path != "/v2/enqueue" {
+        return Err((
+            format!("{} {}: not the events endpoint", r.method, r.path),
+            Reply::new(404, ""),
+        ));
+    }
+    let Ok(Value::Object(ev)) = serde_json::from_slice::<Value>(&r.body) else {
+        return Err((
+            "JSON parse error".into(),
+            Reply::json(
+                400,
+                &json!({"status": "Unrecognized object", "message": "Event object format is unrecognized", "errors": ["JSON parse error"]}),
+            ),
+        ));
+    };
+    let mut errors = Vec::new();
+    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    match s(&Value::Object(ev.clone()), "routing_key") {
+        Some(k) if k.chars().count() == 32 => {}
+        Some(_) => {
+            errors.push("Length of 'routing_key' is incorrect (should be 32 characters)".into())
+        }
+        None => errors.push("'routing_key' is missing or blank".into()),
+    }
+    let action = ev.get("event_action").and_then(Value::as_str).unwrap_or("");
+    if !matches!(action, "trigger" | "acknowledge" | "resolve") {
+        errors.push(
+            "'event_action' is invalid (must be one of trigger, acknowledge, resolve)".into(),
+        );
+    }
+    let dedup = ev.get("dedup_key").and_then(Value::as_str);
+    if dedup.is_some_and(|d| d.chars().count() > 255) {
+        errors.push("Length of 'dedup_key' is too long (maximum is 255 characters)".into());
+    }
+    if matches!(action, "acknowledge" | "resolve") && dedup.is_none_or(str::is_empty) {
+        errors.push("'dedup_key' is missing or blank".into());
+    }
+    if action == "trigger" {
+        match ev.get("payload") {
+            Some(p @ Value::Object(_)) => {
+                match s(p, "summary") {
+                    Some(x) if !x.is_empty() && x.chars().count() <= 1024 => {}
+                    Some(x) if !x.is_empty() => errors.push(
+                        "Length of 'payload.summary' is too long (maximum is 1024 characters)"
+                            .into(),
+                    ),
+                    _ => errors.push("'payload.summary' is missing or blank".into()),
+                }
+                if s(p, "source").is_none_or(|x| x.is_empty()) {
+                    errors.push("'payload.source' is missing or blank".into());
+                }
+                match s(p, "severity").as_deref() {
+                    Some("critical" | "error" | "warning" | "info") => {}
+                    _ => errors.push(
+                        "'payload.severity' is invalid (must be one of critical, error, warning, info)"
+                            .into(),
+                    ),
+                }
+                if p.get("custom_details").is_some_and(|c| !c.is_object()) {
+                    errors.push("'payload.custom_details' must be an object".into());
+                }
+            }
+            _ => errors.push("'payload' is missing or not an object".into()),
+        }
+    } else if ev.contains_key("client_url") {
+        errors.push("'client_url' is only allowed on trigger events".into());
+    }
+    if !errors.is_empty() {
+        return pd_invalid(errors);
+    }
+    let dedup = dedup
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    Ok(Reply::json(
+        202,
+        &json!({"status": "success", "message": "Event processed", "dedup_key": dedup}),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control plane
+
+fn check_control_plane(
+    r: &Recorded,
+    token: Option<&str>,
+    keys: &[SigningKey],
+) -> Result<Reply, (String, Reply)> {
+    let refuse = |status: u16, reason: &str| {
+        Err((
+            reason.to_string(),
+            Reply::json(status, &json!({"error": reason})),
+        ))
+    };
+    if r.method != "POST" || !r.path.contains("/api/v1/azdev/") {
+        return refuse(404, "no such route");
+    }
+    if let Some(t) = token {
+        if r.header("authorization") != Some(&format!("Bearer {t}")) {
+            return refuse(401, "bad bearer token");
+        }
+    }
+    if !is_json(r) {
+        return refuse(415, "content type must be application/json");
+    }
+    let Some(idem) = r.header("idempotency-key").filter(|k| !k.is_empty()) else {
+        return refuse(400, "Idempotency-Key is required");
+    };
+    if !keys.is_empty() {
+        let (Some(id), Some(ts), Some(sig)) = (
+            r.header("webhook-id"),
+            r.header("webhook-timestamp"),
+            r.header("webhook-signature"),
+        ) else {
+            return refuse(401, "missing webhook-* headers");
+        };
+        if id != idem {
+            return refuse(400, "webhook-id differs from Idempotency-Key");
+        }
+        let now = chrono::Utc::now().timestamp();
+        if let Err(e) = signature::verify(
+            keys,
+            id,
+            ts,
+            sig,
+            &r.body,
+            now,
+            signature::DEFAULT_TOLERANCE,
+        ) {
+            return refuse(401, &format!("signature: {e}"));
+        }
+    }
+    if serde_json::from_slice::<Value>(&r.body).is_err() {
+        return refuse(400, "body is not JSON");
+    }
+    Ok(Reply::json(202, &json!({"accepted": true})))
+}
