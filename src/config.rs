@@ -196,7 +196,8 @@ impl Config {
         };
         if retry.first_delay.is_zero() || retry.max_delay < retry.first_delay {
             return Err(ConfigError(
-                "ICAHUB_RETRY_FIRST_SECS must be at least 1 and at most ICAHUB_RETRY_MAX_SECS".into(),
+                "ICAHUB_RETRY_FIRST_SECS must be at least 1 and at most ICAHUB_RETRY_MAX_SECS"
+                    .into(),
             ));
         }
         let lease = secs("ICAHUB_LEASE_SECS", 60)?;

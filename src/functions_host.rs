@@ -75,7 +75,8 @@ mod tests {
         assert!(t.schedule_status.is_some());
         assert_eq!(req.method_name(), Some("uk-generation-mix"));
         let nulled = sample.replace(
-            &sample[sample.find("\"ScheduleStatus\"").unwrap()..sample.find("\"IsPastDue\"").unwrap()],
+            &sample
+                [sample.find("\"ScheduleStatus\"").unwrap()..sample.find("\"IsPastDue\"").unwrap()],
             "\"ScheduleStatus\": null,\n            ",
         );
         let req: InvocationRequest = serde_json::from_str(&nulled).unwrap();

@@ -7,7 +7,7 @@ use crate::domain::{alertmanager, azure_monitor};
 use crate::error::ApiError;
 use crate::startup::App;
 use crate::storage::{new_event_id, Delivery, DeliveryAlert, EventOutcome, StoreError};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 /// Who sent a request, for the record.
@@ -77,10 +77,10 @@ pub fn store_error(e: StoreError) -> ApiError {
 pub fn azure_monitor_delivery(
     ctx: &RequestCtx,
     body: &[u8],
+    now: DateTime<Utc>,
 ) -> Result<(Delivery, Vec<NormalizedAlert>), ApiError> {
     let (value, text) = decode_json(body)?;
     let alert = azure_monitor::parse(&value, body).map_err(payload_error)?;
-    let now = Utc::now();
     let alerts = vec![alert];
     Ok((
         Delivery {
@@ -106,10 +106,10 @@ pub fn azure_monitor_delivery(
 pub fn alertmanager_delivery(
     ctx: &RequestCtx,
     body: &[u8],
+    now: DateTime<Utc>,
 ) -> Result<(Delivery, Vec<NormalizedAlert>), ApiError> {
     let (value, text) = decode_json(body)?;
     let parsed = alertmanager::parse(&value).map_err(payload_error)?;
-    let now = Utc::now();
     let alerts: Vec<NormalizedAlert> = parsed.iter().map(|(a, _)| a.clone()).collect();
     let single = parsed.len() == 1;
     Ok((

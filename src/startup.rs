@@ -5,11 +5,11 @@ use crate::config::{Config, StorageConfig};
 use crate::dispatcher::Dispatcher;
 use crate::sinks::Sinks;
 use crate::storage::{sqlite::SqliteStore, tables::TableStore, Store};
-use std::time::Duration;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Everything a request handler needs.
@@ -17,6 +17,7 @@ pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub dispatcher: Arc<Dispatcher>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -56,13 +57,14 @@ impl App {
             store.clone(),
             sinks,
             config.retry.clone(),
-            clock,
+            clock.clone(),
             config.lease,
         ));
         Ok(Arc::new(App {
             config,
             store,
             dispatcher,
+            clock,
         }))
     }
 }

@@ -51,9 +51,13 @@ fn declared_routes() -> Vec<(String, String, String)> {
             .collect();
         assert_eq!(triggers.len(), 1, "{name}: exactly one trigger");
         let t = triggers[0];
-        if t["type"] != "httpTrigger" {
-            continue; // timer functions arrive as envelopes on POST /<name>
+        if t["type"] == "timerTrigger" {
+            // Timer functions arrive as Data/Metadata envelopes on POST /<name> (no /api).
+            assert!(t["schedule"].as_str().is_some(), "{name}: schedule");
+            out.push((name.clone(), "POST".into(), format!("/{name}")));
+            continue;
         }
+        assert_eq!(t["type"], "httpTrigger", "{name}: unexpected trigger");
         // Forwarding needs exactly one httpTrigger in and one http out (PROTOCOLS.md 1.2).
         assert_eq!(bindings.len(), 2, "{name}: only the http in/out bindings");
         assert!(bindings
@@ -82,7 +86,11 @@ async fn every_declared_route_exists_in_the_router() {
             .client
             .request(method.parse().unwrap(), hub.url(&path))
             .header("content-type", "application/json")
-            .body("{}")
+            .body(if path.starts_with("/api/") {
+                "{}".to_string()
+            } else {
+                String::from_utf8(support::fixture("functions-host-timer-invocation.json")).unwrap()
+            })
             .send()
             .await
             .unwrap();
@@ -94,5 +102,9 @@ async fn every_declared_route_exists_in_the_router() {
         );
         assert_ne!(status, 405, "{name}: {method} {path} not allowed");
         assert!(status < 500, "{name}: {method} {path} answered {status}");
+        if !path.starts_with("/api/") {
+            assert_eq!(status, 200, "{name}: the timer answer must be a 2xx");
+            assert!(body["Logs"].is_array(), "{name}: host response envelope");
+        }
     }
 }

@@ -56,6 +56,10 @@ fn outbox_row(
         next_attempt_at: t0(),
         created_at: t0(),
         last_error: None,
+        lease_owner: None,
+        lease_until: None,
+        delivered_at: None,
+        version: None,
     }
 }
 
@@ -74,12 +78,14 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn all_sinks() -> Routing {
+    // The capture is Sev4 (info); page on everything so PagerDuty rows exist.
+    let rules = Routing::parse_rules(
+        r#"[{"name": "all", "sinks": ["mattermost", "pagerduty", "control_plane"]}]"#,
+    )
+    .expect("rules parse");
     Routing {
-        mattermost: true,
-        pagerduty: true,
-        control_plane: true,
-        // The capture is Sev4 (info); page on everything so PagerDuty rows exist.
-        page_at_or_above: icahub::domain::alert::Severity::Info,
+        rules,
+        ..icahub::storage::conformance::all_sinks()
     }
 }
 

@@ -388,7 +388,9 @@ async fn e2e(args: BenchArgs) -> anyhow::Result<()> {
         .spawn()
         .context("spawning icahub serve")?;
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()?;
     let t0 = Instant::now();
     while client.get(format!("{base}/")).send().await.is_err() {
         if t0.elapsed() > Duration::from_secs(20) {

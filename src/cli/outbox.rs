@@ -48,7 +48,8 @@ pub enum OutboxCommand {
 }
 
 fn parse_sink(s: &str) -> Result<Sink, String> {
-    Sink::parse(s).ok_or_else(|| format!("{s:?} is not a sink: use mattermost, pagerduty or control_plane"))
+    Sink::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a sink: use mattermost, pagerduty or control_plane"))
 }
 
 fn parse_id(id: &str) -> anyhow::Result<(String, u64)> {
@@ -62,7 +63,11 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
     match args.command {
         OutboxCommand::Stats => stats(store.as_ref(), args.json).await,
         OutboxCommand::List { dead, sink, limit } => {
-            let status = if dead { OutboxStatus::Dead } else { OutboxStatus::Pending };
+            let status = if dead {
+                OutboxStatus::Dead
+            } else {
+                OutboxStatus::Pending
+            };
             let rows = store
                 .outbox_list(&OutboxFilter {
                     status: Some(status),
@@ -71,7 +76,10 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
                 })
                 .await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&rows.iter().map(row_json).collect::<Vec<_>>())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows.iter().map(row_json).collect::<Vec<_>>())?
+                );
             } else if rows.is_empty() {
                 println!("no {} deliveries", status.as_str());
             } else {
@@ -90,10 +98,18 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
                 let v = row_json(&row);
                 for (k, val) in v.as_object().into_iter().flatten() {
                     if k != "payload" {
-                        println!("{k:>16}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+                        println!(
+                            "{k:>16}: {}",
+                            val.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| val.to_string())
+                        );
                     }
                 }
-                println!("         payload:\n{}", serde_json::to_string_pretty(&row.payload)?);
+                println!(
+                    "         payload:\n{}",
+                    serde_json::to_string_pretty(&row.payload)?
+                );
             }
             Ok(())
         }
@@ -126,7 +142,10 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
             if args.json {
                 println!("{}", json!({"redriven": done, "not_dead": not_dead}));
             } else {
-                println!("redriven: {} (due now; the dispatcher sends them on its next run)", done.len());
+                println!(
+                    "redriven: {} (due now; the dispatcher sends them on its next run)",
+                    done.len()
+                );
                 for id in &not_dead {
                     println!("not redriven, not a dead letter: {id}");
                 }
@@ -164,7 +183,13 @@ fn print_table(rows: &[OutboxRow]) {
         "ID", "SINK", "KIND", "STATUS", "ATTEMPTS", "NEXT ATTEMPT"
     );
     for r in rows {
-        let err: String = r.last_error.as_deref().unwrap_or("-").chars().take(60).collect();
+        let err: String = r
+            .last_error
+            .as_deref()
+            .unwrap_or("-")
+            .chars()
+            .take(60)
+            .collect();
         println!(
             "{:<28} {:<14} {:<18} {:<9} {:>8}  {:<20}  {}",
             r.id(),
@@ -195,8 +220,10 @@ async fn stats(store: &dyn Store, as_json: bool) -> anyhow::Result<()> {
     };
     let pending = store.outbox_list(&all(OutboxStatus::Pending)).await?;
     let dead = store.outbox_list(&all(OutboxStatus::Dead)).await?;
-    let mut by_sink: BTreeMap<&str, SinkStats> =
-        Sink::ALL.iter().map(|s| (s.as_str(), SinkStats::default())).collect();
+    let mut by_sink: BTreeMap<&str, SinkStats> = Sink::ALL
+        .iter()
+        .map(|s| (s.as_str(), SinkStats::default()))
+        .collect();
     for r in &pending {
         let s = by_sink.entry(r.sink.as_str()).or_default();
         s.pending += 1;
@@ -213,13 +240,19 @@ async fn stats(store: &dyn Store, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&by_sink)?);
         return Ok(());
     }
-    println!("{:<14} {:>8} {:>8} {:>12} {:>8}", "SINK", "PENDING", "DUE", "OLDEST", "DEAD");
+    println!(
+        "{:<14} {:>8} {:>8} {:>12} {:>8}",
+        "SINK", "PENDING", "DUE", "OLDEST", "DEAD"
+    );
     for (sink, s) in &by_sink {
         let oldest = s
             .oldest_pending_age_secs
             .map(human_age)
             .unwrap_or_else(|| "-".into());
-        println!("{sink:<14} {:>8} {:>8} {:>12} {:>8}", s.pending, s.due, oldest, s.dead);
+        println!(
+            "{sink:<14} {:>8} {:>8} {:>12} {:>8}",
+            s.pending, s.due, oldest, s.dead
+        );
     }
     Ok(())
 }

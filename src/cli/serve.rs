@@ -37,7 +37,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         app.store.location()
     );
     // Under the host the `dispatch` timer function drains the outbox; alone, we do it ourselves.
-    if let (false, Some(every)) = (app.config.under_functions_host, app.config.dispatch_interval) {
+    if let (false, Some(every)) = (
+        app.config.under_functions_host,
+        app.config.dispatch_interval,
+    ) {
         tokio::spawn(crate::startup::drain_periodically(app.clone(), every));
     }
     // Run the accept loop on a runtime worker, not on the main thread's `block_on`.

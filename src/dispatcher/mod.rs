@@ -167,8 +167,13 @@ impl Dispatcher {
     pub async fn deliver_one(&self, row: OutboxRow) -> Result<DrainReport, StoreError> {
         let mut report = DrainReport::default();
         let now = self.clock.now();
-        let until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(1));
-        let Some(leased) = self.store.outbox_lease(&row, &self.owner, now, until).await? else {
+        let until =
+            now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::minutes(1));
+        let Some(leased) = self
+            .store
+            .outbox_lease(&row, &self.owner, now, until)
+            .await?
+        else {
             report.skipped = 1;
             return Ok(report);
         };
@@ -218,7 +223,9 @@ impl Dispatcher {
             Settle::Retry {
                 error,
                 next_attempt_at,
-            } => tracing::info!(error = %error, retry_at = %next_attempt_at, "delivery failed; will retry"),
+            } => {
+                tracing::info!(error = %error, retry_at = %next_attempt_at, "delivery failed; will retry")
+            }
             _ => {}
         }
         if !self.store.outbox_settle(&leased, &settle).await? {

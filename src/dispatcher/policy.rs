@@ -34,9 +34,7 @@ impl RetryPolicy {
     /// The delay after `failures` failed attempts (1 = the first failure), before jitter.
     pub fn base_delay(&self, failures: u32) -> Duration {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(30));
-        self.first_delay
-            .saturating_mul(factor)
-            .min(self.max_delay)
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
     }
 
     /// What to record after a retryable failure of `row` (whose `attempts` does not yet count it).
@@ -116,21 +114,25 @@ mod tests {
         let p = RetryPolicy::default();
         let now = Utc::now();
         for random in [0, u64::MAX / 2, u64::MAX] {
-            let Settle::Retry { next_attempt_at, .. } =
-                p.after_failure(&row(0, now), now, None, "x".into(), random)
+            let Settle::Retry {
+                next_attempt_at, ..
+            } = p.after_failure(&row(0, now), now, None, "x".into(), random)
             else {
                 panic!("expected retry")
             };
             let d = (next_attempt_at - now).num_milliseconds();
             assert!((4000..=6000).contains(&d), "{d}");
         }
-        let Settle::Retry { next_attempt_at, .. } = p.after_failure(
+        let Settle::Retry {
+            next_attempt_at, ..
+        } = p.after_failure(
             &row(0, now),
             now,
             Some(Duration::from_secs(120)),
             "429".into(),
             0,
-        ) else {
+        )
+        else {
             panic!("expected retry")
         };
         assert_eq!((next_attempt_at - now).num_seconds(), 120);

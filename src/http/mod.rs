@@ -168,6 +168,7 @@ where
 pub type ParseDelivery = fn(
     &RequestCtx,
     &[u8],
+    chrono::DateTime<chrono::Utc>,
 ) -> Result<
     (
         crate::storage::Delivery,
@@ -186,7 +187,7 @@ pub async fn accept(
     parse: ParseDelivery,
 ) -> Response {
     let result = async {
-        let (delivery, alerts) = parse(&ctx, &body)?;
+        let (delivery, alerts) = parse(&ctx, &body, app.clock.now())?;
         let outcomes = crate::ingest::store(&app, &delivery).await?;
         // Fast path: deliver this event's outbox rows in the background; the 202 does not wait.
         for (da, o) in delivery.alerts.iter().zip(&outcomes) {

@@ -51,7 +51,11 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
                 report.dead,
                 report.deferred,
                 report.skipped,
-                if past_due { " (timer was past due)" } else { "" }
+                if past_due {
+                    " (timer was past due)"
+                } else {
+                    ""
+                }
             );
             // No `$return` binding: ReturnValue stays null (the host would try to base64-decode a
             // string there).

@@ -26,9 +26,21 @@ impl TestHub {
     }
 
     pub async fn start(config: Config) -> TestHub {
+        let sinks = icahub::sinks::Sinks::from_lookup(&|_| None).expect("no sinks");
+        TestHub::start_with(config, sinks, Arc::new(icahub::clock::SystemClock)).await
+    }
+
+    /// The hub with these sinks and this clock.
+    pub async fn start_with(
+        config: Config,
+        sinks: icahub::sinks::Sinks,
+        clock: Arc<dyn icahub::clock::Clock>,
+    ) -> TestHub {
         let listener = bind("127.0.0.1", 0).await.expect("bind");
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = App::build(config).await.expect("app builds");
+        let app = App::build_with(config, sinks, clock)
+            .await
+            .expect("app builds");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(app.clone(), listener, async {
             let _ = rx.await;

@@ -64,6 +64,10 @@ type Check = dyn Fn(&Recorded) -> Result<Reply, (String, Reply)> + Send + Sync;
 struct State {
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Reply>>,
+    /// While set, every accepted request gets this answer (an outage).
+    down: Mutex<Option<Reply>>,
+    /// Time taken before answering (a slow service).
+    delay: Mutex<std::time::Duration>,
     rejections: Mutex<Vec<String>>,
     check: Box<Check>,
 }
@@ -80,6 +84,8 @@ impl Receiver {
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
+            down: Mutex::new(None),
+            delay: Mutex::new(std::time::Duration::ZERO),
             rejections: Mutex::new(Vec::new()),
             check,
         });
@@ -88,17 +94,24 @@ impl Receiver {
             .and(warp::path::full())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
-            .map(
+            .then(
                 move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
-                    handle(
-                        &st,
-                        Recorded {
-                            method: method.to_string(),
-                            path: path.as_str().to_string(),
-                            headers,
-                            body,
-                        },
-                    )
+                    let st = st.clone();
+                    async move {
+                        let delay = *st.delay.lock().unwrap();
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        handle(
+                            &st,
+                            Recorded {
+                                method: method.to_string(),
+                                path: path.as_str().to_string(),
+                                headers,
+                                body,
+                            },
+                        )
+                    }
                 },
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -150,6 +163,20 @@ impl Receiver {
         self.state.script.lock().unwrap().extend(replies);
     }
 
+    /// Answer every accepted request with `reply` until [`Receiver::up`].
+    pub fn down(&self, reply: Reply) {
+        *self.state.down.lock().unwrap() = Some(reply);
+    }
+
+    pub fn up(&self) {
+        *self.state.down.lock().unwrap() = None;
+    }
+
+    /// Take this long to answer each request.
+    pub fn slow(&self, delay: std::time::Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
     }
@@ -185,7 +212,10 @@ fn handle(state: &State, req: Recorded) -> Response {
             state.rejections.lock().unwrap().push(reason);
             reply
         }
-        Ok(success) => state.script.lock().unwrap().pop_front().unwrap_or(success),
+        Ok(success) => match state.down.lock().unwrap().clone() {
+            Some(outage) => outage,
+            None => state.script.lock().unwrap().pop_front().unwrap_or(success),
+        },
     };
     let mut resp = Response::new(reply.body.into());
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();

@@ -11,7 +11,6 @@ use crate::storage::{
 };
 use azure_core::{Etag, StatusCode};
 use azure_data_tables::prelude::IfMatchCondition;
-use chrono::Utc;
 use std::time::Duration;
 
 /// Attempts of one alert's read-plan-commit loop before giving up with `Contention`.
@@ -112,7 +111,8 @@ impl TableStore {
                     .clone()
                     .unwrap_or_else(|| delivery.raw_body.clone()),
             };
-            let now = Utc::now();
+            // The delivery's time, like the embedded store: one clock for the whole event.
+            let now = delivery.received_at;
             let outbox: Vec<OutboxRow> = p
                 .outbox
                 .into_iter()
