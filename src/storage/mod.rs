@@ -253,6 +253,55 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_list(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>>;
     /// Put a dead letter back to pending, due now, attempts reset. `false` if it is not dead.
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool>;
+
+    /// A document: JSON under (partition, key), with a version for optimistic concurrency.
+    async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>>;
+    /// A partition's documents whose key starts with `prefix`, in key order.
+    async fn doc_list(&self, partition: &str, prefix: &str) -> Result<Vec<Doc>>;
+    /// Write documents of one partition and their outbox rows atomically, if every expectation
+    /// holds; `Ok(false)` (nothing written) when one does not: re-read and try again.
+    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool>;
+}
+
+/// A stored document. `version` is opaque (a counter, or an ETag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub version: String,
+}
+
+/// What a write expects to find.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expect {
+    /// The document must not exist yet.
+    Absent,
+    /// The document must still be at this version.
+    Version(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocWrite {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub expect: Expect,
+}
+
+/// One atomic write to one partition: documents, plus outbox rows in that partition's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocCommit {
+    /// Letters and digits only, at most 63 (a Table Storage partition and outbox stream name).
+    pub partition: String,
+    pub writes: Vec<DocWrite>,
+    pub outbox: Vec<crate::domain::routing::OutboxDraft>,
+    /// The record the outbox rows belong to (shown as `event_id` on them).
+    pub record_id: String,
+    pub now: DateTime<Utc>,
+}
+
+/// A partition name is safe for both backends and for outbox ids.
+pub fn valid_partition(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 63 && p.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// A new event id for an alert of stream `stream`: `EVT-<stream>-<UTC yyyymmddHHMMSSffffff><8 hex>`,

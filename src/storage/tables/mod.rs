@@ -356,4 +356,20 @@ impl Store for TableStore {
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
         self.redrive(stream, seq, now).await
     }
+
+    async fn doc_get(&self, _partition: &str, _key: &str) -> Result<Option<crate::storage::Doc>> {
+        Err(StoreError::Unavailable(
+            "documents on Table Storage: not yet".into(),
+        ))
+    }
+    async fn doc_list(&self, _partition: &str, _prefix: &str) -> Result<Vec<crate::storage::Doc>> {
+        Err(StoreError::Unavailable(
+            "documents on Table Storage: not yet".into(),
+        ))
+    }
+    async fn doc_commit(&self, _commit: &crate::storage::DocCommit) -> Result<bool> {
+        Err(StoreError::Unavailable(
+            "documents on Table Storage: not yet".into(),
+        ))
+    }
 }
