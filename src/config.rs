@@ -46,6 +46,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_GIVE_UP_AFTER_SECS", "86400", "A delivery still failing this long after it was created becomes a dead letter"),
     ("ICAHUB_LEASE_SECS", "60", "How long a dispatcher owns a delivery it is sending (a crashed one's deliveries wait this long)"),
     ("ICAHUB_DISPATCH_INTERVAL_SECS", "10", "Outside the Functions host, `serve` drains the outbox this often (0 = only the fast path)"),
+    ("ICAHUB_AUTH", "required", "`required`: every /api/v1 request needs an API key (`Authorization: Bearer icak_…`, or as the Basic auth password); `off` only for local development (refused under the Functions host)"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
@@ -78,6 +79,8 @@ pub struct Config {
     pub lease: Duration,
     /// `icahub serve` outside the Functions host drains the outbox this often (None: never).
     pub dispatch_interval: Option<Duration>,
+    /// Require an identity (API key) on the API. Off only for local development.
+    pub auth_required: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +212,23 @@ impl Config {
         let interval = secs("ICAHUB_DISPATCH_INTERVAL_SECS", 10)?;
         let dispatch_interval = (!interval.is_zero()).then_some(interval);
 
+        let auth_required = match get("ICAHUB_AUTH").as_deref() {
+            None | Some("required") => true,
+            Some("off") if under_functions_host => {
+                return Err(ConfigError(
+                    "ICAHUB_AUTH=off is for local development only and is refused under the \
+                     Azure Functions host"
+                        .into(),
+                ))
+            }
+            Some("off") => false,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "ICAHUB_AUTH={other:?} must be required or off"
+                )))
+            }
+        };
+
         Ok(Config {
             port,
             under_functions_host,
@@ -219,6 +239,7 @@ impl Config {
             retry,
             lease,
             dispatch_interval,
+            auth_required,
         })
     }
 
@@ -234,6 +255,7 @@ impl Config {
             retry: RetryPolicy::default(),
             lease: Duration::from_secs(60),
             dispatch_interval: None,
+            auth_required: true,
         }
     }
 }

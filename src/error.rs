@@ -31,6 +31,12 @@ pub enum ApiError {
     NoRoute,
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     /// Ours, and transient: the sender should retry after `retry_after` seconds.
     #[error("{message}")]
     Unavailable { message: String, retry_after: u32 },
@@ -58,6 +64,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -70,6 +79,9 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable { .. } => "unavailable",
         }
     }
@@ -89,6 +101,12 @@ impl ApiError {
         }
         let body = json!({ "error": err, "request_id": request_id });
         let mut resp = json_response(self.status(), &body, request_id);
+        if let ApiError::Unauthorized(_) = &self {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"icahub\""),
+            );
+        }
         if let ApiError::Unavailable { retry_after, .. } = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

@@ -12,6 +12,7 @@
 //!   [`clock`] is passed in so tests can move time.
 //! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared
 //!   retry classification.
+//! - [`identity`]: API keys and roles (stored as documents) and request authentication.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod domain;
 pub mod error;
 pub mod functions_host;
 pub mod http;
+pub mod identity;
 pub mod ingest;
 pub mod sinks;
 pub mod startup;

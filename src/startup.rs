@@ -18,6 +18,7 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub dispatcher: Arc<Dispatcher>,
     pub clock: Arc<dyn Clock>,
+    pub authenticator: crate::identity::Authenticator,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -65,6 +66,7 @@ impl App {
             store,
             dispatcher,
             clock,
+            authenticator: Default::default(),
         }))
     }
 }

@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// API key to send (the hub requires one unless ICAHUB_AUTH=off).
+    #[arg(long, env = "ICAHUB_BENCH_KEY", hide_env_values = true)]
+    pub key: Option<String>,
 }
 
 /// A realistic common-schema metric alert, distinct per `n`.
@@ -176,7 +179,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Payload::Azure => format!("{base}/api/v1/azdev/alert"),
         Payload::Alertmanager => format!("{base}/api/v1/alertmanager"),
     };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = &args.key {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {k}").parse()?,
+        );
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()?;
@@ -328,6 +339,8 @@ async fn startup(args: BenchArgs) -> anyhow::Result<()> {
             .args(["serve", "--port", &port.to_string()])
             .env("ICAHUB_DATA_DIR", &dir)
             .env("ICAHUB_LOG", "warn")
+            // A throwaway local hub: measuring start-up, not authentication.
+            .env("ICAHUB_AUTH", "off")
             .kill_on_drop(true)
             .spawn()
             .context("spawning icahub serve")?;
@@ -421,6 +434,8 @@ async fn e2e(args: BenchArgs) -> anyhow::Result<()> {
         .env_remove("ICAHUB_CONTROL_PLANE_URL")
         .env_remove("ICAHUB_PAGERDUTY_ROUTING_KEY")
         .env("ICAHUB_LOG", "warn")
+        // A throwaway local hub: measuring fan-out, not authentication.
+        .env("ICAHUB_AUTH", "off")
         .kill_on_drop(true)
         .spawn()
         .context("spawning icahub serve")?;

@@ -1,7 +1,9 @@
 //! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
 
 pub mod bench;
+pub mod keys;
 pub mod outbox;
+pub mod roles;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Inspect the outbox and redrive dead letters.
     Outbox(outbox::OutboxArgs),
+    /// Issue, revoke and list API keys.
+    Keys(keys::KeysArgs),
+    /// Grant, revoke and list roles.
+    Roles(roles::RolesArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -37,5 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Outbox(args) => outbox::run(args).await,
+        Command::Keys(args) => keys::run(args).await,
+        Command::Roles(args) => roles::run(args).await,
     }
 }

@@ -36,6 +36,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "icahub listening on {addr}, storage {storage_desc} at {}",
         app.store.location()
     );
+    if !app.config.auth_required {
+        tracing::warn!(
+            "ICAHUB_AUTH=off: the API accepts requests without an API key. For local development only."
+        );
+    }
     // Under the host the `dispatch` timer function drains the outbox; alone, we do it ourselves.
     if let (false, Some(every)) = (
         app.config.under_functions_host,

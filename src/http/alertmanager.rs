@@ -10,11 +10,13 @@ use warp::{Filter, Rejection};
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "alertmanager")
         .and(warp::post())
+        .and(super::auth::caller(app.clone()))
         .and(ctx())
         .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
-        .then(|ctx, body, app| {
+        .then(|caller, ctx, body, app| {
             accept(
+                caller,
                 "alertmanager",
                 ctx,
                 body,

@@ -10,8 +10,18 @@ use warp::{Filter, Rejection};
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "alert")
         .and(warp::post())
+        .and(super::auth::caller(app.clone()))
         .and(ctx())
         .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
-        .then(|ctx, body, app| accept("alert", ctx, body, app, ingest::azure_monitor_delivery))
+        .then(|caller, ctx, body, app| {
+            accept(
+                caller,
+                "alert",
+                ctx,
+                body,
+                app,
+                ingest::azure_monitor_delivery,
+            )
+        })
 }

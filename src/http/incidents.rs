@@ -22,26 +22,30 @@ pub const MAX_LIMIT: usize = 1000;
 pub fn get_one(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "incident" / String)
         .and(warp::get())
+        .and(super::auth::caller(app.clone()))
         .and(ctx())
         .and(with_app(app))
-        .then(|id: String, ctx: RequestCtx, app: Arc<App>| async move {
-            match app.store.incident(&id).await {
-                Ok(Some(inc)) => json_response(StatusCode::OK, &json!(inc), &ctx.request_id),
-                Ok(None) => ApiError::NotFound(format!("no incident with id {id:?}"))
-                    .into_response(&ctx.request_id),
-                Err(e) => store_error(e).into_response(&ctx.request_id),
-            }
-        })
+        .then(
+            |id: String, _caller, ctx: RequestCtx, app: Arc<App>| async move {
+                match app.store.incident(&id).await {
+                    Ok(Some(inc)) => json_response(StatusCode::OK, &json!(inc), &ctx.request_id),
+                    Ok(None) => ApiError::NotFound(format!("no incident with id {id:?}"))
+                        .into_response(&ctx.request_id),
+                    Err(e) => store_error(e).into_response(&ctx.request_id),
+                }
+            },
+        )
 }
 
 pub fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "incidents")
         .and(warp::get())
+        .and(super::auth::caller(app.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and(ctx())
         .and(with_app(app))
         .then(
-            |q: HashMap<String, String>, ctx: RequestCtx, app: Arc<App>| async move {
+            |_caller, q: HashMap<String, String>, ctx: RequestCtx, app: Arc<App>| async move {
                 let filter = match parse_filter(&q) {
                     Ok(f) => f,
                     Err(e) => return e.into_response(&ctx.request_id),

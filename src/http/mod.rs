@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod alerts;
+pub mod auth;
 pub mod health;
 pub mod incidents;
 pub mod timer;
@@ -178,8 +179,9 @@ pub type ParseDelivery = fn(
 >;
 
 /// The shared alert-ingress handler: parse, store durably, then 202.
-#[tracing::instrument(skip_all, fields(route = route, request_id = %ctx.request_id))]
+#[tracing::instrument(skip_all, fields(route = route, request_id = %ctx.request_id, caller = %caller.name))]
 pub async fn accept(
+    caller: crate::identity::Caller,
     route: &'static str,
     ctx: RequestCtx,
     body: Bytes,

@@ -9,7 +9,10 @@ use tokio::sync::oneshot;
 pub struct TestHub {
     pub base: String,
     pub app: Arc<App>,
+    /// Sends the test key with every request.
     pub client: reqwest::Client,
+    /// An API key of "tester", who holds every role.
+    pub key: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -41,6 +44,21 @@ impl TestHub {
         let app = App::build_with(config, sinks, clock)
             .await
             .expect("app builds");
+        // A key for "tester", holding every role, sent with every request of `client`.
+        let now = chrono::Utc::now();
+        let (key, _) = icahub::identity::issue_key(app.store.as_ref(), "tester", "test", now)
+            .await
+            .expect("issue key");
+        for role in icahub::domain::identity::Role::ALL {
+            icahub::identity::set_role(app.store.as_ref(), "tester", role, true, "test", now)
+                .await
+                .expect("grant role");
+        }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(app.clone(), listener, async {
             let _ = rx.await;
@@ -50,8 +68,10 @@ impl TestHub {
             app,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
+            key,
             shutdown: Some(tx),
             task: Some(task),
             _dir: None,
@@ -141,6 +161,8 @@ impl ChildHub {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"));
         cmd.args(["serve", "--port", &port.to_string()])
             .env("ICAHUB_LOG", "warn")
+            // Crash and start-up tests are not about authentication.
+            .env("ICAHUB_AUTH", "off")
             .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
             .env_remove("AzureWebJobsStorage")
             .env_remove("ICAHUB_TABLES_CONNECTION_STRING");

@@ -1,0 +1,305 @@
+//! API keys and roles, kept in the document store: issue, revoke and list keys; grant, revoke and
+//! list roles; authenticate a presented key. Every change writes an audit entry in the same
+//! atomic commit as the change itself.
+
+use crate::domain::identity::{
+    key_hash, key_id, new_api_key, valid_identity, ApiKeyRecord, IdentityRecord, Role,
+};
+use crate::storage::{DocCommit, DocWrite, Expect, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Partition of API keys (one document per key hash) and their audit entries.
+pub const KEYS: &str = "apikeys";
+/// Partition of identities (one document per name) and their audit entries.
+pub const IDENTITIES: &str = "identities";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub roles: Vec<Role>,
+}
+
+impl Caller {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+fn audit_write(now: DateTime<Utc>, entry: serde_json::Value) -> DocWrite {
+    let key = format!(
+        "audit|{}|{}",
+        now.format("%Y%m%dT%H%M%S%.6fZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    DocWrite {
+        key,
+        value: entry,
+        expect: Expect::Absent,
+    }
+}
+
+fn commit(partition: &str, writes: Vec<DocWrite>, now: DateTime<Utc>) -> DocCommit {
+    DocCommit {
+        partition: partition.into(),
+        writes,
+        outbox: Vec::new(),
+        record_id: format!("{partition}-change"),
+        now,
+    }
+}
+
+/// Issue a key for `identity`. Returns the key (shown once, never stored) and its record.
+pub async fn issue_key(
+    store: &dyn Store,
+    identity: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, ApiKeyRecord), IdentityError> {
+    if !valid_identity(identity) {
+        return Err(IdentityError::Invalid(format!(
+            "identity {identity:?} must be 1-128 letters, digits, '.', '_', '@' or '-'"
+        )));
+    }
+    let mut random = [0u8; 20];
+    random[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    random[16..].copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..4]);
+    let key = new_api_key(random);
+    let hash = key_hash(&key);
+    let record = ApiKeyRecord {
+        id: key_id(&hash),
+        identity: identity.into(),
+        created_at: now,
+        revoked_at: None,
+    };
+    let writes = vec![
+        DocWrite {
+            key: hash,
+            value: serde_json::to_value(&record).unwrap_or_default(),
+            expect: Expect::Absent,
+        },
+        audit_write(
+            now,
+            json!({"action": "key.issued", "key_id": record.id, "identity": identity, "by": by, "at": now}),
+        ),
+    ];
+    if !store.doc_commit(&commit(KEYS, writes, now)).await? {
+        return Err(IdentityError::Invalid("key collision; try again".into()));
+    }
+    Ok((key, record))
+}
+
+pub async fn list_keys(store: &dyn Store) -> Result<Vec<(String, ApiKeyRecord)>, IdentityError> {
+    let mut out = Vec::new();
+    for d in store.doc_list(KEYS, "").await? {
+        if d.key.starts_with("audit|") {
+            continue;
+        }
+        let r: ApiKeyRecord = serde_json::from_value(d.value)
+            .map_err(|e| StoreError::Corrupt(format!("api key record: {e}")))?;
+        out.push((d.key, r));
+    }
+    out.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+    Ok(out)
+}
+
+/// Revoke a key by its id (`key-…`). `false` when it was already revoked.
+pub async fn revoke_key(
+    store: &dyn Store,
+    id: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, IdentityError> {
+    for _ in 0..10 {
+        let Some((hash, mut rec)) = list_keys(store)
+            .await?
+            .into_iter()
+            .find(|(_, r)| r.id == id)
+        else {
+            return Err(IdentityError::NotFound(format!("no API key with id {id}")));
+        };
+        if rec.revoked_at.is_some() {
+            return Ok(false);
+        }
+        let Some(doc) = store.doc_get(KEYS, &hash).await? else {
+            continue;
+        };
+        rec.revoked_at = Some(now);
+        let writes = vec![
+            DocWrite {
+                key: hash,
+                value: serde_json::to_value(&rec).unwrap_or_default(),
+                expect: Expect::Version(doc.version),
+            },
+            audit_write(
+                now,
+                json!({"action": "key.revoked", "key_id": id, "identity": rec.identity, "by": by, "at": now}),
+            ),
+        ];
+        if store.doc_commit(&commit(KEYS, writes, now)).await? {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Contention("key changed concurrently".into()).into())
+}
+
+pub async fn identity(
+    store: &dyn Store,
+    name: &str,
+) -> Result<Option<IdentityRecord>, IdentityError> {
+    Ok(
+        match store.doc_get(IDENTITIES, &format!("id|{name}")).await? {
+            Some(d) => Some(
+                serde_json::from_value(d.value)
+                    .map_err(|e| StoreError::Corrupt(format!("identity {name}: {e}")))?,
+            ),
+            None => None,
+        },
+    )
+}
+
+pub async fn list_identities(store: &dyn Store) -> Result<Vec<IdentityRecord>, IdentityError> {
+    store
+        .doc_list(IDENTITIES, "id|")
+        .await?
+        .into_iter()
+        .map(|d| {
+            serde_json::from_value(d.value)
+                .map_err(|e| IdentityError::Store(StoreError::Corrupt(format!("identity: {e}"))))
+        })
+        .collect()
+}
+
+/// Grant (`grant = true`) or revoke a role. Returns whether anything changed.
+pub async fn set_role(
+    store: &dyn Store,
+    name: &str,
+    role: Role,
+    grant: bool,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, IdentityError> {
+    if !valid_identity(name) {
+        return Err(IdentityError::Invalid(format!(
+            "identity {name:?} is not a valid name"
+        )));
+    }
+    let key = format!("id|{name}");
+    for _ in 0..10 {
+        let doc = store.doc_get(IDENTITIES, &key).await?;
+        let (mut rec, expect) = match &doc {
+            Some(d) => (
+                serde_json::from_value::<IdentityRecord>(d.value.clone())
+                    .map_err(|e| StoreError::Corrupt(format!("identity {name}: {e}")))?,
+                Expect::Version(d.version.clone()),
+            ),
+            None => (
+                IdentityRecord {
+                    name: name.into(),
+                    roles: Vec::new(),
+                    mattermost_user: None,
+                },
+                Expect::Absent,
+            ),
+        };
+        let had = rec.roles.contains(&role);
+        if had == grant {
+            return Ok(false);
+        }
+        if grant {
+            rec.roles.push(role);
+            rec.roles.sort();
+        } else {
+            rec.roles.retain(|r| *r != role);
+        }
+        let action = if grant {
+            "role.granted"
+        } else {
+            "role.revoked"
+        };
+        let writes = vec![
+            DocWrite {
+                key: key.clone(),
+                value: serde_json::to_value(&rec).unwrap_or_default(),
+                expect,
+            },
+            audit_write(
+                now,
+                json!({"action": action, "identity": name, "role": role, "by": by, "at": now}),
+            ),
+        ];
+        if store.doc_commit(&commit(IDENTITIES, writes, now)).await? {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Contention("identity changed concurrently".into()).into())
+}
+
+/// Looks presented keys up, remembering answers for a few seconds (a revocation takes effect
+/// within [`Authenticator::TTL`]).
+#[derive(Default)]
+pub struct Authenticator {
+    cache: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
+}
+
+impl Authenticator {
+    pub const TTL: Duration = Duration::from_secs(10);
+
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        key: &str,
+    ) -> Result<Option<Caller>, IdentityError> {
+        if !key.starts_with(crate::domain::identity::KEY_PREFIX) || key.len() > 100 {
+            return Ok(None);
+        }
+        let hash = key_hash(key);
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((caller, at)) = cache.get(&hash) {
+                if at.elapsed() < Self::TTL {
+                    return Ok(caller.clone());
+                }
+            }
+        }
+        let caller = match store.doc_get(KEYS, &hash).await? {
+            None => None,
+            Some(d) => {
+                let rec: ApiKeyRecord = serde_json::from_value(d.value)
+                    .map_err(|e| StoreError::Corrupt(format!("api key record: {e}")))?;
+                if rec.revoked_at.is_some() {
+                    None
+                } else {
+                    let roles = identity(store, &rec.identity)
+                        .await?
+                        .map(|i| i.roles)
+                        .unwrap_or_default();
+                    Some(Caller {
+                        name: rec.identity,
+                        roles,
+                    })
+                }
+            }
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(hash, (caller.clone(), Instant::now()));
+        }
+        Ok(caller)
+    }
+}
