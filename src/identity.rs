@@ -113,7 +113,7 @@ pub async fn list_keys(store: &dyn Store) -> Result<Vec<(String, ApiKeyRecord)>,
             .map_err(|e| StoreError::Corrupt(format!("api key record: {e}")))?;
         out.push((d.key, r));
     }
-    out.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+    out.sort_by_key(|(_, r)| r.created_at);
     Ok(out)
 }
 
