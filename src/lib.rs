@@ -12,6 +12,7 @@
 //!   [`clock`] is passed in so tests can move time.
 //! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared
 //!   retry classification.
+//! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
 //! - [`identity`]: API keys and roles (stored as documents) and request authentication.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod functions_host;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod runs;
 pub mod sinks;
 pub mod startup;
 pub mod storage;

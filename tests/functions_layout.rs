@@ -64,7 +64,18 @@ fn declared_routes() -> Vec<(String, String, String)> {
             .iter()
             .any(|b| b["type"] == "http" && b["direction"] == "out"));
         let route = t["route"].as_str().unwrap_or(&name).to_string();
-        let path = format!("/{prefix}/{route}").replace("{id}", "INC-0000000000000000-1");
+        // Route parameters get a well-formed value that names nothing.
+        let path = format!("/{prefix}/{route}")
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') {
+                    "INC-0000000000000000-1"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
         for m in t["methods"].as_array().expect("methods listed") {
             out.push((
                 name.clone(),

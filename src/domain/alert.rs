@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 pub enum Source {
     AzureMonitor,
     Alertmanager,
+    /// The run ledger: a pipeline's rollback events.
+    Pipeline,
 }
 
 impl Source {
@@ -19,6 +21,7 @@ impl Source {
         match self {
             Source::AzureMonitor => "azure_monitor",
             Source::Alertmanager => "alertmanager",
+            Source::Pipeline => "pipeline",
         }
     }
 
@@ -26,6 +29,7 @@ impl Source {
         match s {
             "azure_monitor" => Some(Source::AzureMonitor),
             "alertmanager" => Some(Source::Alertmanager),
+            "pipeline" => Some(Source::Pipeline),
             _ => None,
         }
     }

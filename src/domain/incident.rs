@@ -79,11 +79,18 @@ pub struct Plan {
     pub action: IncidentAction,
     /// The incident to write (new or updated), if any changed.
     pub incident: Option<Incident>,
+    /// An open incident this alert closes because it went quiet (pipeline rollbacks more than
+    /// [`ROLLBACK_WINDOW`] apart): written resolved, before `incident`.
+    pub closed: Option<Incident>,
     /// The stream's state after the alert.
     pub next: StreamState,
     /// Deliveries to make, written in the same transaction.
     pub outbox: Vec<OutboxDraft>,
 }
+
+/// Rollbacks of one pipeline closer together than this attach to one incident; a rollback after a
+/// longer quiet spell closes the old incident and opens a new one.
+pub const ROLLBACK_WINDOW_SECS: i64 = 3600;
 
 /// Stream key of an alert: the first 16 hex digits of its fingerprint.
 pub fn stream_key(alert: &NormalizedAlert) -> &str {
@@ -115,6 +122,21 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> Plan {
     let stream = stream_key(alert).to_string();
+    // A pipeline's open rollback incident that has been quiet past the window is closed first.
+    let mut closed = None;
+    let mut state = state.clone();
+    if let (Source::Pipeline, Condition::Fired, Some(open)) =
+        (alert.source, alert.condition, &state.open)
+    {
+        if (now - open.last_event_at).num_seconds() > ROLLBACK_WINDOW_SECS {
+            let mut old = open.clone();
+            old.status = IncidentStatus::Resolved;
+            old.resolved_at = Some(now);
+            closed = Some(old);
+            state.open = None;
+        }
+    }
+    let state = &state;
     let (action, incident, next) = if alert.schema == UNRECOGNIZED_SCHEMA {
         (IncidentAction::None, None, state.clone())
     } else {
@@ -182,6 +204,7 @@ pub fn plan(
     Plan {
         action,
         incident,
+        closed,
         next,
         outbox,
     }
@@ -255,6 +278,29 @@ mod tests {
         );
         assert_eq!(p4.action, IncidentAction::Opened);
         assert!(p4.incident.unwrap().id.ends_with("-2"));
+    }
+
+    #[test]
+    fn rollbacks_an_hour_apart_open_a_new_incident() {
+        let r = Routing::default();
+        let t0 = Utc::now();
+        let mut a = alert(Condition::Fired, Severity::High);
+        a.source = Source::Pipeline;
+        let p1 = plan(&r, &StreamState::default(), &a, "e1", t0);
+        let p2 = plan(&r, &p1.next, &a, "e2", t0 + chrono::Duration::minutes(50));
+        assert_eq!(p2.action, IncidentAction::Attached);
+        assert!(p2.closed.is_none());
+        let p3 = plan(&r, &p2.next, &a, "e3", t0 + chrono::Duration::minutes(171));
+        assert_eq!(p3.action, IncidentAction::Opened);
+        let closed = p3.closed.expect("the quiet incident is closed");
+        assert_eq!(closed.status, IncidentStatus::Resolved);
+        assert_eq!(closed.id, p1.incident.unwrap().id);
+        assert!(p3.incident.unwrap().id.ends_with("-2"));
+        // Other sources keep attaching however long the gap.
+        let b = alert(Condition::Fired, Severity::High);
+        let q1 = plan(&r, &StreamState::default(), &b, "e1", t0);
+        let q2 = plan(&r, &q1.next, &b, "e2", t0 + chrono::Duration::hours(5));
+        assert_eq!(q2.action, IncidentAction::Attached);
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod identity;
 pub mod incident;
 pub mod json;
 pub mod routing;
+pub mod run;

@@ -214,6 +214,30 @@ impl Routing {
         out
     }
 
+    /// Deliveries for a ledger record (run start, event, finish; approvals later): the control
+    /// plane keeps the whole ledger.
+    pub fn ledger_drafts(
+        &self,
+        kind: &str,
+        record_id: &str,
+        payload: serde_json::Value,
+    ) -> Vec<OutboxDraft> {
+        if !self.control_plane {
+            return Vec::new();
+        }
+        vec![OutboxDraft {
+            sink: Sink::ControlPlane,
+            kind: kind.into(),
+            idempotency_key: super::alert::hash_parts([
+                Sink::ControlPlane.as_str(),
+                kind,
+                record_id,
+            ])[..32]
+                .to_string(),
+            payload,
+        }]
+    }
+
     pub fn drafts(
         &self,
         alert: &NormalizedAlert,

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod auth;
 pub mod health;
 pub mod incidents;
+pub mod runs;
 pub mod timer;
 
 use crate::error::ApiError;
@@ -33,6 +34,14 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(incidents::get_one(app.clone()))
         .unify()
         .or(incidents::list(app.clone()))
+        .unify()
+        .or(runs::start(app.clone()))
+        .unify()
+        .or(runs::event(app.clone()))
+        .unify()
+        .or(runs::finish(app.clone()))
+        .unify()
+        .or(runs::get(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()

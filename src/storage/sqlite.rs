@@ -391,7 +391,7 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
             ])
         })
         .map_err(db_err)?;
-        if let Some(inc) = &p.incident {
+        for inc in p.closed.iter().chain(p.incident.iter()) {
             let doc = serde_json::to_string(inc)
                 .map_err(|e| StoreError::Corrupt(format!("incident encode: {e}")))?;
             tx.prepare_cached(

@@ -154,7 +154,7 @@ impl TableStore {
                     &dedup,
                     head,
                     etag,
-                    p.incident.as_ref(),
+                    &p.closed.iter().chain(p.incident.iter()).collect::<Vec<_>>(),
                     &outbox,
                 )
                 .await?;
@@ -178,7 +178,7 @@ impl TableStore {
         dedup: &Dedup,
         head: Entity,
         etag: Option<Etag>,
-        incident: Option<&Incident>,
+        incidents: &[&Incident],
         outbox: &[OutboxRow],
     ) -> Result<Commit> {
         let build = |e: azure_core::Error| map_err("build transaction", e);
@@ -195,7 +195,8 @@ impl TableStore {
             None => tx.insert(head),
         }
         .map_err(build)?;
-        if let Some(inc) = incident {
+        // A closed (superseded) incident first, then the current one.
+        for inc in incidents {
             tx = tx
                 .insert_or_replace(rows::incident_key(&inc.id), rows::incident_entity(inc)?)
                 .map_err(build)?;
@@ -203,7 +204,7 @@ impl TableStore {
         for row in outbox {
             tx = tx.insert(rows::outbox_entity(row)?).map_err(build)?;
         }
-        let ops = 3 + usize::from(incident.is_some()) + outbox.len();
+        let ops = 3 + incidents.len() + outbox.len();
         let resp = match tx.await {
             Ok(resp) => resp,
             Err(e) if is_conflict(status_of(&e)) => return Ok(Commit::Conflict),
