@@ -158,6 +158,43 @@ pub struct NormalizedAlert {
     pub fingerprint: String,
 }
 
+/// Longest description kept on incidents and in outbox messages (the raw body keeps it all).
+pub const MAX_DESCRIPTION_CHARS: usize = 4000;
+const MAX_DETAIL_CHARS: usize = 1000;
+const MAX_DETAILS: usize = 40;
+const MAX_TARGETS: usize = 50;
+
+/// `s` cut to at most `max` characters, with an ellipsis when cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+impl NormalizedAlert {
+    /// A bounded copy for messages and incident records: long descriptions, many details or
+    /// targets would otherwise be repeated in every outbox row (and could outgrow a Table
+    /// Storage entity). The stored event keeps the raw body whole.
+    pub fn compact(&self) -> NormalizedAlert {
+        let mut a = self.clone();
+        a.description = a.description.map(|d| clip(&d, MAX_DESCRIPTION_CHARS));
+        a.details = a
+            .details
+            .into_iter()
+            .filter(|(k, _)| k != "description")
+            .take(MAX_DETAILS)
+            .map(|(k, v)| (clip(&k, 100), clip(&v, MAX_DETAIL_CHARS)))
+            .collect();
+        a.targets.truncate(MAX_TARGETS);
+        a.targets = a.targets.iter().map(|t| clip(t, 1000)).collect();
+        a.rule = clip(&a.rule, 1000);
+        a
+    }
+}
+
 /// Hex SHA-256 of the given parts, each followed by a newline so that ("ab","c") != ("a","bc").
 pub fn hash_parts<I, S>(parts: I) -> String
 where

@@ -162,7 +162,10 @@ fn parse_alert(
     let severity = Severity::from_label(labels.get("severity").map(String::as_str));
     let targets: Vec<String> = labels
         .iter()
-        .filter(|(k, _)| k.as_str() != "alertname" && k.as_str() != "severity")
+        // `severity` stays: Alertmanager treats `severity=warning` and `severity=critical` of
+        // one alert as two alerts (two fingerprints), and so must the incident streams, or a
+        // resolved critical would close the incident of a still-firing warning.
+        .filter(|(k, _)| k.as_str() != "alertname")
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     let description = ["description", "summary"]

@@ -121,6 +121,7 @@ pub fn plan(
     event_id: &str,
     now: DateTime<Utc>,
 ) -> Plan {
+    let alert = &alert.compact();
     let stream = stream_key(alert).to_string();
     // A pipeline's open rollback incident that has been quiet past the window is closed first.
     let mut closed = None;

@@ -51,10 +51,16 @@ pub fn array_or_json_string(v: &Value) -> Option<Vec<Value>> {
     }
 }
 
-/// Parse a timestamp leniently, always into UTC:
+/// Parse a timestamp leniently, always into UTC, between 1970 and 9999:
 /// RFC 3339 with any number of fractional digits and `Z` or a numeric offset;
 /// the same without an offset (taken as UTC); and `M/D/YYYY h:mm:ss AM/PM` (UTC).
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    // Years outside 1970-9999 (Go's zero time, negative years) are not real event times, and
+    // would not survive every storage format: treat them as absent.
+    parse_timestamp_any(s).filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
+}
+
+fn parse_timestamp_any(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     if s.is_empty() {
         return None;

@@ -1046,3 +1046,30 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durability is a setting: a SIGKILL test cannot tell an fsync from the page cache, so check
+    /// the writer's settings themselves.
+    #[test]
+    fn the_writer_fsyncs_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (mode, sync): (String, i64) = rt
+            .block_on(store.write(|c| {
+                let mode = c
+                    .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                let sync = c
+                    .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                Ok((mode, sync))
+            }))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+}
