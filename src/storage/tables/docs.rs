@@ -109,6 +109,15 @@ impl TableStore {
         }
 
         // Documents, checked before anything is read or sent.
+        if commit
+            .writes
+            .iter()
+            .any(|w| matches!(&w.expect, Expect::Version(v) if !is_etag(v)))
+        {
+            // No document is at that version. Not sent: `*` or an empty If-Match would match
+            // any version, and other malformed tags get 400.
+            return Ok(false);
+        }
         let mut seen = HashSet::new();
         let mut docs = Vec::with_capacity(commit.writes.len());
         for w in &commit.writes {
@@ -252,6 +261,14 @@ fn expectation_failed(status: Option<StatusCode>) -> bool {
     )
 }
 
+/// Whether `v` has the shape of the ETags Table Storage gives entities: a weak entity tag,
+/// `W/"..."` (e.g. `W/"datetime'2024-01-01T00%3A00%3A00.1234567Z'"`).
+fn is_etag(v: &str) -> bool {
+    v.strip_prefix("W/\"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .is_some_and(|tag| !tag.is_empty() && !tag.contains('"'))
+}
+
 /// The smallest string greater than every string starting with `s`, in both code point order
 /// and UTF-16 code unit order (Table Storage compares keys by the latter): the last character
 /// that can be incremented within the BMP is, and what follows it is dropped. The new
@@ -274,7 +291,15 @@ fn successor(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::successor;
+    use super::{is_etag, successor};
+
+    #[test]
+    fn only_weak_entity_tags_are_versions() {
+        assert!(is_etag("W/\"datetime'2026-11-22T04%3A16%3A11.5214033Z'\""));
+        for bad in ["", "*", "1", "\"1\"", "W/\"\"", "W/\"a\"b\"", "W/x"] {
+            assert!(!is_etag(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn successors_bound_every_extension() {
