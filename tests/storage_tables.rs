@@ -7,10 +7,11 @@ mod support;
 use chrono::{Duration as ChronoDuration, Utc};
 use icahub::domain::alert::{incident_fingerprint, Condition, NormalizedAlert, Severity, Source};
 use icahub::domain::incident::{stream_key, IncidentAction, IncidentStatus};
-use icahub::domain::routing::{Routing, Sink};
+use icahub::domain::routing::{OutboxDraft, Routing, Sink};
 use icahub::storage::tables::TableStore;
 use icahub::storage::{
-    new_event_id, Delivery, DeliveryAlert, IncidentFilter, OutboxStatus, Settle, Store, StoreError,
+    new_event_id, Delivery, DeliveryAlert, DocCommit, DocWrite, Expect, IncidentFilter,
+    OutboxStatus, Settle, Store, StoreError,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -805,6 +806,341 @@ async fn outbox_lease_and_settle_latency() {
         stats(&mut settle_t),
         stats(&mut round_t)
     );
+}
+
+fn doc_write(key: &str, value: serde_json::Value, expect: Expect) -> DocWrite {
+    DocWrite {
+        key: key.into(),
+        value,
+        expect,
+    }
+}
+
+fn doc_commit(partition: &str, writes: Vec<DocWrite>) -> DocCommit {
+    DocCommit {
+        partition: partition.into(),
+        writes,
+        outbox: Vec::new(),
+        record_id: "REC-tables".into(),
+        now: Utc::now(),
+    }
+}
+
+fn draft(key: &str) -> OutboxDraft {
+    OutboxDraft {
+        sink: Sink::ControlPlane,
+        kind: "run.start".into(),
+        idempotency_key: key.into(),
+        payload: serde_json::json!({"k": key}),
+    }
+}
+
+#[tokio::test]
+async fn document_versions_are_etags_from_reads_and_lists_alike() {
+    let s = store("docetag").await;
+    let p = "docs1";
+    assert!(s
+        .doc_commit(&doc_commit(
+            p,
+            vec![doc_write("x", serde_json::json!(1), Expect::Absent)]
+        ))
+        .await
+        .unwrap());
+    let got = s.doc_get(p, "x").await.unwrap().unwrap();
+    let listed = s.doc_list(p, "").await.unwrap().remove(0);
+    assert_eq!(got, listed, "point read and list agree, version included");
+    assert!(got.version.contains("datetime"), "an ETag: {}", got.version);
+    // The listed version is good for an update.
+    assert!(s
+        .doc_commit(&doc_commit(
+            p,
+            vec![doc_write(
+                "x",
+                serde_json::json!(2),
+                Expect::Version(listed.version.clone())
+            )]
+        ))
+        .await
+        .unwrap());
+    // A version that is no ETag of this store (the embedded store's counter, a wildcard, nothing)
+    // never matches, and writes nothing.
+    for v in ["1", "*", "", "\"1\"", "W/\"1\""] {
+        assert!(
+            !s.doc_commit(&doc_commit(
+                p,
+                vec![doc_write(
+                    "x",
+                    serde_json::json!(3),
+                    Expect::Version(v.into())
+                )]
+            ))
+            .await
+            .unwrap(),
+            "{v:?}"
+        );
+    }
+    // Updating a document that does not exist fails too (404), writing nothing.
+    assert!(!s
+        .doc_commit(&doc_commit(
+            p,
+            vec![
+                doc_write("y", serde_json::json!(1), Expect::Absent),
+                doc_write("gone", serde_json::json!(1), Expect::Version(got.version)),
+            ]
+        ))
+        .await
+        .unwrap());
+    assert!(s.doc_get(p, "y").await.unwrap().is_none());
+    assert_eq!(
+        s.doc_get(p, "x").await.unwrap().unwrap().value,
+        serde_json::json!(2)
+    );
+}
+
+#[tokio::test]
+async fn document_keys_round_trip_and_bad_names_are_refused() {
+    let s = store("dockeys").await;
+    let p = "keys1";
+    let keys = [
+        "run|it's|1",
+        "run|a b",
+        "run|100%+x&y=z",
+        "run|ü€😀",
+        "run|~",
+        "run|(x)'",
+        "runs",
+    ];
+    let writes = keys
+        .iter()
+        .map(|k| doc_write(k, serde_json::json!({ "k": k }), Expect::Absent))
+        .collect();
+    assert!(s.doc_commit(&doc_commit(p, writes)).await.unwrap());
+    for k in keys {
+        let d = s
+            .doc_get(p, k)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{k}"));
+        assert_eq!(d.key, k);
+        assert_eq!(d.value["k"], k);
+        // And updates by key work (the key is in the URL of an update).
+        assert!(
+            s.doc_commit(&doc_commit(
+                p,
+                vec![doc_write(
+                    k,
+                    serde_json::json!(0),
+                    Expect::Version(d.version)
+                )]
+            ))
+            .await
+            .unwrap(),
+            "{k}"
+        );
+    }
+    let listed: Vec<String> = s
+        .doc_list(p, "run|")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.key)
+        .collect();
+    let mut expected: Vec<String> = keys[..6].iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(s.doc_list(p, "run|ü").await.unwrap().len(), 1);
+    assert_eq!(s.doc_list(p, "run|~").await.unwrap().len(), 1);
+    assert_eq!(s.doc_list(p, "run|a b").await.unwrap().len(), 1);
+    assert_eq!(s.doc_list(p, "").await.unwrap().len(), keys.len());
+    // Names Table Storage cannot hold: refused on write, simply absent on read.
+    for bad in ["a/b", "a\\b", "a#b", "a?b", "a\nb"] {
+        let r = s
+            .doc_commit(&doc_commit(
+                p,
+                vec![doc_write(bad, serde_json::json!(1), Expect::Absent)],
+            ))
+            .await;
+        assert!(
+            matches!(&r, Err(StoreError::Corrupt(m)) if m.contains(&format!("{bad:?}"))),
+            "{bad:?}: {r:?}"
+        );
+        assert!(s.doc_get(p, bad).await.unwrap().is_none());
+        assert!(s.doc_list(p, bad).await.unwrap().is_empty());
+    }
+    for bad_partition in ["", "a-b", "a|b", &"x".repeat(64)] {
+        let r = s
+            .doc_commit(&doc_commit(
+                bad_partition,
+                vec![doc_write("k", serde_json::json!(1), Expect::Absent)],
+            ))
+            .await;
+        assert!(
+            matches!(r, Err(StoreError::Corrupt(_))),
+            "{bad_partition:?}"
+        );
+        assert!(s.doc_get(bad_partition, "k").await.unwrap().is_none());
+        assert!(s.doc_list(bad_partition, "").await.unwrap().is_empty());
+    }
+    // One key twice in a commit cannot be one transaction.
+    let r = s
+        .doc_commit(&doc_commit(
+            p,
+            vec![
+                doc_write("twice", serde_json::json!(1), Expect::Absent),
+                doc_write("twice", serde_json::json!(2), Expect::Absent),
+            ],
+        ))
+        .await;
+    assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn document_commits_are_bounded_by_what_one_transaction_holds() {
+    let s = store("doclimit").await;
+    let p = "limit1";
+    // 99 documents + 1 outbox row... + the head: 101 operations.
+    let mut c = doc_commit(
+        p,
+        (0..99)
+            .map(|i| doc_write(&format!("d{i:03}"), serde_json::json!(i), Expect::Absent))
+            .collect(),
+    );
+    c.outbox = vec![draft("o1")];
+    let r = s.doc_commit(&c).await;
+    assert!(
+        matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("101 operations")),
+        "{r:?}"
+    );
+    // 98 + 1 + head = 100: fine.
+    c.writes.pop();
+    assert!(s.doc_commit(&c).await.unwrap());
+    assert_eq!(s.doc_list(p, "d").await.unwrap().len(), 98);
+    assert_eq!(s.stream_outbox(p).await.unwrap().len(), 1);
+    // A document over the per-entity limit, and a commit over the 4 MiB transaction limit.
+    let huge = "x".repeat(1_000_000);
+    let r = s
+        .doc_commit(&doc_commit(
+            p,
+            vec![doc_write("huge", serde_json::json!(huge), Expect::Absent)],
+        ))
+        .await;
+    assert!(
+        matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("huge")),
+        "{r:?}"
+    );
+    let big = "x".repeat(800_000);
+    let r = s
+        .doc_commit(&doc_commit(
+            p,
+            (0..5)
+                .map(|i| doc_write(&format!("big{i}"), serde_json::json!(big), Expect::Absent))
+                .collect(),
+        ))
+        .await;
+    assert!(
+        matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("4 MiB")),
+        "{r:?}"
+    );
+    // Several large documents that do fit go in together.
+    let docs: Vec<DocWrite> = (0..3)
+        .map(|i| doc_write(&format!("big{i}"), serde_json::json!(big), Expect::Absent))
+        .collect();
+    assert!(s.doc_commit(&doc_commit(p, docs)).await.unwrap());
+    assert_eq!(
+        s.doc_list(p, "big").await.unwrap()[2].value,
+        serde_json::json!(big)
+    );
+}
+
+#[tokio::test]
+async fn document_outbox_rows_share_the_stream_head_with_ingest() {
+    let s = store("dochead").await;
+    // An incident stream with an open incident and outbox rows 1..=4.
+    let fired = delivery(vec![alert("dh", Condition::Fired, Severity::Critical, "1")]);
+    let out = s.ingest(&fired, &all_sinks()).await.unwrap();
+    let stream = stream_key(&fired.alerts[0].alert).to_string();
+    let n0 = s.stream_outbox(&stream).await.unwrap().len() as u64;
+    assert!(n0 > 0);
+    let mut c = doc_commit(
+        &stream,
+        vec![doc_write("state", serde_json::json!("a"), Expect::Absent)],
+    );
+    c.outbox = vec![draft("h1"), draft("h2")];
+    assert!(s.doc_commit(&c).await.unwrap());
+    // The next alert attaches to the same open incident and numbers its rows after ours.
+    let again = delivery(vec![alert("dh", Condition::Fired, Severity::Critical, "2")]);
+    let out2 = s.ingest(&again, &all_sinks()).await.unwrap();
+    assert_eq!(out2[0].action, IncidentAction::Attached);
+    assert_eq!(out2[0].incident_id, out[0].incident_id);
+    let rows = s.stream_outbox(&stream).await.unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=rows.len() as u64).collect::<Vec<_>>());
+    let ours: Vec<&icahub::storage::OutboxRow> =
+        rows.iter().filter(|r| r.event_id == "REC-tables").collect();
+    assert_eq!(ours.len(), 2);
+    assert_eq!((ours[0].seq, ours[1].seq), (n0 + 1, n0 + 2));
+    assert_eq!(ours[0].idempotency_key, "h1");
+    assert_eq!(ours[0].status, OutboxStatus::Pending);
+    assert_eq!(ours[0].created_at, c.now);
+    assert_eq!(ours[0].next_attempt_at, c.now);
+    // The incident count went on too (the head's IncidentSeq was kept): a resolve and a new
+    // firing open incident 2.
+    let resolved = delivery(vec![alert(
+        "dh",
+        Condition::Resolved,
+        Severity::Critical,
+        "3",
+    )]);
+    s.ingest(&resolved, &all_sinks()).await.unwrap();
+    let refired = delivery(vec![alert("dh", Condition::Fired, Severity::Critical, "4")]);
+    let out4 = s.ingest(&refired, &all_sinks()).await.unwrap();
+    assert_eq!(out4[0].action, IncidentAction::Opened);
+    assert!(out4[0].incident_id.as_deref().unwrap().ends_with("-2"));
+    // The documents are not mistaken for stream rows.
+    assert_eq!(s.stream_events(&stream).await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_document_commits_with_outbox_rows_number_them_without_gaps() {
+    let a: Arc<dyn Store> = Arc::new(store("docrace").await);
+    let p = "race1";
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let s = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let mut c = doc_commit(
+                    p,
+                    vec![doc_write(
+                        &format!("d{i:02}"),
+                        serde_json::json!(i),
+                        Expect::Absent,
+                    )],
+                );
+                c.outbox = vec![draft(&format!("{i}a")), draft(&format!("{i}b"))];
+                if s.doc_commit(&c).await.unwrap() {
+                    return attempts;
+                }
+                assert!(attempts < 200, "task {i} never got through");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rows = a.stream_outbox(p).await.unwrap();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=24).collect::<Vec<_>>());
+    // Each commit's rows are consecutive.
+    for pair in rows.chunks(2) {
+        assert_eq!(
+            pair[0].idempotency_key.trim_end_matches('a'),
+            pair[1].idempotency_key.trim_end_matches('b')
+        );
+    }
+    assert_eq!(a.doc_list(p, "d").await.unwrap().len(), 12);
 }
 
 mod conformance {

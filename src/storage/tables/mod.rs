@@ -24,11 +24,16 @@
 //! `If-Match` on the row's ETag (carried in `OutboxRow::version`); see `outbox`. Finding due rows
 //! across all streams and listing the outbox scan the table with a server-side filter.
 //!
+//! Documents (`doc_get`, `doc_list`, `doc_commit`) share the `streams` table and partition with
+//! their outbox rows, as `doc|<key>` rows versioned by ETag, so that one entity-group
+//! transaction writes both; see `docs`.
+//!
 //! Files: this one (connecting, reads, the [`Store`] impl), `ingest` (the write loop),
-//! `outbox` (dispatch: due, lease, settle, list, redrive), `rows` (entity layout and codecs),
-//! `connection` (connection strings, HTTP policy, errors).
+//! `outbox` (dispatch: due, lease, settle, list, redrive), `docs` (documents), `rows` (entity
+//! layout and codecs), `connection` (connection strings, HTTP policy, errors).
 
 mod connection;
+mod docs;
 mod ingest;
 mod outbox;
 mod rows;
@@ -36,8 +41,8 @@ mod rows;
 use crate::domain::incident::{stream_key, stream_of_id, Incident};
 use crate::domain::routing::Routing;
 use crate::storage::{
-    Delivery, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, RawRequest, Result, Settle,
-    Store, StoreError, StoredEvent,
+    Delivery, Doc, DocCommit, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, RawRequest,
+    Result, Settle, Store, StoreError, StoredEvent,
 };
 use async_trait::async_trait;
 use azure_core::{Etag, StatusCode};
@@ -357,19 +362,15 @@ impl Store for TableStore {
         self.redrive(stream, seq, now).await
     }
 
-    async fn doc_get(&self, _partition: &str, _key: &str) -> Result<Option<crate::storage::Doc>> {
-        Err(StoreError::Unavailable(
-            "documents on Table Storage: not yet".into(),
-        ))
+    async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>> {
+        self.doc_read(partition, key).await
     }
-    async fn doc_list(&self, _partition: &str, _prefix: &str) -> Result<Vec<crate::storage::Doc>> {
-        Err(StoreError::Unavailable(
-            "documents on Table Storage: not yet".into(),
-        ))
+
+    async fn doc_list(&self, partition: &str, prefix: &str) -> Result<Vec<Doc>> {
+        self.doc_range(partition, prefix).await
     }
-    async fn doc_commit(&self, _commit: &crate::storage::DocCommit) -> Result<bool> {
-        Err(StoreError::Unavailable(
-            "documents on Table Storage: not yet".into(),
-        ))
+
+    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
+        self.doc_write(commit).await
     }
 }

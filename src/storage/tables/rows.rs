@@ -18,6 +18,8 @@ const CHUNK: usize = 64 * 1024;
 const MAX_CHUNKS: usize = 14;
 /// Text up to this many UTF-16 units is stored as a plain string (the limit is 32 Ki units).
 const PLAIN_TEXT_UNITS: usize = 16 * 1024;
+/// The longest text [`put_text`] stores.
+pub(crate) const MAX_TEXT_BYTES: usize = MAX_CHUNKS * CHUNK;
 
 pub(crate) const HEAD: &str = "head";
 /// The property carrying an entity's ETag in responses with full metadata.
@@ -37,6 +39,11 @@ pub(crate) fn incident_key(incident_id: &str) -> String {
 }
 pub(crate) fn outbox_key(seq: u64) -> String {
     format!("outbox|{seq:012}")
+}
+/// RowKeys of documents start with this; the document key follows (and may contain `|`).
+pub(crate) const DOC_PREFIX: &str = "doc|";
+pub(crate) fn doc_key(key: &str) -> String {
+    format!("{DOC_PREFIX}{key}")
 }
 
 /// Whether `s` can be a PartitionKey/RowKey (no `/ \ # ?`, no control characters, < 1 KiB).
@@ -396,6 +403,26 @@ pub(crate) fn outbox_of(m: &Entity) -> Result<OutboxRow, StoreError> {
         // Queries and point reads ask for full metadata, so the entity carries its ETag.
         version: opt_str(m, ODATA_ETAG)?,
     })
+}
+
+// --- documents --------------------------------------------------------------------------------
+
+/// A document row: its JSON text (at most [`MAX_TEXT_BYTES`]) in `Value`, chunked when long.
+pub(crate) fn doc_entity(partition: &str, key: &str, json: &str) -> Result<Entity, StoreError> {
+    let mut m = new_entity(partition, &doc_key(key), "doc");
+    put_text(&mut m, "Value", json)?;
+    Ok(m)
+}
+
+/// `(key, value)` of a document row.
+pub(crate) fn doc_of(m: &Entity) -> Result<(String, serde_json::Value), StoreError> {
+    let rk = get_str(m, "RowKey")?;
+    let key = rk
+        .strip_prefix(DOC_PREFIX)
+        .ok_or_else(|| corrupt(m, "not a document row"))?
+        .to_string();
+    let text = get_text(m, "Value")?.ok_or_else(|| corrupt(m, "missing Value"))?;
+    Ok((key, json_of(m, "Value", &text)?))
 }
 
 // --- raw requests -----------------------------------------------------------------------------
