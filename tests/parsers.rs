@@ -689,7 +689,10 @@ fn alertmanager_sample_parses() {
     assert_eq!(a.severity, Severity::Critical);
     assert_eq!(a.condition, Condition::Fired);
     // `severity` is part of the alert's identity (and of its incident stream), as in Alertmanager.
-    assert_eq!(a.targets, ["instance=node1:9100", "job=node", "severity=critical"]);
+    assert_eq!(
+        a.targets,
+        ["instance=node1:9100", "job=node", "severity=critical"]
+    );
     assert_eq!(a.description.as_deref(), Some("Instance node1:9100 down"));
     assert_eq!(
         a.link.as_deref(),
@@ -755,7 +758,12 @@ fn alertmanager_newer_fields_and_missing_fingerprint() {
     assert_eq!(a.rule, "PostgresReplicationLag");
     assert_eq!(
         a.targets,
-        ["cluster=prod-eu", "instance=pg-1:9187", "job=postgres", "severity=warning"]
+        [
+            "cluster=prod-eu",
+            "instance=pg-1:9187",
+            "job=postgres",
+            "severity=warning"
+        ]
     );
     assert_eq!(
         a.description.as_deref(),
