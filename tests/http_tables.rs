@@ -128,3 +128,55 @@ async fn storage_that_goes_away_is_a_503_with_retry_after() {
     let r = hub.get("/api/v1/azdev/incidents").await;
     r.expect_error(503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_ledger_on_table_storage_with_two_instances_writing_events() {
+    let (a, b) = two_hubs().await;
+    let start = serde_json::json!({"pipeline_name": "api-deploy", "run_id": "77", "branch": "main",
+                                   "commit": "abc", "triggered_by": "ci"});
+    assert_eq!(
+        a.post_json("/api/v1/azdev/run/start", start.to_string())
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        b.post_json("/api/v1/azdev/run/start", start.to_string())
+            .await
+            .status,
+        200
+    );
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let hub = if i % 2 == 0 { &a } else { &b };
+        let (client, url) = (hub.client.clone(), hub.url("/api/v1/azdev/run/event"));
+        tasks.push(tokio::spawn(async move {
+            let body =
+                serde_json::json!({"run_id": "77", "event_type": "step", "event_data": {"i": i}});
+            let r = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fin =
+        serde_json::json!({"run_id": "77", "status": "failed", "end_time": "2026-11-22T11:00:00Z"});
+    let f = b
+        .post_json("/api/v1/azdev/run/finish", fin.to_string())
+        .await;
+    assert_eq!(f.status, 200, "{}", f.text);
+    let run = a.get("/api/v1/azdev/run/77").await;
+    let events = run.json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 20, "no event lost between two instances");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
+    assert_eq!(run.json["status"], "failed");
+    assert_eq!(run.json["finish"]["audit_hash"], f.json["audit_hash"]);
+}

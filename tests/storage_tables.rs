@@ -395,7 +395,10 @@ async fn large_raw_bodies_round_trip_byte_exact() {
         .unwrap();
     // Incidents keep a bounded description; the raw body above keeps it whole.
     let desc = inc.description.unwrap();
-    assert_eq!(desc.chars().count(), icahub::domain::alert::MAX_DESCRIPTION_CHARS);
+    assert_eq!(
+        desc.chars().count(),
+        icahub::domain::alert::MAX_DESCRIPTION_CHARS
+    );
     assert!(desc.ends_with('…'));
 
     // The same size as a multi-alert request body, kept in the requests table.
