@@ -201,7 +201,8 @@ pub fn plan(
             (Condition::Resolved, None) => (IncidentAction::None, None, state.clone()),
         }
     };
-    let outbox = routing.drafts(alert, event_id, action, incident.as_ref());
+    let previous = state.open.as_ref().map(|i| i.severity);
+    let outbox = routing.drafts(alert, event_id, action, incident.as_ref(), previous);
     Plan {
         action,
         incident,

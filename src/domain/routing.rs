@@ -238,12 +238,17 @@ impl Routing {
         }]
     }
 
+    /// `previous` is the open incident's severity before this alert: when an attach escalates it
+    /// into a sink's route (say a warning incident turning critical, and PagerDuty pages from
+    /// high), that sink now hears of the incident's opening, so a later resolve never reaches a
+    /// sink that was not told of the incident.
     pub fn drafts(
         &self,
         alert: &NormalizedAlert,
         event_id: &str,
         action: IncidentAction,
         incident: Option<&Incident>,
+        previous: Option<Severity>,
     ) -> Vec<OutboxDraft> {
         let incident_kind = match action {
             IncidentAction::Opened => Some("incident.opened"),
@@ -255,8 +260,23 @@ impl Routing {
         let group = incident
             .and_then(|i| i.resource_group.as_deref())
             .or(alert.resource_group.as_deref());
+        let before: Vec<Sink> = match (action, previous) {
+            (IncidentAction::Attached, Some(prev)) => self
+                .route(alert.source, prev, group)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut out = Vec::new();
         for (sink, rule) in self.route(alert.source, severity, group) {
+            // Escalated into this sink's route: it hears of the opening now.
+            let incident_kind = match incident_kind {
+                Some("incident.updated") if previous.is_some() && !before.contains(&sink) => {
+                    Some("incident.opened")
+                }
+                k => k,
+            };
             let route = json!({
                 "rule": rule.name,
                 "mattermost_webhook": rule.mattermost_webhook.as_deref().unwrap_or("default"),
@@ -390,9 +410,41 @@ mod tests {
     }
 
     #[test]
+    fn an_escalation_pages_and_the_resolve_follows() {
+        use crate::domain::incident::{plan, StreamState};
+        let r = all();
+        let mut a = crate::storage::conformance::alert("r", "vm", "a", Condition::Fired);
+        a.severity = Severity::Medium;
+        let p1 = plan(&r, &StreamState::default(), &a, "e1", chrono::Utc::now());
+        let sinks = |p: &crate::domain::incident::Plan| -> Vec<(Sink, String)> {
+            p.outbox.iter().map(|d| (d.sink, d.kind.clone())).collect()
+        };
+        assert!(
+            !sinks(&p1).iter().any(|(s, _)| *s == Sink::Pagerduty),
+            "medium does not page"
+        );
+        a.severity = Severity::Critical;
+        a.dedup_key = "k2".into();
+        let p2 = plan(&r, &p1.next, &a, "e2", chrono::Utc::now());
+        assert!(
+            sinks(&p2).contains(&(Sink::Pagerduty, "incident.opened".into())),
+            "{:?}",
+            sinks(&p2)
+        );
+        assert!(
+            !sinks(&p2).iter().any(|(s, _)| *s == Sink::Mattermost),
+            "Mattermost already knew"
+        );
+        a.condition = Condition::Resolved;
+        a.dedup_key = "k3".into();
+        let p3 = plan(&r, &p2.next, &a, "e3", chrono::Utc::now());
+        assert!(sinks(&p3).contains(&(Sink::Pagerduty, "incident.resolved".into())));
+    }
+
+    #[test]
     fn drafts_respect_what_each_sink_accepts() {
         let alert = crate::storage::conformance::alert("r", "vm", "a", Condition::Fired);
-        let d = all().drafts(&alert, "EVT-x", IncidentAction::Attached, None);
+        let d = all().drafts(&alert, "EVT-x", IncidentAction::Attached, None, None);
         // Attached with no incident given: only the control plane's alert record.
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, "alert.received");
