@@ -157,7 +157,11 @@ pub struct ChildHub {
 impl ChildHub {
     /// Spawn the real binary with these extra environment variables and wait until `/` answers.
     pub async fn spawn(envs: &[(&str, String)]) -> ChildHub {
-        let port = free_port();
+        ChildHub::spawn_on(free_port(), envs).await
+    }
+
+    /// Like [`ChildHub::spawn`], on a given port (to restart a hub where its clients expect it).
+    pub async fn spawn_on(port: u16, envs: &[(&str, String)]) -> ChildHub {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"));
         cmd.args(["serve", "--port", &port.to_string()])
             .env("ICAHUB_LOG", "warn")
