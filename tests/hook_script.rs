@@ -13,7 +13,10 @@ fn script(
     args: &[&str],
 ) -> (bool, String, String) {
     let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/azdev_ica_hook.sh"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/azdev_ica_hook.sh"
+        ))
         .args(args)
         .env("ICAHUB_URL", hub_url)
         .env("ICAHUB_API_KEY", key)
@@ -53,7 +56,11 @@ async fn the_hook_script_records_a_run_and_spools_while_the_hub_is_down() {
             .env("ICAHUB_STORAGE", "embedded")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let key = cli(&["keys", "issue", "--identity", "pipeline-web"]);
@@ -64,19 +71,46 @@ async fn the_hook_script_records_a_run_and_spools_while_the_hub_is_down() {
     let (ok, out, err) = script(&url, &key, spool.path(), &["start"]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("record_id"), "{out}");
-    let (ok, _, err) = script(&url, &key, spool.path(), &["event", "--type", "build", "--data", "{\"stage\": \"Build\"}"]);
+    let (ok, _, err) = script(
+        &url,
+        &key,
+        spool.path(),
+        &[
+            "event",
+            "--type",
+            "build",
+            "--data",
+            "{\"stage\": \"Build\"}",
+        ],
+    );
     assert!(ok, "{err}");
     // A wrong key: refused (4xx), the step fails, nothing spooled.
     let (ok, _, _) = script(&url, "icak_wrong", spool.path(), &["event", "--type", "x"]);
     assert!(!ok);
-    assert_eq!(std::fs::read_dir(spool.path()).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(spool.path())
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
 
     // The hub goes away: records are spooled, the steps still succeed.
     hub.kill9();
     let (ok, _, err) = script(&url, &key, spool.path(), &["event", "--type", "deploy"]);
     assert!(ok, "{err}");
     assert!(err.contains("spooled"), "{err}");
-    let (ok, _, _) = script(&url, &key, spool.path(), &["finish", "--status", "success", "--end-time", "2026-11-22T12:00:00Z"]);
+    let (ok, _, _) = script(
+        &url,
+        &key,
+        spool.path(),
+        &[
+            "finish",
+            "--status",
+            "success",
+            "--end-time",
+            "2026-11-22T12:00:00Z",
+        ],
+    );
     assert!(ok);
     assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 2);
 
@@ -98,7 +132,16 @@ async fn the_hook_script_records_a_run_and_spools_while_the_hub_is_down() {
         .unwrap();
     assert_eq!(run["pipeline_name"], "web-deploy");
     assert_eq!(run["status"], "success");
-    let types: Vec<&str> = run["events"].as_array().unwrap().iter().map(|e| e["event_type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["build", "deploy"], "spooled records kept their order");
+    let types: Vec<&str> = run["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["build", "deploy"],
+        "spooled records kept their order"
+    );
     assert_eq!(run["events"][0]["event_data"]["stage"], "Build");
 }

@@ -1,0 +1,100 @@
+//! api/icahub-openapi.yaml and the router agree: every documented operation exists (not "no
+//! route", not 405), and every Azure Function's route is documented.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use support::hub::TestHub;
+
+fn doc() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/api/icahub-openapi.yaml"
+    ))
+    .expect("the OpenAPI document");
+    serde_yaml_ng::from_str(&text).expect("the OpenAPI document is YAML")
+}
+
+/// Fill `{param}` segments with a value that names nothing.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|s| {
+            if s.starts_with('{') {
+                "INC-0000000000000000-1"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn operations(d: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in d["paths"].as_object().expect("paths") {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let d = doc();
+    assert_eq!(d["openapi"], "3.1.0");
+    let hub = TestHub::embedded().await;
+    for (method, path) in operations(&d) {
+        let r = hub
+            .client
+            .request(method.parse().unwrap(), hub.url(&concrete(&path)))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_ne!(v["error"]["code"], "no_route", "{method} {path}");
+        assert_ne!(status, 405, "{method} {path}");
+        assert!(status < 500, "{method} {path}: {status}");
+        // Every status the hub answered is documented for that operation.
+        let documented = &d["paths"][&path][method.to_lowercase()]["responses"];
+        assert!(
+            documented.get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which the document does not list"
+        );
+    }
+}
+
+#[test]
+fn every_function_route_is_documented() {
+    let ops = operations(&doc());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("functions");
+    for entry in std::fs::read_dir(root).unwrap() {
+        let dir = entry.unwrap().path();
+        let f: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("function.json")).unwrap())
+                .unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let t = &f["bindings"][0];
+        if t["type"] == "timerTrigger" {
+            assert!(
+                ops.contains(&("POST".into(), format!("/{name}"))),
+                "timer {name}"
+            );
+            continue;
+        }
+        let path = format!("/api/{}", t["route"].as_str().unwrap());
+        for m in t["methods"].as_array().unwrap() {
+            let m = m.as_str().unwrap().to_uppercase();
+            assert!(
+                ops.contains(&(m.clone(), path.clone())),
+                "{name}: {m} {path} is not in the OpenAPI document"
+            );
+        }
+    }
+}
