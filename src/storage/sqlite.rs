@@ -412,30 +412,7 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
             })
             .map_err(db_err)?;
         }
-        let mut seq = outbox_seq;
-        for draft in &p.outbox {
-            seq += 1;
-            let payload = serde_json::to_string(&draft.payload)
-                .map_err(|e| StoreError::Corrupt(format!("outbox encode: {e}")))?;
-            tx.prepare_cached(
-                "INSERT INTO outbox (stream, seq, sink, kind, idempotency_key, event_id, payload, \
-                 status, attempts, next_attempt_at, created_at, last_error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, NULL)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    stream,
-                    seq,
-                    draft.sink.as_str(),
-                    draft.kind,
-                    draft.idempotency_key,
-                    da.event_id,
-                    payload,
-                    ts(now)
-                ])
-            })
-            .map_err(db_err)?;
-        }
+        let seq = insert_outbox(tx, &stream, outbox_seq, &p.outbox, &da.event_id, now)?;
         let open_now = p.next.open.as_ref().map(|i| i.id.clone());
         let unchanged = head.is_some()
             && p.next.incident_seq == incident_seq
@@ -643,6 +620,42 @@ fn query_outbox(
         .collect()
 }
 
+/// Insert outbox rows after `last_seq` in `stream`; returns the new last seq.
+fn insert_outbox(
+    c: &Connection,
+    stream: &str,
+    last_seq: u64,
+    drafts: &[crate::domain::routing::OutboxDraft],
+    event_id: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let mut seq = last_seq;
+    for draft in drafts {
+        seq += 1;
+        let payload = serde_json::to_string(&draft.payload)
+            .map_err(|e| StoreError::Corrupt(format!("outbox encode: {e}")))?;
+        c.prepare_cached(
+            "INSERT INTO outbox (stream, seq, sink, kind, idempotency_key, event_id, payload, \
+             status, attempts, next_attempt_at, created_at, last_error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, NULL)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                stream,
+                seq,
+                draft.sink.as_str(),
+                draft.kind,
+                draft.idempotency_key,
+                event_id,
+                payload,
+                ts(now)
+            ])
+        })
+        .map_err(db_err)?;
+    }
+    Ok(seq)
+}
+
 fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
     if !valid_partition(&commit.partition) {
         return Err(StoreError::Corrupt(format!(
@@ -684,30 +697,14 @@ fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
             .and_then(|mut s| s.query_row([&commit.partition], |r| r.get(0)).optional())
             .map_err(db_err)?
             .unwrap_or(0);
-        let mut seq = seq0;
-        for draft in &commit.outbox {
-            seq += 1;
-            let payload = serde_json::to_string(&draft.payload)
-                .map_err(|e| StoreError::Corrupt(format!("outbox encode: {e}")))?;
-            c.prepare_cached(
-                "INSERT INTO outbox (stream, seq, sink, kind, idempotency_key, event_id, payload, \
-                 status, attempts, next_attempt_at, created_at, last_error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, NULL)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    commit.partition,
-                    seq,
-                    draft.sink.as_str(),
-                    draft.kind,
-                    draft.idempotency_key,
-                    commit.record_id,
-                    payload,
-                    ts(commit.now)
-                ])
-            })
-            .map_err(db_err)?;
-        }
+        let seq = insert_outbox(
+            c,
+            &commit.partition,
+            seq0,
+            &commit.outbox,
+            &commit.record_id,
+            commit.now,
+        )?;
         c.prepare_cached(
             "INSERT INTO streams (stream, incident_seq, outbox_seq, open_incident) \
              VALUES (?1, 0, ?2, NULL) ON CONFLICT(stream) DO UPDATE SET outbox_seq = excluded.outbox_seq",
