@@ -1,7 +1,7 @@
 //! The path every alert takes: decode the raw body, parse it into normalized alerts, store the
 //! delivery durably, and say what happened. The HTTP handlers are thin wrappers around this.
 
-use crate::domain::alert::{NormalizedAlert, PayloadError, Source};
+use crate::domain::alert::{PayloadError, Source};
 use crate::domain::incident::stream_key;
 use crate::domain::{alertmanager, azure_monitor};
 use crate::error::ApiError;
@@ -78,28 +78,21 @@ pub fn azure_monitor_delivery(
     ctx: &RequestCtx,
     body: &[u8],
     now: DateTime<Utc>,
-) -> Result<(Delivery, Vec<NormalizedAlert>), ApiError> {
+) -> Result<Delivery, ApiError> {
     let (value, text) = decode_json(body)?;
     let alert = azure_monitor::parse(&value, body).map_err(payload_error)?;
-    let alerts = vec![alert];
-    Ok((
-        Delivery {
-            request_id: ctx.request_id.clone(),
-            invocation_id: ctx.invocation_id.clone(),
-            source: Source::AzureMonitor,
-            received_at: now,
-            raw_body: text.to_string(),
-            alerts: alerts
-                .iter()
-                .map(|a| DeliveryAlert {
-                    event_id: new_event_id(stream_key(a), now),
-                    alert: a.clone(),
-                    raw_alert: None,
-                })
-                .collect(),
-        },
-        alerts,
-    ))
+    Ok(Delivery {
+        request_id: ctx.request_id.clone(),
+        invocation_id: ctx.invocation_id.clone(),
+        source: Source::AzureMonitor,
+        received_at: now,
+        raw_body: text.to_string(),
+        alerts: vec![DeliveryAlert {
+            event_id: new_event_id(stream_key(&alert), now),
+            alert,
+            raw_alert: None,
+        }],
+    })
 }
 
 /// Parse an Alertmanager webhook body into a delivery of its alerts.
@@ -107,30 +100,26 @@ pub fn alertmanager_delivery(
     ctx: &RequestCtx,
     body: &[u8],
     now: DateTime<Utc>,
-) -> Result<(Delivery, Vec<NormalizedAlert>), ApiError> {
+) -> Result<Delivery, ApiError> {
     let (value, text) = decode_json(body)?;
     let parsed = alertmanager::parse(&value).map_err(payload_error)?;
-    let alerts: Vec<NormalizedAlert> = parsed.iter().map(|(a, _)| a.clone()).collect();
     let single = parsed.len() == 1;
-    Ok((
-        Delivery {
-            request_id: ctx.request_id.clone(),
-            invocation_id: ctx.invocation_id.clone(),
-            source: Source::Alertmanager,
-            received_at: now,
-            raw_body: text.to_string(),
-            alerts: parsed
-                .into_iter()
-                .map(|(a, raw)| DeliveryAlert {
-                    event_id: new_event_id(stream_key(&a), now),
-                    alert: a,
-                    // A single-alert request keeps the whole body with its one event.
-                    raw_alert: (!single).then_some(raw),
-                })
-                .collect(),
-        },
-        alerts,
-    ))
+    Ok(Delivery {
+        request_id: ctx.request_id.clone(),
+        invocation_id: ctx.invocation_id.clone(),
+        source: Source::Alertmanager,
+        received_at: now,
+        raw_body: text.to_string(),
+        alerts: parsed
+            .into_iter()
+            .map(|(a, raw)| DeliveryAlert {
+                event_id: new_event_id(stream_key(&a), now),
+                alert: a,
+                // A single-alert request keeps the whole body with its one event.
+                raw_alert: (!single).then_some(raw),
+            })
+            .collect(),
+    })
 }
 
 /// Store a delivery, bounded by the configured timeout, mapping failures to 503.
@@ -151,13 +140,11 @@ pub async fn store(app: &App, delivery: &Delivery) -> Result<Vec<EventOutcome>, 
 }
 
 /// The 202 body: one entry per alert.
-pub fn accepted_body(
-    ctx: &RequestCtx,
-    alerts: &[NormalizedAlert],
-    outcomes: &[EventOutcome],
-) -> Value {
-    let events: Vec<Value> = alerts
+pub fn accepted_body(ctx: &RequestCtx, delivery: &Delivery, outcomes: &[EventOutcome]) -> Value {
+    let events: Vec<Value> = delivery
+        .alerts
         .iter()
+        .map(|da| &da.alert)
         .zip(outcomes)
         .map(|(a, o)| {
             serde_json::json!({

@@ -74,6 +74,14 @@ fn ledger_commit(
     }
 }
 
+/// Commit, mapping storage failures to 503; `false` when the run changed meanwhile.
+async fn commit(app: &App, c: &DocCommit) -> Result<bool, ApiError> {
+    app.store
+        .doc_commit(c)
+        .await
+        .map_err(crate::ingest::store_error)
+}
+
 fn start_answer(r: &RunRecord) -> Value {
     json!({"success": true, "run_id": r.start.run_id, "record_id": r.record_id})
 }
@@ -123,12 +131,7 @@ pub async fn start(
             json!({"record_id": record.record_id, "run": value}),
             now,
         );
-        if app
-            .store
-            .doc_commit(&c)
-            .await
-            .map_err(crate::ingest::store_error)?
-        {
+        if commit(app, &c).await? {
             return Ok((true, start_answer(&record)));
         }
     }
@@ -193,12 +196,7 @@ pub async fn event(
             json!({"record_id": run.record_id, "pipeline_name": run.start.pipeline_name, "event": rec_value}),
             now,
         );
-        if !app
-            .store
-            .doc_commit(&c)
-            .await
-            .map_err(crate::ingest::store_error)?
-        {
+        if !commit(app, &c).await? {
             continue;
         }
         let mut answer = json!({"success": true, "event_id": event_id});
@@ -327,12 +325,7 @@ pub async fn finish(
             json!({"record_id": run.record_id, "run": value}),
             now,
         );
-        if app
-            .store
-            .doc_commit(&c)
-            .await
-            .map_err(crate::ingest::store_error)?
-        {
+        if commit(app, &c).await? {
             return Ok(finish_answer(&rec));
         }
     }

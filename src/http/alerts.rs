@@ -1,6 +1,6 @@
 //! `POST /api/v1/azdev/alert`: Azure Monitor action-group webhooks, every schema.
 
-use super::{accept, ctx, json_body, with_app};
+use super::ingest_route;
 use crate::ingest;
 use crate::startup::App;
 use std::sync::Arc;
@@ -8,20 +8,6 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "alert")
-        .and(warp::post())
-        .and(super::auth::caller(app.clone()))
-        .and(ctx())
-        .and(json_body(app.config.max_body_bytes))
-        .and(with_app(app))
-        .then(|caller, ctx, body, app| {
-            accept(
-                caller,
-                "alert",
-                ctx,
-                body,
-                app,
-                ingest::azure_monitor_delivery,
-            )
-        })
+    let path = warp::path!("api" / "v1" / "azdev" / "alert").boxed();
+    ingest_route(app, path, "alert", ingest::azure_monitor_delivery)
 }

@@ -174,18 +174,27 @@ where
     Ok(buf.freeze())
 }
 
-/// Parses a body into a delivery and the alerts it carries.
+/// Parses a body into a delivery of the alerts it carries.
 pub type ParseDelivery = fn(
     &RequestCtx,
     &[u8],
     chrono::DateTime<chrono::Utc>,
-) -> Result<
-    (
-        crate::storage::Delivery,
-        Vec<crate::domain::alert::NormalizedAlert>,
-    ),
-    ApiError,
->;
+) -> Result<crate::storage::Delivery, ApiError>;
+
+/// An alert ingress route: `POST path`, authenticated, JSON body, parsed by `parse`, stored, 202.
+pub fn ingest_route(
+    app: Arc<App>,
+    path: BoxedFilter<()>,
+    name: &'static str,
+    parse: ParseDelivery,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    path.and(warp::post())
+        .and(auth::caller(app.clone()))
+        .and(ctx())
+        .and(json_body(app.config.max_body_bytes))
+        .and(with_app(app))
+        .then(move |caller, ctx, body, app| accept(caller, name, ctx, body, app, parse))
+}
 
 /// The shared alert-ingress handler: parse, store durably, then 202.
 #[tracing::instrument(skip_all, fields(route = route, request_id = %ctx.request_id, caller = %caller.name))]
@@ -198,7 +207,7 @@ pub async fn accept(
     parse: ParseDelivery,
 ) -> Response {
     let result = async {
-        let (delivery, alerts) = parse(&ctx, &body, app.clock.now())?;
+        let delivery = parse(&ctx, &body, app.clock.now())?;
         let outcomes = crate::ingest::store(&app, &delivery).await?;
         // Fast path: deliver this event's outbox rows in the background; the 202 does not wait.
         for (da, o) in delivery.alerts.iter().zip(&outcomes) {
@@ -207,7 +216,7 @@ pub async fn accept(
                     .kick(crate::domain::incident::stream_key(&da.alert).to_string());
             }
         }
-        Ok::<_, ApiError>(crate::ingest::accepted_body(&ctx, &alerts, &outcomes))
+        Ok::<_, ApiError>(crate::ingest::accepted_body(&ctx, &delivery, &outcomes))
     }
     .await;
     match result {
