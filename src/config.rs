@@ -47,6 +47,17 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_LEASE_SECS", "60", "How long a dispatcher owns a delivery it is sending (a crashed one's deliveries wait this long)"),
     ("ICAHUB_DISPATCH_INTERVAL_SECS", "10", "Outside the Functions host, `serve` drains the outbox this often (0 = only the fast path)"),
     ("ICAHUB_AUTH", "required", "`required`: every /api/v1 request needs an API key (`Authorization: Bearer icak_…`, or as the Basic auth password); `off` only for local development (refused under the Functions host)"),
+        ("ICAHUB_APPROVAL_EXPIRY_SECS", "14400", "A pending approval expires (and is escalated) this long after it was requested"),
+        ("ICAHUB_APPROVAL_REMINDER_SECS", "3600", "Approvers are reminded this often while a request is pending"),
+        ("ICAHUB_FINANCE_THRESHOLD_USD", "5000", "An estimate above this (USD/month) needs the business approval from the finance role, who is notified"),
+        ("ICAHUB_BUDGET_MAX_UTILIZATION", "0.95", "A request that would take its project's budget utilization above this is rejected automatically"),
+        ("ICAHUB_PRODUCTION_TARGETS", "production,prod,prod-*,production-*", "Deployment targets that are production (need an estimate; one deployment at a time): names, or prefixes ending in *"),
+        ("ICAHUB_DEPLOYMENT_LOCK_SECS", "86400", "A production deployment lock whose run never finishes is released after this long"),
+        ("ICAHUB_APPROVAL_WEBHOOK", "default", "Named Mattermost webhook (ICAHUB_MATTERMOST_WEBHOOKS) for approval requests, reminders and decisions"),
+        ("ICAHUB_APPROVAL_CHANNEL", "the webhook's", "Mattermost channel for approval requests"),
+        ("ICAHUB_FINANCE_CHANNEL", "ICAHUB_APPROVAL_CHANNEL", "Mattermost channel where finance is told of requests above the threshold"),
+        ("ICAHUB_ESCALATION_WEBHOOK", "ICAHUB_APPROVAL_WEBHOOK", "Named Mattermost webhook expired requests are escalated to"),
+        ("ICAHUB_ESCALATION_CHANNEL", "ICAHUB_APPROVAL_CHANNEL", "Mattermost channel expired requests are escalated to"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
@@ -81,6 +92,8 @@ pub struct Config {
     pub dispatch_interval: Option<Duration>,
     /// Require an identity (API key) on the API. Off only for local development.
     pub auth_required: bool,
+    /// Approval policy and where approval notifications go.
+    pub approvals: crate::approvals::ApprovalConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +242,9 @@ impl Config {
             }
         };
 
+        let approvals = crate::approvals::ApprovalConfig::from_lookup(&|k: &str| get(k))
+            .map_err(ConfigError)?;
+
         Ok(Config {
             port,
             under_functions_host,
@@ -240,6 +256,7 @@ impl Config {
             lease,
             dispatch_interval,
             auth_required,
+            approvals,
         })
     }
 
@@ -256,6 +273,7 @@ impl Config {
             lease: Duration::from_secs(60),
             dispatch_interval: None,
             auth_required: true,
+            approvals: crate::approvals::ApprovalConfig::default(),
         }
     }
 }

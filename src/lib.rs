@@ -17,6 +17,7 @@
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -347,3 +347,13 @@ pub async fn get(app: &App, run_id: &str) -> Result<Value, ApiError> {
     v["events"] = json!(events);
     Ok(v)
 }
+
+/// The run's record, if it was started.
+pub async fn run_record(app: &App, run_id: &str) -> Result<Option<RunRecord>, ApiError> {
+    Ok(load(app, run_id).await?.map(|(r, _)| r))
+}
+
+/// The run's status, if it was started.
+pub async fn run_status(app: &App, run_id: &str) -> Result<Option<RunStatus>, ApiError> {
+    Ok(run_record(app, run_id).await?.map(|r| r.status))
+}

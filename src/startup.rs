@@ -77,6 +77,9 @@ pub async fn drain_periodically(app: Arc<App>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Err(e) = crate::approvals::sweep(&app, app.clock.now()).await {
+            tracing::warn!(error = %e, "approval sweep failed; will retry");
+        }
         if let Err(e) = app.dispatcher.drain(crate::http::timer::DRAIN_BUDGET).await {
             tracing::warn!(error = %e, "periodic outbox drain failed; will retry");
         }

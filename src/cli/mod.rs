@@ -1,6 +1,7 @@
 //! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
 
 pub mod bench;
+pub mod budget;
 pub mod keys;
 pub mod outbox;
 pub mod roles;
@@ -36,6 +37,8 @@ pub enum Command {
     Keys(keys::KeysArgs),
     /// Grant, revoke and list roles.
     Roles(roles::RolesArgs),
+    /// Set and list projects' monthly budgets (approval cost governance).
+    Budget(budget::BudgetArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Outbox(args) => outbox::run(args).await,
         Command::Keys(args) => keys::run(args).await,
         Command::Roles(args) => roles::run(args).await,
+        Command::Budget(args) => budget::run(args).await,
     }
 }

@@ -40,9 +40,11 @@ impl Sink {
     /// plane keeps the whole ledger.
     pub fn accepts(self, kind: &str) -> bool {
         match self {
-            Sink::Mattermost | Sink::Pagerduty => {
+            Sink::Mattermost => {
                 matches!(kind, "incident.opened" | "incident.resolved")
+                    || kind.starts_with("approval.")
             }
+            Sink::Pagerduty => matches!(kind, "incident.opened" | "incident.resolved"),
             Sink::ControlPlane => true,
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod alerts;
+pub mod approvals;
 pub mod auth;
 pub mod health;
 pub mod incidents;
@@ -42,6 +43,14 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(runs::finish(app.clone()))
         .unify()
         .or(runs::get(app.clone()))
+        .unify()
+        .or(approvals::create(app.clone()))
+        .unify()
+        .or(approvals::get(app.clone()))
+        .unify()
+        .or(approvals::sign(app.clone()))
+        .unify()
+        .or(approvals::emergency_override(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()

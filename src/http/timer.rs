@@ -1,6 +1,7 @@
 //! `POST /dispatch`: the `dispatch` timer function (every minute, functions/dispatch). The host
-//! sends the Data/Metadata envelope to `/<FunctionName>` (no `/api`); we drain the outbox within a
-//! budget and answer the host's response envelope. Any 2xx with that shape is success to the host.
+//! sends the Data/Metadata envelope to `/<FunctionName>` (no `/api`); we sweep approvals (expiry,
+//! escalation, reminders), drain the outbox within a budget and answer the host's response
+//! envelope. Any 2xx with that shape is success to the host.
 
 use super::with_app;
 use crate::error::{json_response, ApiError};
@@ -42,6 +43,17 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
         }
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
+    // Approvals first: expiries and reminders write outbox rows this drain then delivers.
+    let sweep = match crate::approvals::sweep(&app, app.clock.now()).await {
+        Ok(r) => format!(
+            "approvals: checked {}, expired {}, reminded {}",
+            r.checked, r.expired, r.reminded
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "approval sweep failed; the next tick retries");
+            format!("approvals: sweep failed ({e})")
+        }
+    };
     match app.dispatcher.drain(DRAIN_BUDGET).await {
         Ok(report) => {
             let line = format!(
@@ -60,7 +72,7 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
             // No `$return` binding: ReturnValue stays null (the host would try to base64-decode a
             // string there).
             let resp = InvocationResponse {
-                logs: vec![line],
+                logs: vec![sweep, line],
                 ..Default::default()
             };
             json_response(

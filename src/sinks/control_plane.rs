@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The path segments (after the base URL) for a row, or `Permanent` for an unknown kind.
-/// `approval.signed` needs `approval_id` (or `approval.id`) in the payload.
+/// `approval.signed`, `.expired` and `.overridden` (all decisions on an approval, told apart by the
+/// body's `kind`) need `approval_id` (or `approval.id`) in the payload.
 pub fn path_for(row: &OutboxRow) -> Result<Vec<String>, SendError> {
     let tail: Vec<String> = match row.kind.as_str() {
         "alert.received" => vec!["alert".into()],
@@ -27,7 +28,7 @@ pub fn path_for(row: &OutboxRow) -> Result<Vec<String>, SendError> {
         "run.event" => vec!["run".into(), "event".into()],
         "run.finish" => vec!["run".into(), "finish".into()],
         "approval.created" => vec!["approval".into()],
-        "approval.signed" => {
+        "approval.signed" | "approval.expired" | "approval.overridden" => {
             let id = row
                 .payload
                 .get("approval_id")

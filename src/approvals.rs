@@ -1,0 +1,1113 @@
+//! Approval gates, kept in the document store: create, read, sign, override; monthly budgets;
+//! deployment locks; and the sweep (run by the timer) that expires, escalates and reminds.
+//!
+//! Layout: each approval lives alone in partition `apr<year><seq>` (its document `approval`, its
+//! `audit|…` entries and its outbox stream, so one approval's notifications go out in order and
+//! never wait behind another's). The registry partition [`REGISTRY`] holds the id counter per year
+//! (`seq|<year>`), the request index (`req|<hash>`: one open request per run and target), the day
+//! index the sweep reads (`index|<yyyymmdd>|<id>`), budgets (`budget|<hash>`) and deployment locks
+//! (`lock|<hash>`). Every change is an optimistic commit (document versions): a concurrent writer
+//! makes the commit fail and the loser re-reads and re-applies, so no signature is lost and
+//! exactly one final state wins.
+
+use crate::domain::alert::hash_parts;
+use crate::domain::approval::{
+    self, approval_id, parse_approval_id, Approval, ApprovalRequest, ApprovalStatus, Budget,
+    Policy, Refusal, SignIn,
+};
+use crate::domain::identity::Role;
+use crate::domain::routing::{OutboxDraft, Sink};
+use crate::error::ApiError;
+use crate::identity::Caller;
+use crate::startup::App;
+use crate::storage::{DocCommit, DocWrite, Expect, Store, StoreError};
+use chrono::{DateTime, Datelike, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Counters, indexes, budgets and locks.
+pub const REGISTRY: &str = "approvals";
+const ATTEMPTS: usize = 40;
+/// A lock taken by an approval that is not (yet) approved is honoured this long: the approval's
+/// own commit follows the lock's within this time.
+const LOCK_GRACE_SECS: i64 = 60;
+
+/// Approval settings: the policy plus where notifications go.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApprovalConfig {
+    pub policy: Policy,
+    /// Named Mattermost webhook and channel for requests, reminders and decisions.
+    pub webhook: Option<String>,
+    pub channel: Option<String>,
+    /// Channel where finance hears of requests that need its approval.
+    pub finance_channel: Option<String>,
+    /// Where expired requests are escalated.
+    pub escalation_webhook: Option<String>,
+    pub escalation_channel: Option<String>,
+}
+
+impl ApprovalConfig {
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<ApprovalConfig, String> {
+        let d = Policy::default();
+        let secs = |name: &str, default: Duration| -> Result<Duration, String> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => match v.parse::<i64>() {
+                    Ok(n) if (60..=90 * 86_400).contains(&n) => Ok(Duration::seconds(n)),
+                    _ => Err(format!(
+                        "{name}={v:?} must be a number of seconds between 60 and 7776000"
+                    )),
+                },
+            }
+        };
+        let number = |name: &str, default: f64, max: f64| -> Result<f64, String> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => match v.parse::<f64>() {
+                    Ok(x) if x.is_finite() && x > 0.0 && x <= max => Ok(x),
+                    _ => Err(format!(
+                        "{name}={v:?} must be a number above 0 and at most {max}"
+                    )),
+                },
+            }
+        };
+        let policy = Policy {
+            expiry: secs("ICAHUB_APPROVAL_EXPIRY_SECS", d.expiry)?,
+            reminder_every: secs("ICAHUB_APPROVAL_REMINDER_SECS", d.reminder_every)?,
+            finance_threshold: number("ICAHUB_FINANCE_THRESHOLD_USD", d.finance_threshold, 1e12)?,
+            max_utilization: number("ICAHUB_BUDGET_MAX_UTILIZATION", d.max_utilization, 100.0)?,
+            production_targets: match get("ICAHUB_PRODUCTION_TARGETS") {
+                None => d.production_targets,
+                Some(v) => v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            },
+            lock_ttl: secs("ICAHUB_DEPLOYMENT_LOCK_SECS", d.lock_ttl)?,
+        };
+        let webhook = get("ICAHUB_APPROVAL_WEBHOOK");
+        let channel = get("ICAHUB_APPROVAL_CHANNEL");
+        Ok(ApprovalConfig {
+            policy,
+            finance_channel: get("ICAHUB_FINANCE_CHANNEL").or_else(|| channel.clone()),
+            escalation_webhook: get("ICAHUB_ESCALATION_WEBHOOK").or_else(|| webhook.clone()),
+            escalation_channel: get("ICAHUB_ESCALATION_CHANNEL").or_else(|| channel.clone()),
+            webhook,
+            channel,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn store_err(e: StoreError) -> ApiError {
+    crate::ingest::store_error(e)
+}
+
+fn corrupt(what: &str, e: serde_json::Error) -> ApiError {
+    store_err(StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn contention() -> ApiError {
+    ApiError::Unavailable {
+        message: "too many concurrent updates of this approval; retry".into(),
+        retry_after: 1,
+    }
+}
+
+fn refusal(r: Refusal) -> ApiError {
+    match r {
+        Refusal::Forbidden(m) => ApiError::Forbidden(m),
+        Refusal::Conflict(m) => ApiError::Conflict(m),
+        Refusal::Invalid(m) => ApiError::BadRequest {
+            code: "invalid_field",
+            message: m,
+            field: Some("comments".into()),
+        },
+    }
+}
+
+/// A short hash for keys built from free text (Table Storage keys forbid `/ \ # ?`).
+fn key_hash(parts: &[&str]) -> String {
+    hash_parts(parts.iter().copied())[..24].to_string()
+}
+
+/// The partition of an approval: `apr` + year + sequence.
+pub fn partition_of(id: &str) -> Option<String> {
+    parse_approval_id(id).map(|(y, s)| format!("apr{y}{s:06}"))
+}
+
+fn audit_write(now: DateTime<Utc>, entry: Value) -> DocWrite {
+    DocWrite {
+        key: format!(
+            "audit|{}|{}",
+            now.format("%Y%m%dT%H%M%S%.6fZ"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        value: entry,
+        expect: Expect::Absent,
+    }
+}
+
+fn expect_of(doc: &Option<crate::storage::Doc>) -> Expect {
+    match doc {
+        Some(d) => Expect::Version(d.version.clone()),
+        None => Expect::Absent,
+    }
+}
+
+async fn pause(attempt: usize) {
+    let jitter = uuid::Uuid::new_v4().as_bytes()[0] as u64 % 8;
+    tokio::time::sleep(std::time::Duration::from_millis(
+        (attempt as u64).min(10) * 3 + jitter,
+    ))
+    .await;
+}
+
+pub async fn load(store: &dyn Store, id: &str) -> Result<Option<(Approval, String)>, ApiError> {
+    let Some(p) = partition_of(id) else {
+        return Ok(None);
+    };
+    match store.doc_get(&p, "approval").await.map_err(store_err)? {
+        Some(d) => Ok(Some((
+            serde_json::from_value(d.value).map_err(|e| corrupt("approval", e))?,
+            d.version,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// The API view of an approval: the record, with an overdue one shown as expired.
+pub fn view(a: &Approval, now: DateTime<Utc>) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("used_tokens");
+        o.remove("chain_head");
+        o.insert("approval_id".into(), json!(a.id));
+        if let Some(check) = o.get_mut("check").and_then(Value::as_object_mut) {
+            check.remove("auth_token");
+        }
+        if a.is_overdue(now) {
+            o.insert("status".into(), json!(ApprovalStatus::Expired));
+        }
+    }
+    v
+}
+
+/// Who can sign each half, by role (the requester excluded).
+pub async fn approvers(store: &dyn Store, a: &Approval) -> Result<Value, ApiError> {
+    let ids = crate::identity::list_identities(store)
+        .await
+        .map_err(|e| match e {
+            crate::identity::IdentityError::Store(s) => store_err(s),
+            other => ApiError::Conflict(other.to_string()),
+        })?;
+    let with = |r: Role| -> Vec<String> {
+        ids.iter()
+            .filter(|i| i.roles.contains(&r) && !a.is_requester(&i.name))
+            .map(|i| i.name.clone())
+            .collect()
+    };
+    Ok(json!({
+        "technical": with(Role::TechnicalApprover),
+        "business": with(a.business_role()),
+        "business_role": a.business_role(),
+    }))
+}
+
+/// Outbox rows for an approval record: the control plane keeps the ledger; Mattermost hears of
+/// requests, reminders, escalations and decisions; Azure DevOps (a check) hears of the outcome.
+fn drafts(
+    app: &App,
+    kind: &str,
+    record_id: &str,
+    a: &Approval,
+    now: DateTime<Utc>,
+) -> Vec<OutboxDraft> {
+    let cfg = &app.config.approvals;
+    let payload = json!({"approval_id": a.id, "record_id": record_id, "approval": view(a, now)});
+    let mut out = Vec::new();
+    if matches!(
+        kind,
+        "approval.created" | "approval.signed" | "approval.expired" | "approval.overridden"
+    ) {
+        out.extend(
+            app.config
+                .routing
+                .ledger_drafts(kind, record_id, payload.clone()),
+        );
+    }
+    if app.config.routing.mattermost {
+        let mut mm = |mm_kind: &str, webhook: &Option<String>, channel: &Option<String>| {
+            let mut p = payload.clone();
+            p["route"] = json!({
+                "mattermost_webhook": webhook.as_deref().unwrap_or(crate::sinks::DEFAULT_ROUTE),
+                "mattermost_channel": channel,
+            });
+            out.push(OutboxDraft {
+                sink: Sink::Mattermost,
+                kind: mm_kind.into(),
+                idempotency_key: hash_parts([Sink::Mattermost.as_str(), mm_kind, record_id])[..32]
+                    .to_string(),
+                payload: p,
+            });
+        };
+        match kind {
+            "approval.created" if a.status == ApprovalStatus::Pending => {
+                mm("approval.requested", &cfg.webhook, &cfg.channel);
+                if a.finance_required {
+                    mm(
+                        "approval.finance_review",
+                        &cfg.webhook,
+                        &cfg.finance_channel,
+                    );
+                }
+            }
+            "approval.reminder" => mm("approval.reminder", &cfg.webhook, &cfg.channel),
+            "approval.expired" => mm(
+                "approval.escalated",
+                &cfg.escalation_webhook,
+                &cfg.escalation_channel,
+            ),
+            _ => {}
+        }
+        if a.status.is_final() && kind != "approval.reminder" {
+            mm("approval.decided", &cfg.webhook, &cfg.channel);
+        }
+    }
+    out
+}
+
+fn commit_of(
+    partition: String,
+    writes: Vec<DocWrite>,
+    outbox: Vec<OutboxDraft>,
+    record_id: &str,
+    now: DateTime<Utc>,
+) -> DocCommit {
+    DocCommit {
+        partition,
+        writes,
+        outbox,
+        record_id: record_id.into(),
+        now,
+    }
+}
+
+/// Write an approval's new state (and an audit entry) if it is still at `version`.
+async fn save(
+    app: &App,
+    next: &Approval,
+    version: Option<&str>,
+    kind: &str,
+    record_id: &str,
+    audit: Value,
+    now: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    let partition = partition_of(&next.id).ok_or_else(|| ApiError::NotFound(next.id.clone()))?;
+    let writes = vec![
+        DocWrite {
+            key: "approval".into(),
+            value: serde_json::to_value(next).unwrap_or_default(),
+            expect: match version {
+                Some(v) => Expect::Version(v.into()),
+                None => Expect::Absent,
+            },
+        },
+        audit_write(now, audit),
+    ];
+    let outbox = drafts(app, kind, record_id, next, now);
+    let any = !outbox.is_empty();
+    let ok = app
+        .store
+        .doc_commit(&commit_of(
+            partition.clone(),
+            writes,
+            outbox,
+            record_id,
+            now,
+        ))
+        .await
+        .map_err(store_err)?;
+    if ok && any {
+        app.dispatcher.kick(partition);
+    }
+    Ok(ok)
+}
+
+/// Best effort: tell the sweep this approval needs no more attention.
+async fn mark_final(app: &App, a: &Approval) {
+    let key = format!("index|{}|{}", a.requested_at.format("%Y%m%d"), a.id);
+    for _ in 0..5 {
+        let Ok(Some(doc)) = app.store.doc_get(REGISTRY, &key).await else {
+            return;
+        };
+        if doc.value.get("final") == Some(&json!(true)) {
+            return;
+        }
+        let mut v = doc.value.clone();
+        v["final"] = json!(true);
+        let c = commit_of(
+            REGISTRY.into(),
+            vec![DocWrite {
+                key: key.clone(),
+                value: v,
+                expect: Expect::Version(doc.version),
+            }],
+            Vec::new(),
+            &a.id,
+            Utc::now(),
+        );
+        match app.store.doc_commit(&c).await {
+            Ok(true) | Err(_) => return,
+            Ok(false) => continue,
+        }
+    }
+}
+
+/// Record a refused attempt on the approval's own trail (best effort: the refusal stands).
+async fn audit_refusal(app: &App, id: &str, entry: Value, now: DateTime<Utc>) {
+    let Some(p) = partition_of(id) else { return };
+    let c = commit_of(p, vec![audit_write(now, entry)], Vec::new(), id, now);
+    if let Err(e) = app.store.doc_commit(&c).await {
+        tracing::warn!(error = %e, approval_id = id, "could not audit a refused attempt");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployment locks
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lock {
+    pub target: String,
+    pub holder: Option<String>,
+    pub run_id: Option<String>,
+    pub acquired_at: Option<DateTime<Utc>>,
+}
+
+fn lock_key(target: &str) -> String {
+    format!("lock|{}", key_hash(&[&target.trim().to_ascii_lowercase()]))
+}
+
+/// The approval holding `lock`, if the lock still binds: held, younger than the TTL, its holder
+/// approved (or just taking it) and the holder's run not finished.
+async fn live_holder(app: &App, lock: &Lock, now: DateTime<Utc>) -> Result<Option<Lock>, ApiError> {
+    let (Some(holder), Some(at)) = (&lock.holder, lock.acquired_at) else {
+        return Ok(None);
+    };
+    if now - at > app.config.approvals.policy.lock_ttl {
+        return Ok(None);
+    }
+    let fresh = now - at < Duration::seconds(LOCK_GRACE_SECS);
+    match load(app.store.as_ref(), holder).await? {
+        Some((a, _)) if a.status == ApprovalStatus::Approved => {
+            let finished = crate::runs::run_status(app, &a.run_id)
+                .await?
+                .is_some_and(|s| s != crate::domain::run::RunStatus::Running);
+            Ok((!finished).then(|| lock.clone()))
+        }
+        Some((a, _)) if a.status.is_final() => Ok(None),
+        _ => Ok(fresh.then(|| lock.clone())),
+    }
+}
+
+fn held_by(target: &str, l: &Lock) -> ApiError {
+    ApiError::Conflict(format!(
+        "deployment target {target:?} is locked by {} (run {}, approved {}): one approved production deployment at a time; finish that run first",
+        l.holder.as_deref().unwrap_or("?"),
+        l.run_id.as_deref().unwrap_or("?"),
+        l.acquired_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+    ))
+}
+
+async fn read_lock(
+    app: &App,
+    target: &str,
+) -> Result<(Option<crate::storage::Doc>, Option<Lock>), ApiError> {
+    let doc = app
+        .store
+        .doc_get(REGISTRY, &lock_key(target))
+        .await
+        .map_err(store_err)?;
+    let lock = match &doc {
+        Some(d) => Some(serde_json::from_value(d.value.clone()).map_err(|e| corrupt("lock", e))?),
+        None => None,
+    };
+    Ok((doc, lock))
+}
+
+/// 409 when another approval holds the target's lock.
+async fn check_lock(
+    app: &App,
+    target: &str,
+    me: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    if let (_, Some(lock)) = read_lock(app, target).await? {
+        if let Some(l) = live_holder(app, &lock, now).await? {
+            if l.holder.as_deref() != me {
+                return Err(held_by(target, &l));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Take the target's lock for `a` (idempotent when `a` holds it already).
+async fn acquire_lock(app: &App, a: &Approval, now: DateTime<Utc>) -> Result<(), ApiError> {
+    for attempt in 0..ATTEMPTS {
+        let (doc, lock) = read_lock(app, &a.deployment_target).await?;
+        if let Some(lock) = &lock {
+            if lock.holder.as_deref() == Some(a.id.as_str()) {
+                return Ok(());
+            }
+            if let Some(l) = live_holder(app, lock, now).await? {
+                return Err(held_by(&a.deployment_target, &l));
+            }
+        }
+        let new = Lock {
+            target: a.deployment_target.clone(),
+            holder: Some(a.id.clone()),
+            run_id: Some(a.run_id.clone()),
+            acquired_at: Some(now),
+        };
+        let c = commit_of(
+            REGISTRY.into(),
+            vec![
+                DocWrite {
+                    key: lock_key(&a.deployment_target),
+                    value: serde_json::to_value(&new).unwrap_or_default(),
+                    expect: expect_of(&doc),
+                },
+                audit_write(
+                    now,
+                    json!({"action": "lock.acquired", "target": a.deployment_target, "approval_id": a.id, "run_id": a.run_id, "previous": lock, "at": now}),
+                ),
+            ],
+            Vec::new(),
+            &a.id,
+            now,
+        );
+        if app.store.doc_commit(&c).await.map_err(store_err)? {
+            return Ok(());
+        }
+        pause(attempt).await;
+    }
+    Err(contention())
+}
+
+/// Give the lock back if `id` holds it (its approval did not go through after all).
+async fn release_lock(app: &App, target: &str, id: &str, now: DateTime<Utc>) {
+    for _ in 0..10 {
+        let Ok((Some(doc), Some(lock))) = read_lock(app, target).await else {
+            return;
+        };
+        if lock.holder.as_deref() != Some(id) {
+            return;
+        }
+        let free = Lock {
+            target: target.into(),
+            holder: None,
+            run_id: None,
+            acquired_at: None,
+        };
+        let c = commit_of(
+            REGISTRY.into(),
+            vec![
+                DocWrite {
+                    key: lock_key(target),
+                    value: serde_json::to_value(&free).unwrap_or_default(),
+                    expect: Expect::Version(doc.version),
+                },
+                audit_write(
+                    now,
+                    json!({"action": "lock.released", "target": target, "approval_id": id, "at": now}),
+                ),
+            ],
+            Vec::new(),
+            id,
+            now,
+        );
+        if let Ok(true) = app.store.doc_commit(&c).await {
+            return;
+        }
+    }
+    tracing::warn!(
+        approval_id = id,
+        target,
+        "could not release a deployment lock; it lapses on its own"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Budgets
+
+fn budget_key(project: &str) -> String {
+    format!(
+        "budget|{}",
+        key_hash(&[&project.trim().to_ascii_lowercase()])
+    )
+}
+
+pub async fn budget(store: &dyn Store, project: &str) -> Result<Option<Budget>, StoreError> {
+    match store.doc_get(REGISTRY, &budget_key(project)).await? {
+        Some(d) => {
+            Ok(Some(serde_json::from_value(d.value).map_err(|e| {
+                StoreError::Corrupt(format!("budget: {e}"))
+            })?))
+        }
+        None => Ok(None),
+    }
+}
+
+pub async fn list_budgets(store: &dyn Store) -> Result<Vec<Budget>, StoreError> {
+    store
+        .doc_list(REGISTRY, "budget|")
+        .await?
+        .into_iter()
+        .map(|d| {
+            serde_json::from_value(d.value).map_err(|e| StoreError::Corrupt(format!("budget: {e}")))
+        })
+        .collect()
+}
+
+/// Set a project's monthly budget and, optionally, its spend so far this month. Audited.
+pub async fn set_budget(
+    store: &dyn Store,
+    project: &str,
+    monthly_budget: f64,
+    current_spend: Option<f64>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Budget, StoreError> {
+    if project.trim().is_empty() || project.len() > 128 {
+        return Err(StoreError::Config(
+            "a project name is 1-128 characters".into(),
+        ));
+    }
+    if !(monthly_budget.is_finite() && monthly_budget > 0.0) {
+        return Err(StoreError::Config(
+            "the monthly budget must be a positive number of US dollars".into(),
+        ));
+    }
+    if current_spend.is_some_and(|s| !(s.is_finite() && s >= 0.0)) {
+        return Err(StoreError::Config(
+            "the current spend must be zero or more US dollars".into(),
+        ));
+    }
+    let key = budget_key(project);
+    for _ in 0..ATTEMPTS {
+        let doc = store.doc_get(REGISTRY, &key).await?;
+        let before: Option<Budget> = match &doc {
+            Some(d) => serde_json::from_value(d.value.clone()).ok(),
+            None => None,
+        };
+        let b = Budget {
+            project: project.trim().to_string(),
+            monthly_budget,
+            current_spend: current_spend
+                .or(before.as_ref().map(|b| b.current_spend))
+                .unwrap_or(0.0),
+            updated_at: now,
+            updated_by: by.into(),
+        };
+        let c = commit_of(
+            REGISTRY.into(),
+            vec![
+                DocWrite {
+                    key: key.clone(),
+                    value: serde_json::to_value(&b).unwrap_or_default(),
+                    expect: expect_of(&doc),
+                },
+                audit_write(
+                    now,
+                    json!({"action": "budget.set", "project": b.project, "before": before, "after": b, "by": by, "at": now}),
+                ),
+            ],
+            Vec::new(),
+            "budget-change",
+            now,
+        );
+        if store.doc_commit(&c).await? {
+            return Ok(b);
+        }
+    }
+    Err(StoreError::Contention("budget changed concurrently".into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create
+
+/// Extra facts a request carries beyond its body (the Azure DevOps check adds its callback).
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub source: Option<String>,
+    pub check: Option<Value>,
+}
+
+/// `POST approval`: `(true, answer)` for a new request; `(false, answer)` when the run already
+/// has an open request for this target (a retried call gets the same approval back).
+pub async fn create(
+    app: &App,
+    caller: &Caller,
+    req: ApprovalRequest,
+    origin: Origin,
+    now: DateTime<Utc>,
+) -> Result<(bool, Value), ApiError> {
+    let policy = &app.config.approvals.policy;
+    let run = crate::runs::run_record(app, &req.run_id).await?;
+    let project = req
+        .project
+        .clone()
+        .or_else(|| run.as_ref().map(|r| r.start.pipeline_name.clone()))
+        .unwrap_or_else(|| req.deployment_target.clone());
+    let req_key = format!(
+        "req|{}",
+        key_hash(&[&req.run_id, &req.deployment_target.to_ascii_lowercase()])
+    );
+    for attempt in 0..ATTEMPTS {
+        let req_doc = app
+            .store
+            .doc_get(REGISTRY, &req_key)
+            .await
+            .map_err(store_err)?;
+        let mut reuse_id: Option<String> = None;
+        if let Some(d) = &req_doc {
+            if let Some(id) = d.value.get("approval_id").and_then(Value::as_str) {
+                match load(app.store.as_ref(), id).await? {
+                    Some((a, _))
+                        if !a.is_overdue(now)
+                            && matches!(
+                                a.status,
+                                ApprovalStatus::Pending
+                                    | ApprovalStatus::TechnicalApproved
+                                    | ApprovalStatus::Approved
+                            ) =>
+                    {
+                        let mut v = view(&a, now);
+                        v["success"] = json!(true);
+                        v["approvers"] = approvers(app.store.as_ref(), &a).await?;
+                        return Ok((false, v));
+                    }
+                    Some(_) => {}
+                    // Allocated but never written (a crash between the two commits): use the id.
+                    None => reuse_id = Some(id.to_string()),
+                }
+            }
+        }
+        if policy.is_production(&req.deployment_target) {
+            check_lock(app, &req.deployment_target, None, now).await?;
+        }
+        let check = match (
+            req.estimated_cost,
+            budget(app.store.as_ref(), &project)
+                .await
+                .map_err(store_err)?,
+        ) {
+            (Some(est), Some(b)) => Some(b.check(est, now)),
+            _ => None,
+        };
+        let id = match reuse_id {
+            Some(id) => id,
+            None => {
+                let year = now.year();
+                let seq_key = format!("seq|{year}");
+                let seq_doc = app
+                    .store
+                    .doc_get(REGISTRY, &seq_key)
+                    .await
+                    .map_err(store_err)?;
+                let next = seq_doc
+                    .as_ref()
+                    .and_then(|d| d.value.get("last").and_then(Value::as_u64))
+                    .unwrap_or(0)
+                    + 1;
+                let id = approval_id(year, next);
+                let c = commit_of(
+                    REGISTRY.into(),
+                    vec![
+                        DocWrite {
+                            key: seq_key,
+                            value: json!({"last": next}),
+                            expect: expect_of(&seq_doc),
+                        },
+                        DocWrite {
+                            key: req_key.clone(),
+                            value: json!({"approval_id": id, "run_id": req.run_id, "deployment_target": req.deployment_target}),
+                            expect: expect_of(&req_doc),
+                        },
+                        DocWrite {
+                            key: format!("index|{}|{id}", now.format("%Y%m%d")),
+                            value: json!({"approval_id": id, "requested_at": now, "final": false}),
+                            expect: Expect::Absent,
+                        },
+                    ],
+                    Vec::new(),
+                    &id,
+                    now,
+                );
+                if !app.store.doc_commit(&c).await.map_err(store_err)? {
+                    pause(attempt).await;
+                    continue;
+                }
+                id
+            }
+        };
+        let mut a = Approval::new(
+            id.clone(),
+            req.clone(),
+            project.clone(),
+            caller.name.clone(),
+            run.as_ref().map(|r| r.start.triggered_by.clone()),
+            check,
+            policy,
+            now,
+        );
+        if let Some(s) = &origin.source {
+            a.source = s.clone();
+        }
+        a.check = origin.check.clone();
+        let audit = json!({"action": "approval.created", "approval_id": id, "by": caller.name, "status": a.status, "reason": a.reason, "at": now});
+        if !save(
+            app,
+            &a,
+            None,
+            "approval.created",
+            &format!("{id}-created"),
+            audit,
+            now,
+        )
+        .await?
+        {
+            // Someone else wrote this id meanwhile (only possible when reusing): look again.
+            continue;
+        }
+        if a.status.is_final() {
+            mark_final(app, &a).await;
+        }
+        let mut v = view(&a, now);
+        v["success"] = json!(true);
+        v["approvers"] = approvers(app.store.as_ref(), &a).await?;
+        return Ok((true, v));
+    }
+    Err(contention())
+}
+
+pub async fn get(app: &App, id: &str) -> Result<Value, ApiError> {
+    let now = app.clock.now();
+    match load(app.store.as_ref(), id).await? {
+        Some((a, _)) => {
+            let mut v = view(&a, now);
+            v["approvers"] = approvers(app.store.as_ref(), &a).await?;
+            Ok(v)
+        }
+        None => Err(not_found(id)),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(if parse_approval_id(id).is_some() {
+        format!("no approval {id}")
+    } else {
+        format!("{id:?} is not an approval id (APR-<year>-<number>)")
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sign and override
+
+/// Who is signing, and how they reached us.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// `api` or `mattermost`.
+    pub via: String,
+    /// The Mattermost button token's id: each token works once.
+    pub token_id: Option<String>,
+}
+
+impl Signer {
+    pub fn api(caller: &Caller) -> Signer {
+        Signer {
+            name: caller.name.clone(),
+            roles: caller.roles.clone(),
+            via: "api".into(),
+            token_id: None,
+        }
+    }
+}
+
+/// Expire an overdue approval now (escalating it); returns the refusal to give the signer.
+async fn expire_now(
+    app: &App,
+    a: &Approval,
+    version: &str,
+    now: DateTime<Utc>,
+) -> Result<ApiError, ApiError> {
+    let next = approval::expire(a, now);
+    let audit =
+        json!({"action": "approval.expired", "approval_id": a.id, "at": now, "escalated": true});
+    if save(
+        app,
+        &next,
+        Some(version),
+        "approval.expired",
+        &format!("{}-expired", a.id),
+        audit,
+        now,
+    )
+    .await?
+    {
+        mark_final(app, &next).await;
+    }
+    Ok(ApiError::Conflict(format!(
+        "{} expired at {}; ask for a new approval",
+        a.id,
+        a.expires_at.to_rfc3339()
+    )))
+}
+
+/// `POST approval/{id}/sign`.
+pub async fn sign(
+    app: &App,
+    signer: &Signer,
+    id: &str,
+    input: &SignIn,
+    now: DateTime<Utc>,
+) -> Result<Value, ApiError> {
+    let mut took_lock: Option<String> = None;
+    let result = sign_inner(app, signer, id, input, now, &mut took_lock).await;
+    if result.is_err() {
+        if let Some(target) = took_lock {
+            release_lock(app, &target, id, now).await;
+        }
+    }
+    result
+}
+
+async fn sign_inner(
+    app: &App,
+    signer: &Signer,
+    id: &str,
+    input: &SignIn,
+    now: DateTime<Utc>,
+    took_lock: &mut Option<String>,
+) -> Result<Value, ApiError> {
+    for attempt in 0..ATTEMPTS {
+        let Some((a, version)) = load(app.store.as_ref(), id).await? else {
+            return Err(not_found(id));
+        };
+        if a.is_overdue(now) {
+            return Err(expire_now(app, &a, &version, now).await?);
+        }
+        let refuse = |why: String| {
+            json!({"action": "approval.sign_refused", "approval_id": id, "by": signer.name, "via": signer.via,
+                   "approval_type": input.approval_type, "decision": input.decision, "reason": why, "at": now})
+        };
+        if let Some(t) = &signer.token_id {
+            if a.used_tokens.contains(t) {
+                let msg = format!("this button was already used on {id}; a token works once");
+                audit_refusal(app, id, refuse(msg.clone()), now).await;
+                return Err(ApiError::Conflict(msg));
+            }
+        }
+        let (mut next, sig) =
+            match approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now) {
+                Ok(x) => x,
+                Err(r) => {
+                    audit_refusal(app, id, refuse(r.to_string()), now).await;
+                    return Err(refusal(r));
+                }
+            };
+        if let Some(t) = &signer.token_id {
+            next.used_tokens.push(t.clone());
+        }
+        if next.status == ApprovalStatus::Approved && next.production {
+            if let Err(e) = acquire_lock(app, &next, now).await {
+                audit_refusal(app, id, refuse(e.to_string()), now).await;
+                return Err(e);
+            }
+            *took_lock = Some(next.deployment_target.clone());
+        }
+        let record_id = format!("{id}-S{}", next.signatures.len());
+        let audit = json!({"action": "approval.signed", "approval_id": id, "signature": sig, "status": next.status, "at": now});
+        if save(
+            app,
+            &next,
+            Some(&version),
+            "approval.signed",
+            &record_id,
+            audit,
+            now,
+        )
+        .await?
+        {
+            if next.status.is_final() {
+                mark_final(app, &next).await;
+            }
+            *took_lock = None;
+            return Ok(json!({
+                "success": true, "approval_id": id, "signature_hash": sig.signature_hash,
+                "status": next.status, "approval_type": sig.approval_type, "decision": sig.decision,
+                "signed_by": sig.by, "signed_at": sig.at,
+            }));
+        }
+        pause(attempt).await;
+    }
+    Err(contention())
+}
+
+/// `POST approval/{id}/override`: an admin's emergency approval, with a reason.
+pub async fn emergency_override(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Value, ApiError> {
+    for attempt in 0..ATTEMPTS {
+        let Some((a, version)) = load(app.store.as_ref(), id).await? else {
+            return Err(not_found(id));
+        };
+        let next = match approval::emergency_override(&a, &caller.name, &caller.roles, reason, now)
+        {
+            Ok(n) => n,
+            Err(r) => {
+                audit_refusal(app, id, json!({"action": "approval.override_refused", "approval_id": id, "by": caller.name, "reason": r.to_string(), "at": now}), now).await;
+                return Err(match r {
+                    Refusal::Invalid(m) => ApiError::BadRequest {
+                        code: "invalid_field",
+                        message: m,
+                        field: Some("reason".into()),
+                    },
+                    other => refusal(other),
+                });
+            }
+        };
+        let mut took = false;
+        if next.production {
+            acquire_lock(app, &next, now).await?;
+            took = true;
+        }
+        let Some(o) = next.override_.clone() else {
+            return Err(contention());
+        };
+        let audit = json!({"action": "approval.overridden", "exception": true, "approval_id": id, "exception_id": o.exception_id,
+                           "by": caller.name, "reason": o.reason, "previous_status": o.previous_status, "at": now});
+        if save(
+            app,
+            &next,
+            Some(&version),
+            "approval.overridden",
+            &format!("{id}-override"),
+            audit,
+            now,
+        )
+        .await?
+        {
+            mark_final(app, &next).await;
+            tracing::warn!(approval_id = id, by = %caller.name, exception_id = %o.exception_id, "emergency override");
+            return Ok(
+                json!({"success": true, "approval_id": id, "status": next.status, "exception_id": o.exception_id,
+                             "signature_hash": o.signature_hash, "previous_status": o.previous_status}),
+            );
+        }
+        if took {
+            // Re-read: the next attempt decides again (and takes the lock again if still right).
+            release_lock(app, &next.deployment_target, id, now).await;
+        }
+        pause(attempt).await;
+    }
+    Err(contention())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sweep: expiry, escalation, reminders
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SweepReport {
+    pub checked: usize,
+    pub expired: usize,
+    pub reminded: usize,
+}
+
+/// Expire and escalate overdue requests and remind approvers of pending ones. Reads the day
+/// index back over the expiry period plus two days; safe to run from several instances at once.
+pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<SweepReport, StoreError> {
+    let policy = &app.config.approvals.policy;
+    let days = policy.expiry.num_days() + 2;
+    let mut report = SweepReport::default();
+    for d in 0..=days {
+        let day = (now - Duration::days(d)).format("%Y%m%d").to_string();
+        for doc in app
+            .store
+            .doc_list(REGISTRY, &format!("index|{day}|"))
+            .await?
+        {
+            if doc.value.get("final") == Some(&json!(true)) {
+                continue;
+            }
+            let Some(id) = doc.value.get("approval_id").and_then(Value::as_str) else {
+                continue;
+            };
+            report.checked += 1;
+            match sweep_one(app, id, now).await {
+                Ok(Swept::Expired) => report.expired += 1,
+                Ok(Swept::Reminded) => report.reminded += 1,
+                Ok(Swept::Nothing) => {}
+                Err(e) => {
+                    tracing::warn!(approval_id = id, error = %e, "approval sweep failed; next tick retries")
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+enum Swept {
+    Expired,
+    Reminded,
+    Nothing,
+}
+
+async fn sweep_one(app: &App, id: &str, now: DateTime<Utc>) -> Result<Swept, ApiError> {
+    let policy = &app.config.approvals.policy;
+    for _ in 0..5 {
+        let Some((a, version)) = load(app.store.as_ref(), id).await? else {
+            return Ok(Swept::Nothing);
+        };
+        if a.status.is_final() {
+            mark_final(app, &a).await;
+            return Ok(Swept::Nothing);
+        }
+        if a.is_overdue(now) {
+            expire_now(app, &a, &version, now).await?;
+            return Ok(Swept::Expired);
+        }
+        if !a.reminder_due(now, policy) {
+            return Ok(Swept::Nothing);
+        }
+        let mut next = a.clone();
+        next.reminders_sent += 1;
+        next.last_reminder_at = Some(now);
+        let record_id = format!("{id}-R{}", next.reminders_sent);
+        let audit = json!({"action": "approval.reminded", "approval_id": id, "reminder": next.reminders_sent, "at": now});
+        if save(
+            app,
+            &next,
+            Some(&version),
+            "approval.reminder",
+            &record_id,
+            audit,
+            now,
+        )
+        .await?
+        {
+            return Ok(Swept::Reminded);
+        }
+    }
+    Ok(Swept::Nothing)
+}
