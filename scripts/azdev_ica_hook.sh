@@ -5,6 +5,10 @@
 #   azdev_ica_hook.sh event  --type TYPE [--data JSON] [--run-id ID]
 #   azdev_ica_hook.sh finish --status success|failed|cancelled [--end-time ISO8601] [--run-id ID]
 #   azdev_ica_hook.sh replay           send what was spooled while the hub was unreachable
+#   azdev_ica_hook.sh approval --target ENV [--cost USD] [--checklist JSON] [--project P] [--run-id ID]
+#                                      ask for a deployment approval; prints its id
+#   azdev_ica_hook.sh poll --approval-id APR-… [--interval SECS] [--max-wait SECS]
+#                                      wait for the decision: exit 0 approved, 1 rejected or expired
 #
 # Defaults come from the Azure Pipelines predefined variables (BUILD_DEFINITIONNAME, BUILD_BUILDID,
 # BUILD_SOURCEBRANCH, BUILD_SOURCEVERSION, BUILD_REQUESTEDFOREMAIL or BUILD_REQUESTEDFOR).
@@ -20,6 +24,10 @@
 # spooled and the step succeeds with a warning: the pipeline is not blocked by the ledger. Spooled
 # records are sent first, in order, by the next call (or by `replay`). A 4xx answer means the
 # record itself is wrong: the step fails and nothing is spooled.
+#
+# Approvals are a gate, so they are never spooled: `approval` fails the step when the hub cannot
+# be reached, and `poll` keeps trying (with the same backoff) until --max-wait. In a pipeline,
+# `approval` also sets the variable ICAHUB_APPROVAL_ID for later steps.
 set -euo pipefail
 
 die() { echo "azdev_ica_hook: $*" >&2; exit 2; }
@@ -27,7 +35,7 @@ warn() {
   if [ -n "${TF_BUILD:-}" ]; then echo "##vso[task.logissue type=warning]azdev_ica_hook: $*"; else echo "azdev_ica_hook: warning: $*" >&2; fi
 }
 
-[ $# -ge 1 ] || die "usage: $0 start|event|finish|replay [options] (see the header of this script)"
+[ $# -ge 1 ] || die "usage: $0 start|event|finish|replay|approval|poll [options] (see the header of this script)"
 cmd=$1; shift
 
 : "${ICAHUB_URL:?set ICAHUB_URL to the hub base URL}"
@@ -62,6 +70,28 @@ post() {
     if [ "$attempt" -ge "$retries" ]; then rm -f "$out"; return 3; fi
     sleep "$delay"; attempt=$((attempt + 1)); delay=$((delay * 2))
   done
+}
+
+# GET a path. Prints the answer. Same return codes as post.
+get() {
+  local path=$1 attempt=1 delay=1 code out
+  out=$(mktemp)
+  while :; do
+    code=$(curl -sS -o "$out" -w '%{http_code}' --max-time "$timeout" \
+      -H "authorization: Bearer ${ICAHUB_API_KEY}" "$base$path" 2>/dev/null) || code=000
+    case $code in
+      2??) cat "$out"; rm -f "$out"; return 0 ;;
+      000|408|429|5??) ;;
+      *) cat "$out" >&2; echo >&2; rm -f "$out"; return 4 ;;
+    esac
+    if [ "$attempt" -ge "$retries" ]; then rm -f "$out"; return 3; fi
+    sleep "$delay"; attempt=$((attempt + 1)); delay=$((delay * 2))
+  done
+}
+
+# The first string value of a top-level key in the hub's compact JSON answer.
+json_field() {
+  printf '%s' "$2" | sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" | head -n 1
 }
 
 spool_it() {
@@ -103,6 +133,7 @@ send() {
 pipeline=${BUILD_DEFINITIONNAME:-}; run_id=${BUILD_BUILDID:-}; branch=${BUILD_SOURCEBRANCH:-}
 commit=${BUILD_SOURCEVERSION:-}; who=${BUILD_REQUESTEDFOREMAIL:-${BUILD_REQUESTEDFOR:-}}
 type=""; data="{}"; status=""; end_time=""
+target=""; cost=""; checklist="[]"; project=""; approval_id=${ICAHUB_APPROVAL_ID:-}; interval=30; max_wait=18000
 while [ $# -gt 0 ]; do
   case $1 in
     --pipeline) pipeline=$2; shift 2 ;;
@@ -114,6 +145,13 @@ while [ $# -gt 0 ]; do
     --data) data=$(printf '%s' "$2" | tr '\n\r' '  '); shift 2 ;;
     --status) status=$2; shift 2 ;;
     --end-time) end_time=$2; shift 2 ;;
+    --target) target=$2; shift 2 ;;
+    --cost) cost=$2; shift 2 ;;
+    --checklist) checklist=$(printf '%s' "$2" | tr '\n\r' '  '); shift 2 ;;
+    --project) project=$2; shift 2 ;;
+    --approval-id) approval_id=$2; shift 2 ;;
+    --interval) interval=$2; shift 2 ;;
+    --max-wait) max_wait=$2; shift 2 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -133,5 +171,44 @@ case $cmd in
     send finish /api/v1/azdev/run/finish "{\"run_id\":$(json_str "$run_id"),\"status\":$(json_str "$status"),\"end_time\":$(json_str "$end_time")}" ;;
   replay)
     replay || { warn "the hub is still unreachable; records stay spooled in $spool"; exit 0; } ;;
-  *) die "unknown command $cmd (start, event, finish, replay)" ;;
+  approval)
+    [ -n "$run_id" ] || die "approval needs --run-id (or BUILD_BUILDID)"
+    [ -n "$target" ] || die "approval needs --target (the deployment environment)"
+    replay || warn "spooled ledger records could not be sent yet"
+    body="{\"run_id\":$(json_str "$run_id"),\"deployment_target\":$(json_str "$target"),\"checklist\":$checklist"
+    [ -z "$cost" ] || body="$body,\"estimated_cost\":$(json_str "$cost")"
+    [ -z "$project" ] || body="$body,\"project\":$(json_str "$project")"
+    body="$body}"
+    rc=0; answer=$(post /api/v1/azdev/approval "$body") || rc=$?
+    case $rc in
+      0) ;;
+      3) echo "azdev_ica_hook: the hub cannot be reached; an approval cannot be asked for (nothing spooled: approvals are a gate)" >&2; exit 1 ;;
+      *) die "the hub refused the approval request" ;;
+    esac
+    id=$(json_field approval_id "$answer"); st=$(json_field status "$answer")
+    [ -n "$id" ] || die "unexpected answer from the hub: $answer"
+    [ -z "${TF_BUILD:-}" ] || echo "##vso[task.setvariable variable=ICAHUB_APPROVAL_ID]$id"
+    echo "$answer"
+    echo "azdev_ica_hook: $id is $st" >&2
+    if [ "$st" = rejected ]; then echo "azdev_ica_hook: $id was rejected: $(json_field reason "$answer")" >&2; exit 1; fi ;;
+  poll)
+    [ -n "$approval_id" ] || die "poll needs --approval-id (or ICAHUB_APPROVAL_ID)"
+    case $interval$max_wait in *[!0-9]*) die "--interval and --max-wait are whole seconds" ;; esac
+    waited=0
+    while :; do
+      rc=0; answer=$(get "/api/v1/azdev/approval/$approval_id") || rc=$?
+      case $rc in
+        0) st=$(json_field status "$answer") ;;
+        3) st=unreachable; warn "the hub cannot be reached; still waiting for $approval_id" ;;
+        *) die "the hub refused to show $approval_id" ;;
+      esac
+      case $st in
+        approved) echo "azdev_ica_hook: $approval_id approved" >&2; exit 0 ;;
+        rejected|expired) echo "azdev_ica_hook: $approval_id $st: $(json_field reason "$answer")" >&2; exit 1 ;;
+      esac
+      if [ "$waited" -ge "$max_wait" ]; then echo "azdev_ica_hook: gave up waiting for $approval_id after ${waited}s (last status: $st)" >&2; exit 1; fi
+      echo "azdev_ica_hook: $approval_id is $st; checking again in ${interval}s" >&2
+      sleep "$interval"; waited=$((waited + interval))
+    done ;;
+  *) die "unknown command $cmd (start, event, finish, replay, approval, poll)" ;;
 esac

@@ -145,3 +145,155 @@ async fn the_hook_script_records_a_run_and_spools_while_the_hub_is_down() {
     );
     assert_eq!(run["events"][0]["event_data"]["stage"], "Build");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hook_script_asks_for_an_approval_and_waits_for_the_decision() {
+    let data = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_icahub"))
+            .args(args)
+            .env("ICAHUB_DATA_DIR", data.path())
+            .env("ICAHUB_STORAGE", "embedded")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let key = cli(&["keys", "issue", "--identity", "pipeline-web"]);
+    cli(&["roles", "grant", "pipeline-web", "devops"]);
+    let alice = cli(&["keys", "issue", "--identity", "alice"]);
+    cli(&["roles", "grant", "alice", "technical_approver"]);
+    let bob = cli(&["keys", "issue", "--identity", "bob"]);
+    cli(&["roles", "grant", "bob", "business_approver"]);
+    let env = vec![
+        ("ICAHUB_STORAGE", "embedded".to_string()),
+        ("ICAHUB_DATA_DIR", data.path().display().to_string()),
+        ("ICAHUB_AUTH", "required".to_string()),
+    ];
+    let mut hub = ChildHub::spawn(&env).await;
+    let url = hub.url("");
+    assert!(script(&url, &key, spool.path(), &["start"]).0);
+
+    // Production without a cost: refused by the hub, the step fails.
+    let (ok, _, err) = script(
+        &url,
+        &key,
+        spool.path(),
+        &["approval", "--target", "production"],
+    );
+    assert!(!ok && err.contains("estimated_cost"), "{err}");
+
+    let (ok, out, err) = script(
+        &url,
+        &key,
+        spool.path(),
+        &[
+            "approval",
+            "--target",
+            "production",
+            "--cost",
+            "250",
+            "--checklist",
+            "[\"tests green\"]",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let answer: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let id = answer["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(answer["status"], "pending");
+
+    // poll waits while it is pending, and exits 0 once both halves are signed.
+    let poll = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/azdev_ica_hook.sh"
+        ))
+        .args([
+            "poll",
+            "--approval-id",
+            &id,
+            "--interval",
+            "1",
+            "--max-wait",
+            "60",
+        ])
+        .env("ICAHUB_URL", &url)
+        .env("ICAHUB_API_KEY", &key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let sign = |who: &str, t: &str, decision: &str| {
+        let (url, who, id) = (
+            hub.url(&format!("/api/v1/azdev/approval/{id}/sign")),
+            who.to_string(),
+            id.clone(),
+        );
+        let body =
+            serde_json::json!({"approval_type": t, "decision": decision, "comments": "checked"});
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("authorization", format!("Bearer {who}"))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{id}: {}", r.text().await.unwrap());
+        }
+    };
+    sign(&alice, "technical", "approved").await;
+    sign(&bob, "business", "approved").await;
+    let out = tokio::task::spawn_blocking(move || poll.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("is pending") && err.contains("approved"),
+        "{err}"
+    );
+
+    // A rejected request: poll exits 1 with the reason.
+    let (ok, out, _) = script(
+        &url,
+        &key,
+        spool.path(),
+        &["approval", "--target", "staging"],
+    );
+    assert!(ok);
+    let answer: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let id2 = answer["approval_id"].as_str().unwrap().to_string();
+    let r = reqwest::Client::new()
+        .post(hub.url(&format!("/api/v1/azdev/approval/{id2}/sign")))
+        .header("authorization", format!("Bearer {bob}"))
+        .header("content-type", "application/json")
+        .body(r#"{"approval_type":"business","decision":"rejected","comments":"change freeze"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (ok, _, err) = script(
+        &url,
+        &key,
+        spool.path(),
+        &["poll", "--approval-id", &id2, "--interval", "1"],
+    );
+    assert!(
+        !ok && err.contains("rejected") && err.contains("change freeze"),
+        "{err}"
+    );
+
+    // The hub is gone: an approval cannot be asked for, and nothing is spooled for it.
+    hub.kill9();
+    let (ok, _, err) = script(&url, &key, spool.path(), &["approval", "--target", "dev"]);
+    assert!(!ok && err.contains("cannot be reached"), "{err}");
+    assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0);
+}
