@@ -55,6 +55,14 @@ pub struct BenchArgs {
     pub rate: u32,
     #[arg(long, default_value_t = 10)]
     pub startup_runs: usize,
+    /// Instead of alerts: spawn a hub on the configured storage and push this many pipeline runs
+    /// (start, three events, finish) through `--concurrency` clients, then approvals (see
+    /// `--approvals`); prints p50/p95/p99 per request kind and checks nothing was lost.
+    #[arg(long, value_name = "RUNS")]
+    pub pipelines: Option<usize>,
+    /// With `--pipelines`: how many of the runs also ask for an approval that two approvers sign.
+    #[arg(long, default_value_t = 500)]
+    pub approvals: usize,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +181,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.e2e {
         return e2e(args).await;
+    }
+    if let Some(runs) = args.pipelines {
+        return super::bench_pipelines::run(args, runs).await;
     }
     let base = args.url.trim_end_matches('/').to_string();
     let target = match args.payload {

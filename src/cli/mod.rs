@@ -1,6 +1,7 @@
 //! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
 
 pub mod bench;
+pub mod bench_pipelines;
 pub mod budget;
 pub mod keys;
 pub mod outbox;
