@@ -15,7 +15,7 @@ use crate::domain::approval::{
     self, approval_id, parse_approval_id, Approval, ApprovalRequest, ApprovalStatus, Budget,
     Policy, Refusal, SignIn,
 };
-use crate::domain::identity::Role;
+use crate::domain::identity::{IdentityRecord, Role};
 use crate::domain::routing::{OutboxDraft, Sink};
 use crate::error::ApiError;
 use crate::identity::Caller;
@@ -196,25 +196,32 @@ pub fn view(a: &Approval, now: DateTime<Utc>) -> Value {
     v
 }
 
-/// Who can sign each half, by role (the requester excluded).
-pub async fn approvers(store: &dyn Store, a: &Approval) -> Result<Value, ApiError> {
-    let ids = crate::identity::list_identities(store)
+async fn identities(store: &dyn Store) -> Result<Vec<IdentityRecord>, ApiError> {
+    crate::identity::list_identities(store)
         .await
         .map_err(|e| match e {
             crate::identity::IdentityError::Store(s) => store_err(s),
             other => ApiError::Conflict(other.to_string()),
-        })?;
+        })
+}
+
+/// Who can sign each half, by role (the requester and the run's trigger excluded).
+fn approvers_of(ids: &[IdentityRecord], a: &Approval) -> Value {
     let with = |r: Role| -> Vec<String> {
         ids.iter()
             .filter(|i| i.roles.contains(&r) && !a.is_requester(&i.name))
             .map(|i| i.name.clone())
             .collect()
     };
-    Ok(json!({
+    json!({
         "technical": with(Role::TechnicalApprover),
         "business": with(a.business_role()),
         "business_role": a.business_role(),
-    }))
+    })
+}
+
+pub async fn approvers(store: &dyn Store, a: &Approval) -> Result<Value, ApiError> {
+    Ok(approvers_of(&identities(store).await?, a))
 }
 
 /// Outbox rows for an approval record: the control plane keeps the ledger; Mattermost hears of
@@ -337,11 +344,17 @@ async fn save(
     Ok(ok)
 }
 
+/// [`mark_final`] in the background, off the signer's latency.
+fn mark_final_later(app: &App, a: &Approval) {
+    let (store, a) = (app.store.clone(), a.clone());
+    tokio::spawn(async move { mark_final(store.as_ref(), &a).await });
+}
+
 /// Best effort: tell the sweep this approval needs no more attention.
-async fn mark_final(app: &App, a: &Approval) {
+async fn mark_final(store: &dyn Store, a: &Approval) {
     let key = format!("index|{}|{}", a.requested_at.format("%Y%m%d"), a.id);
     for _ in 0..5 {
-        let Ok(Some(doc)) = app.store.doc_get(REGISTRY, &key).await else {
+        let Ok(Some(doc)) = store.doc_get(REGISTRY, &key).await else {
             return;
         };
         if doc.value.get("final") == Some(&json!(true)) {
@@ -360,7 +373,7 @@ async fn mark_final(app: &App, a: &Approval) {
             &a.id,
             Utc::now(),
         );
-        match app.store.doc_commit(&c).await {
+        match store.doc_commit(&c).await {
             Ok(true) | Err(_) => return,
             Ok(false) => continue,
         }
@@ -638,6 +651,94 @@ pub async fn set_budget(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Id allocation
+
+/// Hands out approval numbers from the yearly counter in the registry. Requests that arrive
+/// together on one instance share one counter commit (the first to get the lock serves everyone
+/// queued), so they do not fight over the counter document; instances still race each other
+/// optimistically. A number is lost (a gap) only when its request then fails.
+#[derive(Default)]
+pub struct IdAllocator {
+    waiting: std::sync::Mutex<Vec<Waiter>>,
+    leader: tokio::sync::Mutex<()>,
+}
+
+/// A request for a number of this year, and where to send it.
+type Waiter = (i32, tokio::sync::oneshot::Sender<Result<u64, String>>);
+
+impl IdAllocator {
+    pub async fn next(&self, store: &dyn Store, year: i32) -> Result<u64, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut w) = self.waiting.lock() {
+            w.push((year, tx));
+        }
+        {
+            let _leader = self.leader.lock().await;
+            let batch: Vec<_> = match self.waiting.lock() {
+                Ok(mut w) => w.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            let mut years: Vec<i32> = batch.iter().map(|(y, _)| *y).collect();
+            years.sort_unstable();
+            years.dedup();
+            let mut batch = batch;
+            for y in years {
+                let (mine, rest): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|(by, _)| *by == y);
+                batch = rest;
+                match Self::reserve(store, y, mine.len() as u64).await {
+                    Ok(first) => {
+                        for (i, (_, tx)) in mine.into_iter().enumerate() {
+                            let _ = tx.send(Ok(first + i as u64));
+                        }
+                    }
+                    Err(e) => {
+                        for (_, tx) in mine {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        match rx.await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(store_err(StoreError::Unavailable(e))),
+            Err(_) => Err(contention()),
+        }
+    }
+
+    /// Move the counter on by `k`; the first of the reserved numbers.
+    async fn reserve(store: &dyn Store, year: i32, k: u64) -> Result<u64, StoreError> {
+        let key = format!("seq|{year}");
+        for attempt in 0..ATTEMPTS {
+            let doc = store.doc_get(REGISTRY, &key).await?;
+            let last = doc
+                .as_ref()
+                .and_then(|d| d.value.get("last").and_then(Value::as_u64))
+                .unwrap_or(0);
+            let c = commit_of(
+                REGISTRY.into(),
+                vec![DocWrite {
+                    key: key.clone(),
+                    value: json!({"last": last + k}),
+                    expect: expect_of(&doc),
+                }],
+                Vec::new(),
+                &key,
+                Utc::now(),
+            );
+            if store.doc_commit(&c).await? {
+                return Ok(last + 1);
+            }
+            pause(attempt).await;
+        }
+        Err(StoreError::Contention(
+            "the approval counter is busy".into(),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Create
 
 /// Extra facts a request carries beyond its body (the Azure DevOps check adds its callback).
@@ -657,26 +758,38 @@ pub async fn create(
     now: DateTime<Utc>,
 ) -> Result<(bool, Value), ApiError> {
     let policy = &app.config.approvals.policy;
-    let run = crate::runs::run_record(app, &req.run_id).await?;
+    let store = app.store.as_ref();
+    let req_key = format!(
+        "req|{}",
+        key_hash(&[&req.run_id, &req.deployment_target.to_ascii_lowercase()])
+    );
+    // Independent reads at once: one round trip of latency instead of four.
+    let (run, req_doc, ids) = tokio::join!(
+        crate::runs::run_record(app, &req.run_id),
+        store.doc_get(REGISTRY, &req_key),
+        identities(store),
+    );
+    let (run, mut req_doc, ids) = (run?, req_doc.map_err(store_err)?, ids?);
     let project = req
         .project
         .clone()
         .or_else(|| run.as_ref().map(|r| r.start.pipeline_name.clone()))
         .unwrap_or_else(|| req.deployment_target.clone());
-    let req_key = format!(
-        "req|{}",
-        key_hash(&[&req.run_id, &req.deployment_target.to_ascii_lowercase()])
-    );
+    let answer = |a: &Approval| {
+        let mut v = view(a, now);
+        v["success"] = json!(true);
+        v["approvers"] = approvers_of(&ids, a);
+        v
+    };
+    let mut allocated: Option<String> = None;
     for attempt in 0..ATTEMPTS {
-        let req_doc = app
-            .store
-            .doc_get(REGISTRY, &req_key)
-            .await
-            .map_err(store_err)?;
+        if attempt > 0 {
+            req_doc = store.doc_get(REGISTRY, &req_key).await.map_err(store_err)?;
+        }
         let mut reuse_id: Option<String> = None;
         if let Some(d) = &req_doc {
             if let Some(id) = d.value.get("approval_id").and_then(Value::as_str) {
-                match load(app.store.as_ref(), id).await? {
+                match load(store, id).await? {
                     Some((a, _))
                         if !a.is_overdue(now)
                             && matches!(
@@ -686,13 +799,10 @@ pub async fn create(
                                     | ApprovalStatus::Approved
                             ) =>
                     {
-                        let mut v = view(&a, now);
-                        v["success"] = json!(true);
-                        v["approvers"] = approvers(app.store.as_ref(), &a).await?;
-                        return Ok((false, v));
+                        return Ok((false, answer(&a)));
                     }
                     Some(_) => {}
-                    // Allocated but never written (a crash between the two commits): use the id.
+                    // Indexed but never written (a crash between the two commits): use the id.
                     None => reuse_id = Some(id.to_string()),
                 }
             }
@@ -700,39 +810,25 @@ pub async fn create(
         if policy.is_production(&req.deployment_target) {
             check_lock(app, &req.deployment_target, None, now).await?;
         }
-        let check = match (
-            req.estimated_cost,
-            budget(app.store.as_ref(), &project)
+        let check = match req.estimated_cost {
+            Some(est) => budget(store, &project)
                 .await
-                .map_err(store_err)?,
-        ) {
-            (Some(est), Some(b)) => Some(b.check(est, now)),
-            _ => None,
+                .map_err(store_err)?
+                .map(|b| b.check(est, now)),
+            None => None,
         };
         let id = match reuse_id {
             Some(id) => id,
             None => {
-                let year = now.year();
-                let seq_key = format!("seq|{year}");
-                let seq_doc = app
-                    .store
-                    .doc_get(REGISTRY, &seq_key)
-                    .await
-                    .map_err(store_err)?;
-                let next = seq_doc
-                    .as_ref()
-                    .and_then(|d| d.value.get("last").and_then(Value::as_u64))
-                    .unwrap_or(0)
-                    + 1;
-                let id = approval_id(year, next);
+                let id = match allocated.take() {
+                    Some(id) => id,
+                    None => {
+                        approval_id(now.year(), app.approval_ids.next(store, now.year()).await?)
+                    }
+                };
                 let c = commit_of(
                     REGISTRY.into(),
                     vec![
-                        DocWrite {
-                            key: seq_key,
-                            value: json!({"last": next}),
-                            expect: expect_of(&seq_doc),
-                        },
                         DocWrite {
                             key: req_key.clone(),
                             value: json!({"approval_id": id, "run_id": req.run_id, "deployment_target": req.deployment_target}),
@@ -748,7 +844,9 @@ pub async fn create(
                     &id,
                     now,
                 );
-                if !app.store.doc_commit(&c).await.map_err(store_err)? {
+                if !store.doc_commit(&c).await.map_err(store_err)? {
+                    // Another request for this run and target got in first: look again.
+                    allocated = Some(id);
                     pause(attempt).await;
                     continue;
                 }
@@ -785,12 +883,9 @@ pub async fn create(
             continue;
         }
         if a.status.is_final() {
-            mark_final(app, &a).await;
+            mark_final(store, &a).await;
         }
-        let mut v = view(&a, now);
-        v["success"] = json!(true);
-        v["approvers"] = approvers(app.store.as_ref(), &a).await?;
-        return Ok((true, v));
+        return Ok((true, answer(&a)));
     }
     Err(contention())
 }
@@ -861,7 +956,7 @@ async fn expire_now(
     )
     .await?
     {
-        mark_final(app, &next).await;
+        mark_final(app.store.as_ref(), &next).await;
     }
     Ok(ApiError::Conflict(format!(
         "{} expired at {}; ask for a new approval",
@@ -946,7 +1041,7 @@ async fn sign_inner(
         .await?
         {
             if next.status.is_final() {
-                mark_final(app, &next).await;
+                mark_final_later(app, &next);
             }
             *took_lock = None;
             return Ok(json!({
@@ -1008,7 +1103,7 @@ pub async fn emergency_override(
         )
         .await?
         {
-            mark_final(app, &next).await;
+            mark_final_later(app, &next);
             tracing::warn!(approval_id = id, by = %caller.name, exception_id = %o.exception_id, "emergency override");
             return Ok(
                 json!({"success": true, "approval_id": id, "status": next.status, "exception_id": o.exception_id,
@@ -1080,7 +1175,7 @@ async fn sweep_one(app: &App, id: &str, now: DateTime<Utc>) -> Result<Swept, Api
             return Ok(Swept::Nothing);
         };
         if a.status.is_final() {
-            mark_final(app, &a).await;
+            mark_final(app.store.as_ref(), &a).await;
             return Ok(Swept::Nothing);
         }
         if a.is_overdue(now) {

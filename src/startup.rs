@@ -19,6 +19,7 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub clock: Arc<dyn Clock>,
     pub authenticator: crate::identity::Authenticator,
+    pub approval_ids: crate::approvals::IdAllocator,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -67,6 +68,7 @@ impl App {
             dispatcher,
             clock,
             authenticator: Default::default(),
+            approval_ids: Default::default(),
         }))
     }
 }
