@@ -4,6 +4,7 @@
 
 pub mod alert;
 pub mod alertmanager;
+pub mod azdo;
 pub mod azure_monitor;
 pub mod identity;
 pub mod incident;
