@@ -47,11 +47,17 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_LEASE_SECS", "60", "How long a dispatcher owns a delivery it is sending (a crashed one's deliveries wait this long)"),
     ("ICAHUB_DISPATCH_INTERVAL_SECS", "10", "Outside the Functions host, `serve` drains the outbox this often (0 = only the fast path)"),
     ("ICAHUB_AUTH", "required", "`required`: every /api/v1 request needs an API key (`Authorization: Bearer icak_…`, or as the Basic auth password); `off` only for local development (refused under the Functions host)"),
+    ("ICAHUB_AZDO_HOOK_USERNAME", "unset", "User name the Azure DevOps service hooks send as basic auth (with ICAHUB_AZDO_HOOK_PASSWORD) to POST /api/v1/azdo/hooks"),
+    ("ICAHUB_AZDO_HOOK_PASSWORD", "unset", "Password of that basic auth (a secret)"),
+    ("ICAHUB_AZDO_HOOK_HEADER", "X-Icahub-Hook-Secret", "Header that carries ICAHUB_AZDO_HOOK_SECRET (set in the subscription's HTTP headers as `Name:value`)"),
+    ("ICAHUB_AZDO_HOOK_SECRET", "unset", "Shared secret the service hooks send in ICAHUB_AZDO_HOOK_HEADER (a secret)"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
 
 pub const DEFAULT_PORT: u16 = 7071;
+/// The header that carries the Azure DevOps hook secret unless ICAHUB_AZDO_HOOK_HEADER says.
+pub const DEFAULT_AZDO_HOOK_HEADER: &str = "x-icahub-hook-secret";
 const MAX_BODY_CEILING: usize = 900_000;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +87,88 @@ pub struct Config {
     pub dispatch_interval: Option<Duration>,
     /// Require an identity (API key) on the API. Off only for local development.
     pub auth_required: bool,
+    /// The credentials Azure DevOps service hooks may present instead of an API key.
+    pub azdo_hooks: AzdoHookAuth,
+}
+
+/// How `POST /api/v1/azdo/hooks` recognises Azure DevOps: basic auth, a secret header, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzdoHookAuth {
+    /// User name and password of the subscription's basic auth.
+    pub basic: Option<(String, Secret)>,
+    /// Lower-case header name that carries `secret`.
+    pub header: String,
+    pub secret: Option<Secret>,
+}
+
+impl Default for AzdoHookAuth {
+    fn default() -> Self {
+        AzdoHookAuth {
+            basic: None,
+            header: DEFAULT_AZDO_HOOK_HEADER.into(),
+            secret: None,
+        }
+    }
+}
+
+impl AzdoHookAuth {
+    /// Whether any hook credential is configured.
+    pub fn configured(&self) -> bool {
+        self.basic.is_some() || self.secret.is_some()
+    }
+
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<AzdoHookAuth, ConfigError> {
+        let basic =
+            match (
+                get("ICAHUB_AZDO_HOOK_USERNAME"),
+                get("ICAHUB_AZDO_HOOK_PASSWORD"),
+            ) {
+                (None, None) => None,
+                (Some(user), Some(password)) => {
+                    if user.contains(':') {
+                        return Err(ConfigError(
+                        "ICAHUB_AZDO_HOOK_USERNAME must not contain ':' (basic auth splits there)"
+                            .into(),
+                    ));
+                    }
+                    Some((user, Secret::new(password)))
+                }
+                (Some(_), None) | (None, Some(_)) => return Err(ConfigError(
+                    "set both ICAHUB_AZDO_HOOK_USERNAME and ICAHUB_AZDO_HOOK_PASSWORD, or neither"
+                        .into(),
+                )),
+            };
+        let header = get("ICAHUB_AZDO_HOOK_HEADER");
+        let secret = get("ICAHUB_AZDO_HOOK_SECRET").map(Secret::new);
+        if header.is_some() && secret.is_none() {
+            return Err(ConfigError(
+                "ICAHUB_AZDO_HOOK_HEADER is set but ICAHUB_AZDO_HOOK_SECRET, the value it must \
+                 carry, is not"
+                    .into(),
+            ));
+        }
+        let header = header
+            .unwrap_or_else(|| DEFAULT_AZDO_HOOK_HEADER.into())
+            .to_ascii_lowercase();
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if header.is_empty() || header.len() > 100 || !header.bytes().all(token) {
+            return Err(ConfigError(format!(
+                "ICAHUB_AZDO_HOOK_HEADER={header:?} is not an HTTP header name"
+            )));
+        }
+        if header == "authorization" {
+            return Err(ConfigError(
+                "ICAHUB_AZDO_HOOK_HEADER must not be Authorization: use \
+                 ICAHUB_AZDO_HOOK_USERNAME and ICAHUB_AZDO_HOOK_PASSWORD for basic auth"
+                    .into(),
+            ));
+        }
+        Ok(AzdoHookAuth {
+            basic,
+            header,
+            secret,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +317,8 @@ impl Config {
             }
         };
 
+        let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
+
         Ok(Config {
             port,
             under_functions_host,
@@ -240,6 +330,7 @@ impl Config {
             lease,
             dispatch_interval,
             auth_required,
+            azdo_hooks,
         })
     }
 
@@ -256,6 +347,7 @@ impl Config {
             lease: Duration::from_secs(60),
             dispatch_interval: None,
             auth_required: true,
+            azdo_hooks: AzdoHookAuth::default(),
         }
     }
 }
@@ -341,6 +433,49 @@ mod tests {
         };
         assert!(connection_string.expose().contains("SECRETKEY"));
         assert!(!format!("{c:?}").contains("SECRETKEY"));
+    }
+
+    #[test]
+    fn azdo_hook_credentials() {
+        let c = cfg(&[], None).unwrap();
+        assert!(!c.azdo_hooks.configured());
+        assert_eq!(c.azdo_hooks.header, "x-icahub-hook-secret");
+        let c = cfg(
+            &[
+                ("ICAHUB_AZDO_HOOK_USERNAME", "ado"),
+                ("ICAHUB_AZDO_HOOK_PASSWORD", "HOOKPASS"),
+                ("ICAHUB_AZDO_HOOK_HEADER", "X-Hook-Token"),
+                ("ICAHUB_AZDO_HOOK_SECRET", "HOOKSECRET"),
+            ],
+            None,
+        )
+        .unwrap();
+        let h = &c.azdo_hooks;
+        assert!(h.configured());
+        assert_eq!(h.header, "x-hook-token");
+        assert_eq!(h.basic.as_ref().unwrap().1.expose(), "HOOKPASS");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("HOOKPASS") && !printed.contains("HOOKSECRET"));
+        for bad in [
+            vec![("ICAHUB_AZDO_HOOK_USERNAME", "ado")],
+            vec![("ICAHUB_AZDO_HOOK_PASSWORD", "p")],
+            vec![
+                ("ICAHUB_AZDO_HOOK_USERNAME", "a:b"),
+                ("ICAHUB_AZDO_HOOK_PASSWORD", "p"),
+            ],
+            vec![("ICAHUB_AZDO_HOOK_HEADER", "X-Hook")],
+            vec![
+                ("ICAHUB_AZDO_HOOK_HEADER", "bad header"),
+                ("ICAHUB_AZDO_HOOK_SECRET", "s"),
+            ],
+            vec![
+                ("ICAHUB_AZDO_HOOK_HEADER", "Authorization"),
+                ("ICAHUB_AZDO_HOOK_SECRET", "s"),
+            ],
+        ] {
+            let e = cfg(&bad, None).unwrap_err();
+            assert!(e.0.contains("ICAHUB_AZDO_HOOK"), "{e}");
+        }
     }
 
     #[test]

@@ -742,7 +742,8 @@ mod tests {
 
     #[test]
     fn missing_fields_name_their_path() {
-        let cases: Vec<(&str, fn(&mut Value), &str)> = vec![
+        type Case = (&'static str, fn(&mut Value), &'static str);
+        let cases: Vec<Case> = vec![
             (
                 "ado-run-state-changed.json",
                 |v| v["resource"]["run"]["id"] = Value::Null,

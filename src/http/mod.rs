@@ -5,6 +5,7 @@
 pub mod alertmanager;
 pub mod alerts;
 pub mod auth;
+pub mod azdo;
 pub mod health;
 pub mod incidents;
 pub mod runs;
@@ -42,6 +43,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(runs::finish(app.clone()))
         .unify()
         .or(runs::get(app.clone()))
+        .unify()
+        .or(azdo::route(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()
