@@ -78,11 +78,9 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(rest.trim())
         .ok()?;
-    let (user, password) = String::from_utf8(raw)
-        .ok()?
-        .split_once(':')
-        .map(|(u, p)| (u.to_string(), p.to_string()))?;
-    Some((user, password))
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
 }
 
 /// An API key: a Bearer token or a Basic password.
@@ -212,17 +210,17 @@ async fn accept(app: &App, caller: &Caller, body: &[u8]) -> Result<(StatusCode, 
     let now = app.clock.now();
     match azdo::parse(&v, now).map_err(bad)? {
         Parsed::Ignored { event_type, reason } => {
-            tracing::info!(event_type = %azdo_trunc(&event_type), reason = %reason, "service hook ignored");
+            tracing::info!(event_type = %clip(&event_type), reason = %reason, "service hook ignored");
             Ok((
                 StatusCode::OK,
-                json!({"status": "ignored", "event_type": azdo_trunc(&event_type), "reason": reason}),
+                json!({"status": "ignored", "event_type": clip(&event_type), "reason": reason}),
             ))
         }
         Parsed::Record(hook) => record(app, caller, &hook, now).await,
     }
 }
 
-fn azdo_trunc(s: &str) -> String {
+fn clip(s: &str) -> String {
     crate::domain::json::truncate(s, 200)
 }
 
@@ -292,10 +290,10 @@ async fn record(
         answer["note"] = json!(format!(
             "the run completed with result {:?}, which the ledger does not map to success, \
              failed or cancelled; it stays open",
-            azdo_trunc(result)
+            clip(result)
         ));
     }
-    tracing::info!(run_id = %hook.run_id, event_type, status = %answer["status"], run_started = started, "service hook");
+    tracing::info!(run_id = %hook.run_id, event_type, outcome = answer["status"].as_str().unwrap_or(""), run_started = started, "service hook");
     Ok((status, answer))
 }
 
