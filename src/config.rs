@@ -58,11 +58,17 @@ pub const VARS: &[(&str, &str, &str)] = &[
         ("ICAHUB_FINANCE_CHANNEL", "ICAHUB_APPROVAL_CHANNEL", "Mattermost channel where finance is told of requests above the threshold"),
         ("ICAHUB_ESCALATION_WEBHOOK", "ICAHUB_APPROVAL_WEBHOOK", "Named Mattermost webhook expired requests are escalated to"),
         ("ICAHUB_ESCALATION_CHANNEL", "ICAHUB_APPROVAL_CHANNEL", "Mattermost channel expired requests are escalated to"),
+    ("ICAHUB_AZDO_HOOK_USERNAME", "unset", "User name the Azure DevOps service hooks send as basic auth (with ICAHUB_AZDO_HOOK_PASSWORD) to POST /api/v1/azdo/hooks"),
+    ("ICAHUB_AZDO_HOOK_PASSWORD", "unset", "Password of that basic auth (a secret)"),
+    ("ICAHUB_AZDO_HOOK_HEADER", "X-Icahub-Hook-Secret", "Header that carries ICAHUB_AZDO_HOOK_SECRET (set in the subscription's HTTP headers as `Name:value`)"),
+    ("ICAHUB_AZDO_HOOK_SECRET", "unset", "Shared secret the service hooks send in ICAHUB_AZDO_HOOK_HEADER (a secret)"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
 
 pub const DEFAULT_PORT: u16 = 7071;
+/// The header that carries the Azure DevOps hook secret unless ICAHUB_AZDO_HOOK_HEADER says.
+pub const DEFAULT_AZDO_HOOK_HEADER: &str = "x-icahub-hook-secret";
 const MAX_BODY_CEILING: usize = 900_000;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +100,88 @@ pub struct Config {
     pub auth_required: bool,
     /// Approval policy and where approval notifications go.
     pub approvals: crate::approvals::ApprovalConfig,
+    /// The credentials Azure DevOps service hooks may present instead of an API key.
+    pub azdo_hooks: AzdoHookAuth,
+}
+
+/// How `POST /api/v1/azdo/hooks` recognises Azure DevOps: basic auth, a secret header, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzdoHookAuth {
+    /// User name and password of the subscription's basic auth.
+    pub basic: Option<(String, Secret)>,
+    /// Lower-case header name that carries `secret`.
+    pub header: String,
+    pub secret: Option<Secret>,
+}
+
+impl Default for AzdoHookAuth {
+    fn default() -> Self {
+        AzdoHookAuth {
+            basic: None,
+            header: DEFAULT_AZDO_HOOK_HEADER.into(),
+            secret: None,
+        }
+    }
+}
+
+impl AzdoHookAuth {
+    /// Whether any hook credential is configured.
+    pub fn configured(&self) -> bool {
+        self.basic.is_some() || self.secret.is_some()
+    }
+
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<AzdoHookAuth, ConfigError> {
+        let basic =
+            match (
+                get("ICAHUB_AZDO_HOOK_USERNAME"),
+                get("ICAHUB_AZDO_HOOK_PASSWORD"),
+            ) {
+                (None, None) => None,
+                (Some(user), Some(password)) => {
+                    if user.contains(':') {
+                        return Err(ConfigError(
+                        "ICAHUB_AZDO_HOOK_USERNAME must not contain ':' (basic auth splits there)"
+                            .into(),
+                    ));
+                    }
+                    Some((user, Secret::new(password)))
+                }
+                (Some(_), None) | (None, Some(_)) => return Err(ConfigError(
+                    "set both ICAHUB_AZDO_HOOK_USERNAME and ICAHUB_AZDO_HOOK_PASSWORD, or neither"
+                        .into(),
+                )),
+            };
+        let header = get("ICAHUB_AZDO_HOOK_HEADER");
+        let secret = get("ICAHUB_AZDO_HOOK_SECRET").map(Secret::new);
+        if header.is_some() && secret.is_none() {
+            return Err(ConfigError(
+                "ICAHUB_AZDO_HOOK_HEADER is set but ICAHUB_AZDO_HOOK_SECRET, the value it must \
+                 carry, is not"
+                    .into(),
+            ));
+        }
+        let header = header
+            .unwrap_or_else(|| DEFAULT_AZDO_HOOK_HEADER.into())
+            .to_ascii_lowercase();
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        if header.is_empty() || header.len() > 100 || !header.bytes().all(token) {
+            return Err(ConfigError(format!(
+                "ICAHUB_AZDO_HOOK_HEADER={header:?} is not an HTTP header name"
+            )));
+        }
+        if header == "authorization" {
+            return Err(ConfigError(
+                "ICAHUB_AZDO_HOOK_HEADER must not be Authorization: use \
+                 ICAHUB_AZDO_HOOK_USERNAME and ICAHUB_AZDO_HOOK_PASSWORD for basic auth"
+                    .into(),
+            ));
+        }
+        Ok(AzdoHookAuth {
+            basic,
+            header,
+            secret,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +332,7 @@ impl Config {
 
         let approvals = crate::approvals::ApprovalConfig::from_lookup(&|k: &str| get(k))
             .map_err(ConfigError)?;
+        let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
 
         Ok(Config {
             port,
@@ -257,6 +346,7 @@ impl Config {
             dispatch_interval,
             auth_required,
             approvals,
+            azdo_hooks,
         })
     }
 
@@ -274,6 +364,7 @@ impl Config {
             dispatch_interval: None,
             auth_required: true,
             approvals: crate::approvals::ApprovalConfig::default(),
+            azdo_hooks: AzdoHookAuth::default(),
         }
     }
 }
@@ -359,6 +450,49 @@ mod tests {
         };
         assert!(connection_string.expose().contains("SECRETKEY"));
         assert!(!format!("{c:?}").contains("SECRETKEY"));
+    }
+
+    #[test]
+    fn azdo_hook_credentials() {
+        let c = cfg(&[], None).unwrap();
+        assert!(!c.azdo_hooks.configured());
+        assert_eq!(c.azdo_hooks.header, "x-icahub-hook-secret");
+        let c = cfg(
+            &[
+                ("ICAHUB_AZDO_HOOK_USERNAME", "ado"),
+                ("ICAHUB_AZDO_HOOK_PASSWORD", "HOOKPASS"),
+                ("ICAHUB_AZDO_HOOK_HEADER", "X-Hook-Token"),
+                ("ICAHUB_AZDO_HOOK_SECRET", "HOOKSECRET"),
+            ],
+            None,
+        )
+        .unwrap();
+        let h = &c.azdo_hooks;
+        assert!(h.configured());
+        assert_eq!(h.header, "x-hook-token");
+        assert_eq!(h.basic.as_ref().unwrap().1.expose(), "HOOKPASS");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("HOOKPASS") && !printed.contains("HOOKSECRET"));
+        for bad in [
+            vec![("ICAHUB_AZDO_HOOK_USERNAME", "ado")],
+            vec![("ICAHUB_AZDO_HOOK_PASSWORD", "p")],
+            vec![
+                ("ICAHUB_AZDO_HOOK_USERNAME", "a:b"),
+                ("ICAHUB_AZDO_HOOK_PASSWORD", "p"),
+            ],
+            vec![("ICAHUB_AZDO_HOOK_HEADER", "X-Hook")],
+            vec![
+                ("ICAHUB_AZDO_HOOK_HEADER", "bad header"),
+                ("ICAHUB_AZDO_HOOK_SECRET", "s"),
+            ],
+            vec![
+                ("ICAHUB_AZDO_HOOK_HEADER", "Authorization"),
+                ("ICAHUB_AZDO_HOOK_SECRET", "s"),
+            ],
+        ] {
+            let e = cfg(&bad, None).unwrap_err();
+            assert!(e.0.contains("ICAHUB_AZDO_HOOK"), "{e}");
+        }
     }
 
     #[test]

@@ -86,7 +86,52 @@ fn start_answer(r: &RunRecord) -> Value {
     json!({"success": true, "run_id": r.start.run_id, "record_id": r.record_id})
 }
 
-/// `run/start`: new → (true, answer); the same start again → (false, the same answer).
+/// A new run's record; `started_from` names what started it when it was not `run/start`.
+fn new_record(
+    s: RunStart,
+    caller: &Caller,
+    started_from: Option<String>,
+    now: DateTime<Utc>,
+) -> RunRecord {
+    RunRecord {
+        record_id: record_id(&s.run_id),
+        status: RunStatus::Running,
+        started_at: now,
+        started_by: caller.name.clone(),
+        events: 0,
+        chain_head: chain(
+            "",
+            "run.start",
+            &serde_json::to_value(&s).unwrap_or_default(),
+        ),
+        finish: None,
+        start: s,
+        started_from,
+    }
+}
+
+/// Write a new run's record; `false` when the run appeared meanwhile.
+async fn create(app: &App, record: &RunRecord, now: DateTime<Utc>) -> Result<bool, ApiError> {
+    let value = serde_json::to_value(record).unwrap_or_default();
+    let c = ledger_commit(
+        app,
+        &record.start.run_id,
+        vec![DocWrite {
+            key: "run".into(),
+            value: value.clone(),
+            expect: Expect::Absent,
+        }],
+        "run.start",
+        &record.record_id,
+        json!({"record_id": record.record_id, "run": value}),
+        now,
+    );
+    commit(app, &c).await
+}
+
+/// `run/start`: new → (true, answer); the same start again → (false, the same answer). A run that
+/// a service hook started (it knew less) takes the pipeline's start too: its details become a
+/// `start_details` event and the answer is the run's.
 pub async fn start(
     app: &App,
     caller: &Caller,
@@ -98,44 +143,105 @@ pub async fn start(
             if existing.start == s {
                 return Ok((false, start_answer(&existing)));
             }
+            if existing.started_from.is_some() {
+                let details = serde_json::to_value(&s).unwrap_or_default();
+                let key = format!("start_details|{}", hash_parts([details.to_string()]));
+                let e = RunEventIn {
+                    run_id: s.run_id.clone(),
+                    event_type: "start_details".into(),
+                    event_data: details,
+                };
+                if let Appended::Finished(_) = event_once(app, caller, e, &key, now).await? {
+                    tracing::info!(run_id = %s.run_id, "run/start for a finished hook-started run: details not recorded");
+                }
+                return Ok((false, start_answer(&existing)));
+            }
             return Err(ApiError::Conflict(format!(
                 "run {} was already started with different details (pipeline {:?}, commit {:?})",
                 s.run_id, existing.start.pipeline_name, existing.start.commit
             )));
         }
-        let record = RunRecord {
-            record_id: record_id(&s.run_id),
-            status: RunStatus::Running,
-            started_at: now,
-            started_by: caller.name.clone(),
-            events: 0,
-            chain_head: chain(
-                "",
-                "run.start",
-                &serde_json::to_value(&s).unwrap_or_default(),
-            ),
-            finish: None,
-            start: s.clone(),
-        };
-        let value = serde_json::to_value(&record).unwrap_or_default();
-        let c = ledger_commit(
-            app,
-            &s.run_id,
-            vec![DocWrite {
-                key: "run".into(),
-                value: value.clone(),
-                expect: Expect::Absent,
-            }],
-            "run.start",
-            &record.record_id,
-            json!({"record_id": record.record_id, "run": value}),
-            now,
-        );
-        if commit(app, &c).await? {
+        let record = new_record(s.clone(), caller, None, now);
+        if create(app, &record, now).await? {
             return Ok((true, start_answer(&record)));
         }
     }
     Err(contention())
+}
+
+/// Start the run unless the ledger has it already (whatever its details): `true` when this call
+/// started it. For senders that know a run only partly, such as service hooks.
+pub async fn ensure_started(
+    app: &App,
+    caller: &Caller,
+    s: RunStart,
+    started_from: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    for _ in 0..ATTEMPTS {
+        if load(app, &s.run_id).await?.is_some() {
+            return Ok(false);
+        }
+        let record = new_record(s.clone(), caller, Some(started_from.to_string()), now);
+        if create(app, &record, now).await? {
+            return Ok(true);
+        }
+    }
+    Err(contention())
+}
+
+/// Append `e` to `run` (at `version`), with `extra` written in the same commit: the new record,
+/// or `None` when the run changed meanwhile (re-read and retry).
+async fn append(
+    app: &App,
+    caller: &Caller,
+    mut run: RunRecord,
+    version: String,
+    e: &RunEventIn,
+    extra: Option<DocWrite>,
+    now: DateTime<Utc>,
+) -> Result<Option<(RunRecord, RunEventRecord)>, ApiError> {
+    let seq = run.events + 1;
+    let event_id = format!("{}-E{seq}", run.record_id);
+    let body =
+        json!({"event_id": event_id, "event_type": e.event_type, "event_data": e.event_data});
+    let rec = RunEventRecord {
+        event_id: event_id.clone(),
+        run_id: e.run_id.clone(),
+        seq,
+        event_type: e.event_type.clone(),
+        event_data: e.event_data.clone(),
+        received_at: now,
+        by: caller.name.clone(),
+        chain_hash: chain(&run.chain_head, "run.event", &body),
+        incident_id: None,
+    };
+    run.events = seq;
+    run.chain_head = rec.chain_hash.clone();
+    let rec_value = serde_json::to_value(&rec).unwrap_or_default();
+    let mut writes = vec![
+        DocWrite {
+            key: "run".into(),
+            value: serde_json::to_value(&run).unwrap_or_default(),
+            expect: Expect::Version(version),
+        },
+        DocWrite {
+            key: format!("event|{seq:08}"),
+            value: rec_value.clone(),
+            expect: Expect::Absent,
+        },
+    ];
+    writes.extend(extra);
+    let c = ledger_commit(
+        app,
+        &e.run_id,
+        writes,
+        "run.event",
+        &event_id,
+        json!({"record_id": run.record_id, "pipeline_name": run.start.pipeline_name, "event": rec_value}),
+        now,
+    );
+    Ok(commit(app, &c).await?.then_some((run, rec)))
 }
 
 /// `run/event`: appended to the run's chain; a `rollback` also opens or attaches an incident.
@@ -146,7 +252,7 @@ pub async fn event(
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
     for _ in 0..ATTEMPTS {
-        let Some((mut run, version)) = load(app, &e.run_id).await? else {
+        let Some((run, version)) = load(app, &e.run_id).await? else {
             return Err(ApiError::NotFound(format!(
                 "no run {:?}: start it with run/start first",
                 e.run_id
@@ -158,47 +264,10 @@ pub async fn event(
                 e.run_id
             )));
         }
-        let seq = run.events + 1;
-        let event_id = format!("{}-E{seq}", run.record_id);
-        let body =
-            json!({"event_id": event_id, "event_type": e.event_type, "event_data": e.event_data});
-        let rec = RunEventRecord {
-            event_id: event_id.clone(),
-            run_id: e.run_id.clone(),
-            seq,
-            event_type: e.event_type.clone(),
-            event_data: e.event_data.clone(),
-            received_at: now,
-            by: caller.name.clone(),
-            chain_hash: chain(&run.chain_head, "run.event", &body),
-            incident_id: None,
-        };
-        run.events = seq;
-        run.chain_head = rec.chain_hash.clone();
-        let rec_value = serde_json::to_value(&rec).unwrap_or_default();
-        let c = ledger_commit(
-            app,
-            &e.run_id,
-            vec![
-                DocWrite {
-                    key: "run".into(),
-                    value: serde_json::to_value(&run).unwrap_or_default(),
-                    expect: Expect::Version(version),
-                },
-                DocWrite {
-                    key: format!("event|{seq:08}"),
-                    value: rec_value.clone(),
-                    expect: Expect::Absent,
-                },
-            ],
-            "run.event",
-            &event_id,
-            json!({"record_id": run.record_id, "pipeline_name": run.start.pipeline_name, "event": rec_value}),
-            now,
-        );
-        if !commit(app, &c).await? {
+        let Some((run, rec)) = append(app, caller, run, version, &e, None, now).await? else {
             continue;
-        }
+        };
+        let event_id = rec.event_id.clone();
         let mut answer = json!({"success": true, "event_id": event_id});
         if e.event_type == "rollback" {
             match rollback_incident(app, &run, &rec, now).await {
@@ -210,6 +279,67 @@ pub async fn event(
             }
         }
         return Ok(answer);
+    }
+    Err(contention())
+}
+
+/// What [`event_once`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Appended {
+    /// Recorded as this event.
+    New(String),
+    /// Recorded before, as this event: nothing written.
+    Duplicate(String),
+    /// The run is finished (with this status): nothing written.
+    Finished(RunStatus),
+}
+
+/// The document that marks `dedup_key` as recorded in a run's partition.
+fn dedup_doc_key(dedup_key: &str) -> String {
+    format!("dedup|{}", &hash_parts([dedup_key])[..32])
+}
+
+/// Append `e` unless an event with `dedup_key` was appended to the run before: the key's marker
+/// is written in the same atomic commit as the event, so a redelivery racing the first delivery
+/// still yields one event. The run must exist (404 otherwise); a finished run is left alone.
+pub async fn event_once(
+    app: &App,
+    caller: &Caller,
+    e: RunEventIn,
+    dedup_key: &str,
+    now: DateTime<Utc>,
+) -> Result<Appended, ApiError> {
+    let partition = partition(&e.run_id);
+    let marker = dedup_doc_key(dedup_key);
+    for _ in 0..ATTEMPTS {
+        let Some((run, version)) = load(app, &e.run_id).await? else {
+            return Err(ApiError::NotFound(format!("no run {:?}", e.run_id)));
+        };
+        if let Some(d) = app
+            .store
+            .doc_get(&partition, &marker)
+            .await
+            .map_err(crate::ingest::store_error)?
+        {
+            let id = d.value["event_id"].as_str().unwrap_or_default().to_string();
+            return Ok(Appended::Duplicate(id));
+        }
+        if let Some(f) = &run.finish {
+            return Ok(Appended::Finished(f.status));
+        }
+        let seq = run.events + 1;
+        let extra = DocWrite {
+            key: marker.clone(),
+            value: json!({
+                "event_id": format!("{}-E{seq}", run.record_id),
+                "dedup_key": crate::domain::json::truncate(dedup_key, 300),
+                "recorded_at": now,
+            }),
+            expect: Expect::Absent,
+        };
+        if let Some((_, rec)) = append(app, caller, run, version, &e, Some(extra), now).await? {
+            return Ok(Appended::New(rec.event_id));
+        }
     }
     Err(contention())
 }
@@ -278,6 +408,44 @@ fn finish_answer(f: &FinishRecord) -> Value {
     json!({"success": true, "audit_hash": f.audit_hash})
 }
 
+/// Finish `run` (at `version`) with `f`: the finish record, or `None` when the run changed
+/// meanwhile (re-read and retry).
+async fn close(
+    app: &App,
+    caller: &Caller,
+    mut run: RunRecord,
+    version: String,
+    f: &RunFinish,
+    now: DateTime<Utc>,
+) -> Result<Option<FinishRecord>, ApiError> {
+    let body = serde_json::to_value(f).unwrap_or_default();
+    let rec = FinishRecord {
+        status: f.status,
+        end_time: f.end_time,
+        finished_at: now,
+        finished_by: caller.name.clone(),
+        audit_hash: chain(&run.chain_head, "run.finish", &body),
+    };
+    run.status = f.status;
+    run.chain_head = rec.audit_hash.clone();
+    run.finish = Some(rec.clone());
+    let value = serde_json::to_value(&run).unwrap_or_default();
+    let c = ledger_commit(
+        app,
+        &f.run_id,
+        vec![DocWrite {
+            key: "run".into(),
+            value: value.clone(),
+            expect: Expect::Version(version),
+        }],
+        "run.finish",
+        &format!("{}-F", run.record_id),
+        json!({"record_id": run.record_id, "run": value}),
+        now,
+    );
+    Ok(commit(app, &c).await?.then_some(rec))
+}
+
 /// `run/finish`: the same finish again answers as the first did; a different one is 409.
 pub async fn finish(
     app: &App,
@@ -286,7 +454,7 @@ pub async fn finish(
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
     for _ in 0..ATTEMPTS {
-        let Some((mut run, version)) = load(app, &f.run_id).await? else {
+        let Some((run, version)) = load(app, &f.run_id).await? else {
             return Err(ApiError::NotFound(format!("no run {:?}", f.run_id)));
         };
         if let Some(done) = &run.finish {
@@ -300,33 +468,39 @@ pub async fn finish(
                 done.end_time.to_rfc3339()
             )));
         }
-        let body = serde_json::to_value(&f).unwrap_or_default();
-        let rec = FinishRecord {
-            status: f.status,
-            end_time: f.end_time,
-            finished_at: now,
-            finished_by: caller.name.clone(),
-            audit_hash: chain(&run.chain_head, "run.finish", &body),
-        };
-        run.status = f.status;
-        run.chain_head = rec.audit_hash.clone();
-        run.finish = Some(rec.clone());
-        let value = serde_json::to_value(&run).unwrap_or_default();
-        let c = ledger_commit(
-            app,
-            &f.run_id,
-            vec![DocWrite {
-                key: "run".into(),
-                value: value.clone(),
-                expect: Expect::Version(version),
-            }],
-            "run.finish",
-            &format!("{}-F", run.record_id),
-            json!({"record_id": run.record_id, "run": value}),
-            now,
-        );
-        if commit(app, &c).await? {
+        if let Some(rec) = close(app, caller, run, version, &f, now).await? {
             return Ok(finish_answer(&rec));
+        }
+    }
+    Err(contention())
+}
+
+/// What [`finish_if_open`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    /// Finished by this call.
+    Now(FinishRecord),
+    /// Finished before (by whatever finish came first): left as it was.
+    Already(FinishRecord),
+}
+
+/// Finish the run unless it is finished already, whatever that finish said (unlike
+/// [`finish`], which refuses a different one). The run must exist.
+pub async fn finish_if_open(
+    app: &App,
+    caller: &Caller,
+    f: RunFinish,
+    now: DateTime<Utc>,
+) -> Result<Closed, ApiError> {
+    for _ in 0..ATTEMPTS {
+        let Some((run, version)) = load(app, &f.run_id).await? else {
+            return Err(ApiError::NotFound(format!("no run {:?}", f.run_id)));
+        };
+        if let Some(done) = run.finish {
+            return Ok(Closed::Already(done));
+        }
+        if let Some(rec) = close(app, caller, run, version, &f, now).await? {
+            return Ok(Closed::Now(rec));
         }
     }
     Err(contention())

@@ -5,6 +5,7 @@
 pub mod alert;
 pub mod alertmanager;
 pub mod approval;
+pub mod azdo;
 pub mod azure_monitor;
 pub mod identity;
 pub mod incident;

@@ -63,6 +63,11 @@ pub struct RunRecord {
     /// The chain hash of the latest record of this run.
     pub chain_head: String,
     pub finish: Option<FinishRecord>,
+    /// What started the run when it was not `run/start`: an Azure DevOps service hook
+    /// (`azdo:<event type>`), whose start details are partly unknown. A later `run/start` with
+    /// the pipeline's own details is then accepted, not refused as different.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod alertmanager;
 pub mod alerts;
 pub mod approvals;
 pub mod auth;
+pub mod azdo;
 pub mod health;
 pub mod incidents;
 pub mod runs;
@@ -51,6 +52,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(approvals::sign(app.clone()))
         .unify()
         .or(approvals::emergency_override(app.clone()))
+        .unify()
+        .or(azdo::route(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()
