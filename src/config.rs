@@ -62,6 +62,10 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_AZDO_HOOK_PASSWORD", "unset", "Password of that basic auth (a secret)"),
     ("ICAHUB_AZDO_HOOK_HEADER", "X-Icahub-Hook-Secret", "Header that carries ICAHUB_AZDO_HOOK_SECRET (set in the subscription's HTTP headers as `Name:value`)"),
     ("ICAHUB_AZDO_HOOK_SECRET", "unset", "Shared secret the service hooks send in ICAHUB_AZDO_HOOK_HEADER (a secret)"),
+    ("ICAHUB_ENTRA_TENANT_ID", "unset", "Accept Microsoft Entra ID bearer tokens of this tenant (managed/workload identities, the Azure Monitor secure webhook)"),
+    ("ICAHUB_ENTRA_AUDIENCES", "unset", "Comma-separated accepted token audiences: the app registration's identifier URI and/or client id (required with the tenant)"),
+    ("ICAHUB_ENTRA_AUTHORITY", "https://login.microsoftonline.com", "Where the tenant's OpenID configuration and signing keys are fetched (sovereign clouds)"),
+    ("ICAHUB_ENTRA_ROLE_MAP", "ActionGroupsSecureWebhook → alert_sender; app roles named like icahub roles map to them", "JSON object of app role to icahub role(s), e.g. {\"Deployers\": [\"devops\"]}"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
@@ -98,6 +102,8 @@ pub struct Config {
     pub dispatch_interval: Option<Duration>,
     /// Require an identity (API key) on the API. Off only for local development.
     pub auth_required: bool,
+    /// Microsoft Entra ID tokens, when configured.
+    pub entra: Option<crate::entra::EntraConfig>,
     /// Approval policy and where approval notifications go.
     pub approvals: crate::approvals::ApprovalConfig,
     /// The credentials Azure DevOps service hooks may present instead of an API key.
@@ -332,6 +338,8 @@ impl Config {
 
         let approvals = crate::approvals::ApprovalConfig::from_lookup(&|k: &str| get(k))
             .map_err(ConfigError)?;
+        let entra =
+            crate::entra::EntraConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
         let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
 
         Ok(Config {
@@ -345,6 +353,7 @@ impl Config {
             lease,
             dispatch_interval,
             auth_required,
+            entra,
             approvals,
             azdo_hooks,
         })
@@ -363,6 +372,7 @@ impl Config {
             lease: Duration::from_secs(60),
             dispatch_interval: None,
             auth_required: true,
+            entra: None,
             approvals: crate::approvals::ApprovalConfig::default(),
             azdo_hooks: AzdoHookAuth::default(),
         }

@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatcher;
 pub mod domain;
+pub mod entra;
 pub mod error;
 pub mod functions_host;
 pub mod http;

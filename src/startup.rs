@@ -20,6 +20,8 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub authenticator: crate::identity::Authenticator,
     pub approval_ids: crate::approvals::IdAllocator,
+    /// Verifies Entra ID tokens when `config.entra` is set.
+    pub entra: Option<crate::entra::EntraVerifier>,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -62,6 +64,7 @@ impl App {
             clock.clone(),
             config.lease,
         ));
+        let entra = config.entra.clone().map(crate::entra::EntraVerifier::new);
         Ok(Arc::new(App {
             config,
             store,
@@ -69,6 +72,7 @@ impl App {
             clock,
             authenticator: Default::default(),
             approval_ids: Default::default(),
+            entra,
         }))
     }
 }

@@ -13,16 +13,19 @@ pub enum Role {
     Finance,
     Auditor,
     Admin,
+    /// Sends alerts only (the Azure Monitor secure webhook's app role maps here by default).
+    AlertSender,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Devops,
         Role::TechnicalApprover,
         Role::BusinessApprover,
         Role::Finance,
         Role::Auditor,
         Role::Admin,
+        Role::AlertSender,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Role {
             Role::Finance => "finance",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::AlertSender => "alert_sender",
         }
     }
 

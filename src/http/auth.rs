@@ -1,5 +1,7 @@
 //! Who is calling: an API key as `Authorization: Bearer icak_…`, or as the password of Basic
-//! auth (what Azure Monitor webhooks can send, credentials in the URL). With `ICAHUB_AUTH=off`
+//! auth (what Azure Monitor webhooks can send, credentials in the URL), or a Microsoft Entra ID
+//! token as `Authorization: Bearer <JWT>` (see [`crate::entra`]). Every refusal is logged and
+//! recorded in the store's `security` audit entries. With `ICAHUB_AUTH=off`
 //! (local development only) every caller is `anonymous`.
 
 use crate::error::ApiError;
@@ -20,8 +22,11 @@ pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejecti
                     roles: crate::domain::identity::Role::ALL.to_vec(),
                 });
             }
+            if let Some(token) = h.as_deref().and_then(bearer_jwt) {
+                return entra_caller(&app, token).await;
+            }
             let Some(key) = h.as_deref().and_then(presented_key) else {
-                tracing::info!(target: "icahub::auth", "refused: no API key");
+                refused(&app, "no_credentials", "");
                 return Err(warp::reject::custom(ApiError::Unauthorized(
                     "an API key is required: Authorization: Bearer icak_… (issue one with `icahub keys issue`)".into(),
                 )));
@@ -29,7 +34,7 @@ pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejecti
             match app.authenticator.authenticate(app.store.as_ref(), &key).await {
                 Ok(Some(c)) => Ok(c),
                 Ok(None) => {
-                    tracing::info!(target: "icahub::auth", "refused: unknown or revoked API key");
+                    refused(&app, "unknown_key", "");
                     Err(warp::reject::custom(ApiError::Unauthorized(
                         "the API key is unknown or revoked".into(),
                     )))
@@ -44,6 +49,81 @@ pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejecti
             }
         }
     })
+}
+
+/// A bearer token that looks like a JWT (three dot-separated parts), not an icahub key.
+fn bearer_jwt(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    let rest = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && !rest.starts_with(crate::domain::identity::KEY_PREFIX)
+        && rest.split('.').count() == 3)
+        .then_some(rest)
+}
+
+/// Verify an Entra ID token; refusals are logged and audited.
+async fn entra_caller(app: &Arc<App>, token: &str) -> Result<Caller, Rejection> {
+    use crate::entra::TokenError;
+    let Some(verifier) = &app.entra else {
+        refused(app, "entra_not_configured", "");
+        return Err(warp::reject::custom(ApiError::Unauthorized(
+            "Entra ID tokens are not accepted here: set ICAHUB_ENTRA_TENANT_ID and ICAHUB_ENTRA_AUDIENCES, or send an icahub API key".into(),
+        )));
+    };
+    match verifier.verify(token).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let kind = match &e {
+                TokenError::Malformed(_) => "token_malformed",
+                TokenError::Algorithm(_) => "token_algorithm",
+                TokenError::UnknownKey(_) => "token_unknown_key",
+                TokenError::Invalid(_) => "token_invalid",
+                TokenError::NoRole(_) => "token_no_role",
+                TokenError::Unavailable(_) => "jwks_unavailable",
+            };
+            refused(app, kind, &e.to_string());
+            Err(warp::reject::custom(match e {
+                TokenError::NoRole(_) => ApiError::Forbidden(e.to_string()),
+                TokenError::Unavailable(_) => ApiError::Unavailable {
+                    message: e.to_string(),
+                    retry_after: 5,
+                },
+                other => ApiError::Unauthorized(other.to_string()),
+            }))
+        }
+    }
+}
+
+/// Partition of security audit entries (refused authentication attempts).
+pub const SECURITY: &str = "security";
+
+/// Log a refused attempt and record it in the store's security audit entries (in the
+/// background: a flood of bad tokens must not slow the refusals down).
+pub fn refused(app: &Arc<App>, kind: &'static str, detail: &str) {
+    tracing::info!(target: "icahub::auth", kind, detail, "refused");
+    let (store, now) = (app.store.clone(), app.clock.now());
+    let entry =
+        serde_json::json!({"action": "auth.refused", "kind": kind, "detail": detail, "at": now});
+    tokio::spawn(async move {
+        let c = crate::storage::DocCommit {
+            partition: SECURITY.into(),
+            writes: vec![crate::storage::DocWrite {
+                key: format!(
+                    "audit|{}|{}",
+                    now.format("%Y%m%dT%H%M%S%.6fZ"),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+                value: entry,
+                expect: crate::storage::Expect::Absent,
+            }],
+            outbox: Vec::new(),
+            record_id: "security".into(),
+            now,
+        };
+        if let Err(e) = store.doc_commit(&c).await {
+            tracing::warn!(error = %e, "could not audit a refused attempt");
+        }
+    });
 }
 
 /// The key from a Bearer token or a Basic password.

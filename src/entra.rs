@@ -1,0 +1,406 @@
+//! Microsoft Entra ID bearer tokens: managed and workload identities of pipelines, and the Azure
+//! Monitor secure webhook (the "AZNS AAD Webhook" application, PROTOCOLS.md 2.3).
+//!
+//! A token is accepted only when: its header names RS256 (never `none`, never an HMAC algorithm,
+//! whatever key it claims) and a `kid` found in the tenant's JWKS (discovered from the OpenID
+//! configuration, cached, fetched again on an unknown `kid` at most every
+//! [`REFRESH_FLOOR`]); the signature verifies; `aud` is one of the configured audiences; `iss` is
+//! the tenant's (v2 or v1 form); `tid` is the tenant; `exp` and `nbf` hold with [`LEEWAY_SECS`] of
+//! skew; and its `roles` claim maps to at least one icahub role.
+
+use crate::domain::identity::Role;
+use crate::identity::Caller;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 60;
+/// The JWKS is fetched again on an unknown `kid` at most this often.
+pub const REFRESH_FLOOR: Duration = Duration::from_secs(30);
+/// Keys are re-fetched after this long even when every `kid` is known.
+pub const KEYS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The Azure Monitor secure webhook's app role, mapped to [`Role::AlertSender`] by default.
+pub const ACTION_GROUP_ROLE: &str = "ActionGroupsSecureWebhook";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntraConfig {
+    pub tenant_id: String,
+    /// Accepted `aud` values: the app's identifier URI and/or client id.
+    pub audiences: Vec<String>,
+    /// `https://login.microsoftonline.com` unless overridden (sovereign clouds, tests).
+    pub authority: String,
+    /// App role value (case-insensitive) → icahub roles, besides the default mapping.
+    pub role_map: BTreeMap<String, Vec<Role>>,
+}
+
+impl EntraConfig {
+    /// `None` unless `ICAHUB_ENTRA_TENANT_ID` is set.
+    pub fn from_lookup(
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<EntraConfig>, String> {
+        let Some(tenant_id) = get("ICAHUB_ENTRA_TENANT_ID") else {
+            return Ok(None);
+        };
+        if tenant_id.is_empty()
+            || tenant_id.len() > 64
+            || !tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err("ICAHUB_ENTRA_TENANT_ID must be the tenant id (a GUID)".into());
+        }
+        let audiences: Vec<String> = get("ICAHUB_ENTRA_AUDIENCES")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if audiences.is_empty() {
+            return Err("ICAHUB_ENTRA_TENANT_ID is set, so ICAHUB_ENTRA_AUDIENCES must list the accepted token audiences (the app's identifier URI and/or client id)".into());
+        }
+        let authority = get("ICAHUB_ENTRA_AUTHORITY")
+            .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+            .trim_end_matches('/')
+            .to_string();
+        if !(authority.starts_with("https://") || authority.starts_with("http://127.0.0.1")) {
+            return Err("ICAHUB_ENTRA_AUTHORITY must be an https URL".into());
+        }
+        let mut role_map: BTreeMap<String, Vec<Role>> = BTreeMap::new();
+        role_map.insert(
+            ACTION_GROUP_ROLE.to_ascii_lowercase(),
+            vec![Role::AlertSender],
+        );
+        if let Some(json) = get("ICAHUB_ENTRA_ROLE_MAP") {
+            let v: BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(&json).map_err(|_| {
+                    "ICAHUB_ENTRA_ROLE_MAP must be a JSON object of app role to icahub role(s)"
+                        .to_string()
+                })?;
+            for (app_role, target) in v {
+                let names: Vec<String> = match target {
+                    serde_json::Value::String(s) => vec![s],
+                    serde_json::Value::Array(a) => a
+                        .into_iter()
+                        .map(|x| x.as_str().map(str::to_string).unwrap_or_default())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let roles: Option<Vec<Role>> = names.iter().map(|n| Role::parse(n)).collect();
+                match roles {
+                    Some(r) if !r.is_empty() => {
+                        role_map.insert(app_role.to_ascii_lowercase(), r);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "ICAHUB_ENTRA_ROLE_MAP: {app_role:?} must map to icahub roles ({})",
+                            Role::ALL.map(|r| r.as_str()).join(", ")
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(Some(EntraConfig {
+            tenant_id,
+            audiences,
+            authority,
+            role_map,
+        }))
+    }
+
+    /// The icahub roles of a token's app roles: the configured map, else an app role whose last
+    /// dot-separated part names an icahub role (`Icahub.TechnicalApprover`, `devops`).
+    pub fn map_roles(&self, app_roles: &[String]) -> Vec<Role> {
+        let squash = |s: &str| s.to_ascii_lowercase().replace(['_', '-'], "");
+        let mut out = Vec::new();
+        for r in app_roles {
+            if let Some(mapped) = self.role_map.get(&r.to_ascii_lowercase()) {
+                out.extend(mapped.iter().copied());
+                continue;
+            }
+            let last = r.rsplit('.').next().unwrap_or(r);
+            if let Some(role) = Role::ALL
+                .into_iter()
+                .find(|x| squash(x.as_str()) == squash(last))
+            {
+                out.push(role);
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn issuers(&self, discovered: &str) -> Vec<String> {
+        let mut v = vec![
+            discovered.replace("{tenantid}", &self.tenant_id),
+            format!("https://login.microsoftonline.com/{}/v2.0", self.tenant_id),
+            format!("https://sts.windows.net/{}/", self.tenant_id),
+        ];
+        v.dedup();
+        v
+    }
+}
+
+/// Why a token was refused. Everything but `NoRole` (403) and `Unavailable` (503) is a 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the bearer token is not a JWT: {0}")]
+    Malformed(String),
+    #[error("token algorithm {0} is not allowed (RS256 only)")]
+    Algorithm(String),
+    #[error("token key {0:?} is not in the tenant's signing keys")]
+    UnknownKey(String),
+    #[error("the token is not valid: {0}")]
+    Invalid(String),
+    #[error("the token carries no icahub role (roles claim: {0:?}); assign an app role that maps to one")]
+    NoRole(Vec<String>),
+    #[error("cannot fetch the tenant's signing keys: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+    #[serde(default)]
+    upn: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    oid: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OpenIdConfiguration {
+    issuer: String,
+    jwks_uri: String,
+}
+
+struct Keys {
+    issuer: String,
+    by_kid: HashMap<String, DecodingKey>,
+    fetched_at: Instant,
+}
+
+/// Verifies tokens against one tenant; shares its key cache between requests.
+pub struct EntraVerifier {
+    config: EntraConfig,
+    client: reqwest::Client,
+    keys: tokio::sync::RwLock<Option<Keys>>,
+    last_fetch: Mutex<Option<Instant>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl EntraVerifier {
+    pub fn new(config: EntraConfig) -> EntraVerifier {
+        EntraVerifier {
+            config,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("the TLS backend initializes"),
+            keys: tokio::sync::RwLock::new(None),
+            last_fetch: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn config(&self) -> &EntraConfig {
+        &self.config
+    }
+
+    async fn fetch(&self) -> Result<Keys, TokenError> {
+        let unavailable = |e: reqwest::Error| TokenError::Unavailable(e.without_url().to_string());
+        let url = format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            self.config.authority, self.config.tenant_id
+        );
+        let oidc: OpenIdConfiguration = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)?;
+        let set: JwkSet = self
+            .client
+            .get(&oidc.jwks_uri)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)?;
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            // Only RSA signing keys: an HMAC or "none" key can never verify a token here.
+            if !matches!(
+                jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_)
+            ) {
+                continue;
+            }
+            if let Ok(k) = DecodingKey::from_jwk(jwk) {
+                by_kid.insert(kid, k);
+            }
+        }
+        if let Ok(mut l) = self.last_fetch.lock() {
+            *l = Some(Instant::now());
+        }
+        Ok(Keys {
+            issuer: oidc.issuer,
+            by_kid,
+            fetched_at: Instant::now(),
+        })
+    }
+
+    /// The key for `kid` and the tenant's issuer, fetching the JWKS when needed.
+    async fn key(&self, kid: &str) -> Result<(DecodingKey, String), TokenError> {
+        {
+            let keys = self.keys.read().await;
+            if let Some(k) = keys.as_ref() {
+                if k.fetched_at.elapsed() < KEYS_TTL {
+                    if let Some(key) = k.by_kid.get(kid) {
+                        return Ok((key.clone(), k.issuer.clone()));
+                    }
+                }
+            }
+        }
+        let _one_at_a_time = self.refresh.lock().await;
+        // Someone else may have refreshed while we waited.
+        {
+            let keys = self.keys.read().await;
+            if let Some(k) = keys.as_ref() {
+                if let Some(key) = k.by_kid.get(kid) {
+                    if k.fetched_at.elapsed() < KEYS_TTL {
+                        return Ok((key.clone(), k.issuer.clone()));
+                    }
+                }
+            }
+        }
+        let recently = self
+            .last_fetch
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .is_some_and(|t| t.elapsed() < REFRESH_FLOOR);
+        let have_keys = self.keys.read().await.is_some();
+        if recently && have_keys {
+            return Err(TokenError::UnknownKey(kid.to_string()));
+        }
+        let fresh = self.fetch().await?;
+        let found = fresh
+            .by_kid
+            .get(kid)
+            .map(|k| (k.clone(), fresh.issuer.clone()));
+        *self.keys.write().await = Some(fresh);
+        found.ok_or_else(|| TokenError::UnknownKey(kid.to_string()))
+    }
+
+    /// Verify `token`; the caller it names, with its mapped roles.
+    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))?;
+        let (key, issuer) = self.key(&kid).await?;
+        let mut v = Validation::new(Algorithm::RS256);
+        v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
+        v.set_audience(&self.config.audiences);
+        v.set_issuer(&self.config.issuers(&issuer));
+        v.set_required_spec_claims(&["exp", "aud", "iss"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            TokenError::Invalid(match e.kind() {
+                K::ExpiredSignature => "expired".into(),
+                K::ImmatureSignature => "not valid yet (nbf)".into(),
+                K::InvalidAudience => "wrong audience".into(),
+                K::InvalidIssuer => "wrong issuer".into(),
+                K::InvalidSignature => "bad signature".into(),
+                K::MissingRequiredClaim(c) => format!("missing claim {c}"),
+                other => format!("{other:?}"),
+            })
+        })?;
+        let c = data.claims;
+        if !c
+            .tid
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(&self.config.tenant_id))
+        {
+            return Err(TokenError::Invalid("wrong tenant (tid)".into()));
+        }
+        let roles = self.config.map_roles(&c.roles);
+        if roles.is_empty() {
+            return Err(TokenError::NoRole(c.roles));
+        }
+        let name = c
+            .preferred_username
+            .or(c.upn)
+            .or_else(|| c.azp.or(c.appid).map(|a| format!("app:{a}")))
+            .or(c.oid)
+            .or(c.sub)
+            .unwrap_or_else(|| "entra:unknown".into());
+        Ok(Caller { name, roles })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(map: Option<&str>) -> EntraConfig {
+        let map = map.map(str::to_string);
+        EntraConfig::from_lookup(&|k| match k {
+            "ICAHUB_ENTRA_TENANT_ID" => Some("11111111-2222-3333-4444-555555555555".into()),
+            "ICAHUB_ENTRA_AUDIENCES" => Some("api://icahub, 6f1c".into()),
+            "ICAHUB_ENTRA_ROLE_MAP" => map.clone(),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap()
+    }
+
+    #[test]
+    fn app_roles_map_to_icahub_roles() {
+        let c = cfg(Some(r#"{"Deployers": ["devops", "technical_approver"]}"#));
+        assert_eq!(c.audiences, ["api://icahub", "6f1c"]);
+        assert_eq!(
+            c.map_roles(&["ActionGroupsSecureWebhook".into()]),
+            [Role::AlertSender]
+        );
+        assert_eq!(
+            c.map_roles(&["Icahub.TechnicalApprover".into(), "deployers".into()]),
+            [Role::Devops, Role::TechnicalApprover]
+        );
+        assert!(c.map_roles(&["Reader".into()]).is_empty());
+        assert!(
+            EntraConfig::from_lookup(&|k| (k == "ICAHUB_ENTRA_TENANT_ID").then(|| "t".into()))
+                .is_err()
+        );
+        assert!(EntraConfig::from_lookup(&|_| None).unwrap().is_none());
+    }
+}
