@@ -39,6 +39,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_CONTROL_PLANE_URL", "unset", "Control-plane base URL; when set, every alert and incident change gets a control-plane outbox row"),
     ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
     ("ICAHUB_PAGERDUTY_ROUTING_KEY", "unset", "PagerDuty Events v2 routing key; when set, critical and high incidents get PagerDuty outbox rows"),
+    ("ICAHUB_AZDO_PLAN_HOSTS", "dev.azure.com,*.dev.azure.com,*.visualstudio.com", "Hosts an Azure DevOps check's PlanUrl may name (the hub sends the job's token there): names, *.suffix, or * for any"),
+    ("ICAHUB_AZDO_API_VERSION", "2.0-preview.1", "api-version of the check callback (distributedtask plan events)"),
     ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see the README); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
     ("ICAHUB_ROUTING_FILE", "unset", "Path of a JSON file of routing rules"),
     ("ICAHUB_RETRY_FIRST_SECS", "5", "Delay before the first retry of a failed delivery; doubles each time"),
@@ -94,6 +96,8 @@ pub struct Config {
     pub auth_required: bool,
     /// Approval policy and where approval notifications go.
     pub approvals: crate::approvals::ApprovalConfig,
+    /// Hosts an Azure DevOps check may name as its `PlanUrl` (the callback gets the job's token).
+    pub azdo_plan_hosts: crate::domain::check::PlanHosts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +248,8 @@ impl Config {
 
         let approvals = crate::approvals::ApprovalConfig::from_lookup(&|k: &str| get(k))
             .map_err(ConfigError)?;
+        let azdo_plan_hosts =
+            crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
 
         Ok(Config {
             port,
@@ -257,6 +263,7 @@ impl Config {
             dispatch_interval,
             auth_required,
             approvals,
+            azdo_plan_hosts,
         })
     }
 
@@ -274,6 +281,7 @@ impl Config {
             dispatch_interval: None,
             auth_required: true,
             approvals: crate::approvals::ApprovalConfig::default(),
+            azdo_plan_hosts: crate::domain::check::PlanHosts::default(),
         }
     }
 }
