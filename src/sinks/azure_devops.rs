@@ -176,3 +176,104 @@ impl SinkClient for AzureDevopsClient {
         Ok(Delivered { status })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::OutboxStatus;
+    use chrono::Utc;
+
+    fn row(kind: &str, payload: Value) -> OutboxRow {
+        let now = Utc::now();
+        OutboxRow {
+            stream: "apr2026000001".into(),
+            seq: 1,
+            sink: Sink::AzureDevops,
+            kind: kind.into(),
+            idempotency_key: "k".into(),
+            event_id: "APR-2026-000001-S2".into(),
+            payload,
+            status: OutboxStatus::Pending,
+            attempts: 0,
+            next_attempt_at: now,
+            created_at: now,
+            last_error: None,
+            lease_owner: None,
+            lease_until: None,
+            delivered_at: None,
+            version: None,
+        }
+    }
+
+    fn check(plan_url: &str) -> Value {
+        json!({"plan_url": plan_url, "project_id": "p1", "hub_name": "checks", "plan_id": "plan-1",
+               "job_id": "job-1", "timeline_id": "tl-1", "task_instance_id": "task-1",
+               "auth_token": "tok"})
+    }
+
+    #[test]
+    fn renders_task_completed_at_the_plan_events_url() {
+        let r = row(
+            "check.completed",
+            json!({"approval_id": "APR-2026-000001", "result": "failed",
+                   "check": check("https://dev.azure.com/fabrikam")}),
+        );
+        let (c, body) = render(&r).unwrap();
+        assert_eq!(
+            body,
+            json!({"name": "TaskCompleted", "taskId": "task-1", "jobId": "job-1", "result": "failed"})
+        );
+        let url = events_url(&c, DEFAULT_API_VERSION, &PlanHosts::default()).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://dev.azure.com/fabrikam/p1/_apis/distributedtask/hubs/checks/plans/plan-1/events?api-version=2.0-preview.1"
+        );
+        let (c, _) = render(&row(
+            "check.completed",
+            json!({"result": "succeeded", "check": check("https://dev.azure.com//fabrikam//")}),
+        ))
+        .unwrap();
+        let url = events_url(&c, "7.1-preview.1", &PlanHosts::default()).unwrap();
+        assert!(!url.path().contains("//"), "{url}");
+        assert_eq!(url.query(), Some("api-version=7.1-preview.1"));
+    }
+
+    #[test]
+    fn bad_rows_are_permanent() {
+        let permanent = |r: Result<(CheckCallback, Value), SendError>| {
+            assert!(matches!(r, Err(SendError::Permanent { .. })), "{r:?}")
+        };
+        permanent(render(&row(
+            "incident.opened",
+            json!({"result": "failed", "check": check("https://dev.azure.com/x/")}),
+        )));
+        permanent(render(&row(
+            "check.completed",
+            json!({"result": "maybe", "check": check("https://dev.azure.com/x/")}),
+        )));
+        permanent(render(&row("check.completed", json!({"result": "failed"}))));
+        let (c, _) = render(&row(
+            "check.completed",
+            json!({"result": "failed", "check": check("https://intranet.example.net/x/")}),
+        ))
+        .unwrap();
+        assert!(matches!(
+            events_url(&c, DEFAULT_API_VERSION, &PlanHosts::default()),
+            Err(SendError::Permanent { .. })
+        ));
+    }
+
+    #[test]
+    fn configuration() {
+        let none = |_: &str| None;
+        let c = AzureDevopsClient::from_lookup(&none, reqwest::Client::new()).unwrap();
+        assert_eq!(c.api_version, DEFAULT_API_VERSION);
+        assert_eq!(c.hosts, PlanHosts::default());
+        let bad = |k: &str| (k == "ICAHUB_AZDO_API_VERSION").then(|| "7.1&x=y".to_string());
+        let e = AzureDevopsClient::from_lookup(&bad, reqwest::Client::new()).unwrap_err();
+        assert!(e.contains("ICAHUB_AZDO_API_VERSION"), "{e}");
+        let bad = |k: &str| (k == "ICAHUB_AZDO_PLAN_HOSTS").then(|| "a/b".to_string());
+        let e = AzureDevopsClient::from_lookup(&bad, reqwest::Client::new()).unwrap_err();
+        assert!(e.contains("ICAHUB_AZDO_PLAN_HOSTS"), "{e}");
+    }
+}
