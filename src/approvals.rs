@@ -284,7 +284,57 @@ fn drafts(
             mm("approval.decided", &cfg.webhook, &cfg.channel);
         }
     }
+    out.extend(check_draft(kind, a));
     out
+}
+
+/// The Azure DevOps check's callback once the approval is decided: approved → `succeeded`,
+/// rejected or expired → `failed`. Written in the commit that makes the approval final (created
+/// rejected by the budget, signed, expired, overridden), which happens once: an override of an
+/// approval that was already rejected or expired writes none, as the check has already been told
+/// (and the same idempotency key twice would fail the commit). The key is stable per approval and
+/// check instance ([`attach_check`] may hand a decided approval to a re-run's new check).
+fn check_draft(kind: &str, a: &Approval) -> Option<OutboxDraft> {
+    let check = a.check.as_ref()?;
+    if !a.status.is_final() || kind == "approval.reminder" {
+        return None;
+    }
+    if kind == "approval.overridden"
+        && a.override_
+            .as_ref()
+            .is_some_and(|o| o.previous_status.is_final())
+    {
+        return None;
+    }
+    let result = if a.status == ApprovalStatus::Approved {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    let field = |k: &str| check.get(k).and_then(Value::as_str).unwrap_or_default();
+    Some(OutboxDraft {
+        sink: Sink::AzureDevops,
+        kind: "check.completed".into(),
+        idempotency_key: hash_parts([
+            Sink::AzureDevops.as_str(),
+            "check.completed",
+            a.id.as_str(),
+            field("plan_id"),
+            field("job_id"),
+            field("task_instance_id"),
+        ])[..32]
+            .to_string(),
+        payload: json!({"approval_id": a.id, "status": a.status, "result": result, "check": check}),
+    })
+}
+
+/// A check's callback without its token, for audit entries.
+fn check_for_audit(check: Option<&Value>) -> Value {
+    let mut c = check.cloned().unwrap_or(Value::Null);
+    if let Some(o) = c.as_object_mut() {
+        o.remove("auth_token");
+    }
+    c
 }
 
 fn commit_of(
@@ -886,6 +936,65 @@ pub async fn create(
             mark_final(store, &a).await;
         }
         return Ok((true, answer(&a)));
+    }
+    Err(contention())
+}
+
+/// The Azure DevOps check asked about a run and target that already have an open or approved
+/// request (a re-run stage evaluates its checks again, or the pipeline asked through the API
+/// first): from now on the approval answers this check. Already approved: the outcome goes to
+/// this check at once. Still open: this check replaces the earlier one, whose evaluation Azure
+/// DevOps no longer waits on. A repeat of the same check instance changes nothing.
+pub async fn attach_check(
+    app: &App,
+    id: &str,
+    check: &crate::domain::check::CheckCallback,
+    now: DateTime<Utc>,
+) -> Result<Approval, ApiError> {
+    let check_value = serde_json::to_value(check).unwrap_or_default();
+    for attempt in 0..ATTEMPTS {
+        let Some((a, version)) = load(app.store.as_ref(), id).await? else {
+            return Err(not_found(id));
+        };
+        let current: Option<crate::domain::check::CheckCallback> = a
+            .check
+            .as_ref()
+            .and_then(|c| serde_json::from_value(c.clone()).ok());
+        if current.is_some_and(|c| c.same_instance(check)) {
+            return Ok(a);
+        }
+        let mut next = a.clone();
+        next.check = Some(check_value.clone());
+        let record_id = format!("{id}-check-{}", check.task_instance_id);
+        let audit = json!({"action": "approval.check_attached", "approval_id": id,
+                           "check": check_for_audit(next.check.as_ref()),
+                           "previous": check_for_audit(a.check.as_ref()), "status": a.status, "at": now});
+        let outbox: Vec<OutboxDraft> = check_draft("approval.check_attached", &next)
+            .into_iter()
+            .collect();
+        let any = !outbox.is_empty();
+        let partition = partition_of(id).ok_or_else(|| not_found(id))?;
+        let c = commit_of(
+            partition.clone(),
+            vec![
+                DocWrite {
+                    key: "approval".into(),
+                    value: serde_json::to_value(&next).unwrap_or_default(),
+                    expect: Expect::Version(version),
+                },
+                audit_write(now, audit),
+            ],
+            outbox,
+            &record_id,
+            now,
+        );
+        if app.store.doc_commit(&c).await.map_err(store_err)? {
+            if any {
+                app.dispatcher.kick(partition);
+            }
+            return Ok(next);
+        }
+        pause(attempt).await;
     }
     Err(contention())
 }

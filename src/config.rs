@@ -39,6 +39,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_CONTROL_PLANE_URL", "unset", "Control-plane base URL; when set, every alert and incident change gets a control-plane outbox row"),
     ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
     ("ICAHUB_PAGERDUTY_ROUTING_KEY", "unset", "PagerDuty Events v2 routing key; when set, critical and high incidents get PagerDuty outbox rows"),
+    ("ICAHUB_AZDO_PLAN_HOSTS", "dev.azure.com,*.dev.azure.com,*.visualstudio.com", "Hosts an Azure DevOps check's PlanUrl may name (the hub sends the job's token there): names, *.suffix, or * for any"),
+    ("ICAHUB_AZDO_API_VERSION", "2.0-preview.1", "api-version of the check callback (distributedtask plan events)"),
     ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see the README); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
     ("ICAHUB_ROUTING_FILE", "unset", "Path of a JSON file of routing rules"),
     ("ICAHUB_RETRY_FIRST_SECS", "5", "Delay before the first retry of a failed delivery; doubles each time"),
@@ -108,6 +110,8 @@ pub struct Config {
     pub approvals: crate::approvals::ApprovalConfig,
     /// The credentials Azure DevOps service hooks may present instead of an API key.
     pub azdo_hooks: AzdoHookAuth,
+    /// Hosts an Azure DevOps check may name as its `PlanUrl` (the callback gets the job's token).
+    pub azdo_plan_hosts: crate::domain::check::PlanHosts,
 }
 
 /// How `POST /api/v1/azdo/hooks` recognises Azure DevOps: basic auth, a secret header, or both.
@@ -341,6 +345,8 @@ impl Config {
         let entra =
             crate::entra::EntraConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
         let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
+        let azdo_plan_hosts =
+            crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
 
         Ok(Config {
             port,
@@ -356,6 +362,7 @@ impl Config {
             entra,
             approvals,
             azdo_hooks,
+            azdo_plan_hosts,
         })
     }
 
@@ -375,6 +382,7 @@ impl Config {
             entra: None,
             approvals: crate::approvals::ApprovalConfig::default(),
             azdo_hooks: AzdoHookAuth::default(),
+            azdo_plan_hosts: crate::domain::check::PlanHosts::default(),
         }
     }
 }

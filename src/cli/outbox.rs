@@ -28,7 +28,7 @@ pub enum OutboxCommand {
         /// Dead letters instead of pending deliveries.
         #[arg(long)]
         dead: bool,
-        /// Only this sink: mattermost, pagerduty or control_plane.
+        /// Only this sink: mattermost, pagerduty, control_plane or azure_devops.
         #[arg(long, value_parser = parse_sink)]
         sink: Option<Sink>,
         #[arg(long, default_value_t = 50)]
@@ -48,8 +48,9 @@ pub enum OutboxCommand {
 }
 
 fn parse_sink(s: &str) -> Result<Sink, String> {
-    Sink::parse(s)
-        .ok_or_else(|| format!("{s:?} is not a sink: use mattermost, pagerduty or control_plane"))
+    Sink::parse(s).ok_or_else(|| {
+        format!("{s:?} is not a sink: use mattermost, pagerduty, control_plane or azure_devops")
+    })
 }
 
 fn parse_id(id: &str) -> anyhow::Result<(String, u64)> {
@@ -108,7 +109,7 @@ pub async fn run(args: OutboxArgs) -> anyhow::Result<()> {
                 }
                 println!(
                     "         payload:\n{}",
-                    serde_json::to_string_pretty(&row.payload)?
+                    serde_json::to_string_pretty(&redacted(&row.payload))?
                 );
             }
             Ok(())
@@ -173,8 +174,19 @@ fn row_json(r: &OutboxRow) -> serde_json::Value {
         "lease_until": r.lease_until,
         "event_id": r.event_id,
         "idempotency_key": r.idempotency_key,
-        "payload": r.payload,
+        "payload": redacted(&r.payload),
     })
+}
+
+/// The payload as shown: an Azure DevOps check's job token stays in the store, off the screen.
+fn redacted(payload: &serde_json::Value) -> serde_json::Value {
+    let mut p = payload.clone();
+    if let Some(check) = p.get_mut("check").and_then(|c| c.as_object_mut()) {
+        if check.contains_key("auth_token") {
+            check.insert("auth_token".into(), json!("***"));
+        }
+    }
+    p
 }
 
 fn print_table(rows: &[OutboxRow]) {

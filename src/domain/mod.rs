@@ -1,12 +1,14 @@
 //! Pure domain logic: no I/O, no warp, no reqwest. Payload parsers turn untrusted JSON into
 //! [`alert::NormalizedAlert`]; [`incident::plan`] decides what an alert does to its incident stream;
-//! [`routing`] decides who hears about it. New state machines (runs, approvals) go here too.
+//! [`routing`] decides who hears about it. New state machines (runs, approvals) go here too;
+//! [`check`] reads the Azure DevOps check's callback headers.
 
 pub mod alert;
 pub mod alertmanager;
 pub mod approval;
 pub mod azdo;
 pub mod azure_monitor;
+pub mod check;
 pub mod identity;
 pub mod incident;
 pub mod json;

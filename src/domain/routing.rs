@@ -7,6 +7,9 @@
 //! rule adds its sinks (a union); for each sink the first matching rule that names it decides its
 //! route (Mattermost webhook and channel, PagerDuty routing key). A sink takes part only when it is
 //! configured, and only for the event kinds it understands ([`Sink::accepts`]).
+//!
+//! [`Sink::AzureDevops`] is not routed: it hears only of approval checks' outcomes, and each row
+//! carries its own destination (the check's callback), written by [`crate::approvals`].
 
 use super::alert::{NormalizedAlert, Severity, Source};
 use super::incident::{Incident, IncidentAction};
@@ -19,16 +22,24 @@ pub enum Sink {
     Mattermost,
     Pagerduty,
     ControlPlane,
+    /// The Azure DevOps check callback (`TaskCompleted`).
+    AzureDevops,
 }
 
 impl Sink {
-    pub const ALL: [Sink; 3] = [Sink::Mattermost, Sink::Pagerduty, Sink::ControlPlane];
+    pub const ALL: [Sink; 4] = [
+        Sink::Mattermost,
+        Sink::Pagerduty,
+        Sink::ControlPlane,
+        Sink::AzureDevops,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Sink::Mattermost => "mattermost",
             Sink::Pagerduty => "pagerduty",
             Sink::ControlPlane => "control_plane",
+            Sink::AzureDevops => "azure_devops",
         }
     }
 
@@ -46,6 +57,7 @@ impl Sink {
             }
             Sink::Pagerduty => matches!(kind, "incident.opened" | "incident.resolved"),
             Sink::ControlPlane => true,
+            Sink::AzureDevops => kind == "check.completed",
         }
     }
 }
@@ -181,6 +193,12 @@ impl Routing {
             if r.sinks.is_empty() {
                 return Err(format!("routing rule {:?} names no sinks", r.name));
             }
+            if r.sinks.contains(&Sink::AzureDevops) {
+                return Err(format!(
+                    "routing rule {:?} names azure_devops, which is not routed: it hears only of approval checks' outcomes",
+                    r.name
+                ));
+            }
         }
         Ok(rules)
     }
@@ -190,6 +208,8 @@ impl Routing {
             Sink::Mattermost => self.mattermost,
             Sink::Pagerduty => self.pagerduty,
             Sink::ControlPlane => self.control_plane,
+            // Each row names its own destination (the check's callback): nothing to configure.
+            Sink::AzureDevops => true,
         }
     }
 
@@ -409,6 +429,14 @@ mod tests {
         assert!(
             Routing::parse_rules(r#"[{"name":"x","sinks":["mattermost"],"mtach":{}}]"#).is_err()
         );
+        assert!(
+            Routing::parse_rules(r#"[{"name":"x","sinks":["azure_devops"]}]"#)
+                .unwrap_err()
+                .contains("not routed")
+        );
+        assert!(Sink::AzureDevops.accepts("check.completed"));
+        assert!(!Sink::AzureDevops.accepts("incident.opened"));
+        assert_eq!(Sink::parse("azure_devops"), Some(Sink::AzureDevops));
     }
 
     #[test]

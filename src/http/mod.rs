@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod approvals;
 pub mod auth;
 pub mod azdo;
+pub mod azdo_check;
 pub mod health;
 pub mod incidents;
 pub mod runs;
@@ -54,6 +55,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(approvals::emergency_override(app.clone()))
         .unify()
         .or(azdo::route(app.clone()))
+        .unify()
+        .or(azdo_check::route(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()
@@ -122,6 +125,21 @@ fn is_json_content_type(ct: &str) -> bool {
 /// The raw body of a JSON request: 415 unless the content type is JSON, 413 past `limit` (checked
 /// on `Content-Length` before reading, and again while reading a chunked body).
 pub fn json_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    body_filter(limit, true)
+}
+
+/// Like [`json_body`], but a request without `Content-Type` is accepted too (the Azure DevOps
+/// check may send no body at all); one that names another type is still 415.
+pub fn optional_json_body(
+    limit: usize,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    body_filter(limit, false)
+}
+
+fn body_filter(
+    limit: usize,
+    content_type_required: bool,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<String>("content-length"))
         .and(warp::body::stream())
@@ -134,6 +152,7 @@ pub fn json_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Reject
                             format!("Content-Type must be application/json, got {ct:?}"),
                         )))
                     }
+                    None if !content_type_required => {}
                     None => {
                         return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
                             "Content-Type must be application/json, and none was sent".into(),

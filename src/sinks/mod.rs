@@ -1,11 +1,12 @@
 //! Sinks: where outbox rows are delivered. One trait, [`SinkClient`]; one file per destination
-//! ([`mattermost`], [`pagerduty`], [`control_plane`]); one shared classification of answers
+//! ([`mattermost`], [`pagerduty`], [`control_plane`], [`azure_devops`]); one shared classification of answers
 //! ([`classify`], [`from_reqwest`]) so every sink retries the same way: 2xx delivered; 408, 429
 //! and 5xx retried (honouring `Retry-After`); other statuses, and kinds a sink does not know,
 //! permanent. A new destination is a new file here plus a field of [`Sinks`].
 //!
 //! The dispatcher (not here) owns backoff and dead letters; a client only says what happened.
 
+pub mod azure_devops;
 pub mod control_plane;
 pub mod mattermost;
 pub mod pagerduty;
@@ -188,6 +189,8 @@ pub struct Sinks {
     pub mattermost: Option<Arc<dyn SinkClient>>,
     pub pagerduty: Option<Arc<dyn SinkClient>>,
     pub control_plane: Option<Arc<dyn SinkClient>>,
+    /// Always present from [`Sinks::from_lookup`]: each row names its own destination.
+    pub azure_devops: Option<Arc<dyn SinkClient>>,
 }
 
 impl std::fmt::Debug for Sinks {
@@ -196,6 +199,7 @@ impl std::fmt::Debug for Sinks {
             .field("mattermost", &self.mattermost.is_some())
             .field("pagerduty", &self.pagerduty.is_some())
             .field("control_plane", &self.control_plane.is_some())
+            .field("azure_devops", &self.azure_devops.is_some())
             .finish()
     }
 }
@@ -206,11 +210,12 @@ impl Sinks {
             Sink::Mattermost => self.mattermost.clone(),
             Sink::Pagerduty => self.pagerduty.clone(),
             Sink::ControlPlane => self.control_plane.clone(),
+            Sink::AzureDevops => self.azure_devops.clone(),
         }
     }
 
-    /// Read the `ICAHUB_MATTERMOST_*`, `ICAHUB_PAGERDUTY_*` and `ICAHUB_CONTROL_PLANE_*`
-    /// variables (see each client's `from_lookup`). Empty values count as unset. An invalid value
+    /// Read the `ICAHUB_MATTERMOST_*`, `ICAHUB_PAGERDUTY_*`, `ICAHUB_CONTROL_PLANE_*` and
+    /// `ICAHUB_AZDO_*` variables (see each client's `from_lookup`). Empty values count as unset. An invalid value
     /// is an error naming the variable, never showing a secret.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Sinks, String> {
         let get = |k: &str| {
@@ -224,8 +229,11 @@ impl Sinks {
                 .map(|c| Arc::new(c) as Arc<dyn SinkClient>),
             pagerduty: pagerduty::PagerDutyClient::from_lookup(&get, client.clone())?
                 .map(|c| Arc::new(c) as Arc<dyn SinkClient>),
-            control_plane: control_plane::ControlPlaneClient::from_lookup(&get, client)?
+            control_plane: control_plane::ControlPlaneClient::from_lookup(&get, client.clone())?
                 .map(|c| Arc::new(c) as Arc<dyn SinkClient>),
+            azure_devops: Some(Arc::new(azure_devops::AzureDevopsClient::from_lookup(
+                &get, client,
+            )?)),
         })
     }
 

@@ -1,6 +1,7 @@
-//! Local HTTP receivers standing in for Mattermost, PagerDuty and the ICA control plane. Each
-//! records every request and checks it the way the real service does (PROTOCOLS.md §5.1, §6;
-//! the control plane verifies its bearer token and Standard Webhooks signature). A request the
+//! Local HTTP receivers standing in for Mattermost, PagerDuty, the ICA control plane and Azure
+//! DevOps (the check callback). Each records every request and checks it the way the real service
+//! does (PROTOCOLS.md §4, §5.1, §6; the control plane verifies its bearer token and Standard
+//! Webhooks signature). A request the
 //! real service would refuse gets the real service's error answer and is listed in
 //! [`Receiver::rejections`]; an accepted one gets the next scripted [`Reply`], or the service's
 //! success answer when the script is empty.
@@ -20,6 +21,8 @@ use warp::Filter;
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The raw query string, `""` when there is none.
+    pub query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -92,10 +95,15 @@ impl Receiver {
         let st = state.clone();
         let route = warp::method()
             .and(warp::path::full())
+            .and(warp::query::raw().or(warp::any().map(String::new)).unify())
             .and(warp::header::headers_cloned())
             .and(warp::body::bytes())
             .then(
-                move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+                move |method: Method,
+                      path: warp::path::FullPath,
+                      query: String,
+                      headers: HeaderMap,
+                      body| {
                     let st = st.clone();
                     async move {
                         let delay = *st.delay.lock().unwrap();
@@ -107,6 +115,7 @@ impl Receiver {
                             Recorded {
                                 method: method.to_string(),
                                 path: path.as_str().to_string(),
+                                query,
                                 headers,
                                 body,
                             },
@@ -152,6 +161,14 @@ impl Receiver {
             check_control_plane(r, token.as_deref(), &keys)
         }))
         .await
+    }
+
+    /// Azure DevOps' plan events API (the check callback): `POST
+    /// /{org}/{project}/_apis/distributedtask/hubs/{hub}/plans/{plan}/events?api-version=
+    /// 2.0-preview.1` with `Bearer <token>` and a `TaskCompleted` body shaped like the sample.
+    pub async fn azure_devops(token: &str) -> Receiver {
+        let token = token.to_string();
+        Receiver::start(Box::new(move |r: &Recorded| check_azure_devops(r, &token))).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -478,4 +495,67 @@ fn check_control_plane(
         return refuse(400, "body is not JSON");
     }
     Ok(Reply::json(202, &json!({"accepted": true})))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure DevOps (plan events: the check callback)
+
+fn check_azure_devops(r: &Recorded, token: &str) -> Result<Reply, (String, Reply)> {
+    let refuse = |status: u16, reason: String| {
+        Err((
+            reason.clone(),
+            Reply::json(
+                status,
+                &json!({"$id": "1", "innerException": null, "message": reason, "typeKey": "TestRefusal"}),
+            ),
+        ))
+    };
+    if r.method != "POST" {
+        return refuse(405, format!("{} is not POST", r.method));
+    }
+    if r.path.contains("//") {
+        return refuse(404, format!("{}: double slash in the path", r.path));
+    }
+    let segs: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    let shape = segs.len() == 9
+        && segs[2] == "_apis"
+        && segs[3] == "distributedtask"
+        && segs[4] == "hubs"
+        && segs[6] == "plans"
+        && segs[8] == "events";
+    if !shape {
+        return refuse(404, format!("{}: not a plan events path", r.path));
+    }
+    if r.query != "api-version=2.0-preview.1" {
+        return refuse(400, format!("query {:?}: wrong api-version", r.query));
+    }
+    if r.header("authorization") != Some(&format!("Bearer {token}")) {
+        return refuse(401, "bad bearer token".into());
+    }
+    if !is_json(r) {
+        return refuse(415, "content type must be application/json".into());
+    }
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&r.body) else {
+        return refuse(400, "body is not a JSON object".into());
+    };
+    let sample =
+        serde_json::from_slice::<Value>(&super::fixture("ado-check-taskcompleted-event.json"))
+            .expect("sample");
+    let mut want: Vec<&String> = sample.as_object().unwrap().keys().collect();
+    let mut got: Vec<&String> = body.keys().collect();
+    want.sort();
+    got.sort();
+    if want != got {
+        return refuse(400, format!("body fields {got:?}, expected {want:?}"));
+    }
+    if body["name"] != "TaskCompleted" {
+        return refuse(400, format!("name {}", body["name"]));
+    }
+    if !matches!(body["result"].as_str(), Some("succeeded" | "failed")) {
+        return refuse(400, format!("result {}", body["result"]));
+    }
+    if !body["taskId"].is_string() || !body["jobId"].is_string() {
+        return refuse(400, "taskId and jobId must be strings".into());
+    }
+    Ok(Reply::new(204, ""))
 }

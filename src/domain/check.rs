@@ -1,0 +1,427 @@
+//! The Azure Pipelines "Invoke Azure Function" check in callback mode (PROTOCOLS.md §4): the
+//! callback details the check sends as headers, validated into a [`CheckCallback`], and the hosts
+//! a callback may go to ([`PlanHosts`]). Pure: the endpoint is [`crate::http::azdo_check`], the
+//! callback itself [`crate::sinks::azure_devops`].
+//!
+//! The headers come from the check's configuration (`PlanUrl: $(system.CollectionUri)`, ...), so a
+//! pipeline author's typo or an unexpanded `$(variable)` shows up here: each is named in the error.
+//! The `AuthToken` (a job access token, valid 48 hours) is never echoed in an error or a log.
+
+use super::alert::PayloadError;
+use serde::{Deserialize, Serialize};
+
+/// The headers the check must send, in the order the task's defaults list them.
+pub const REQUIRED_HEADERS: [&str; 8] = [
+    "PlanUrl",
+    "ProjectId",
+    "HubName",
+    "PlanId",
+    "JobId",
+    "TimelineId",
+    "TaskInstanceId",
+    "AuthToken",
+];
+
+/// Where to tell Azure DevOps the outcome, as stored in an approval's `check`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCallback {
+    /// `System.CollectionUri`, normalized: one `/` between segments and a trailing `/`.
+    pub plan_url: String,
+    pub project_id: String,
+    pub hub_name: String,
+    pub plan_id: String,
+    pub job_id: String,
+    pub timeline_id: String,
+    pub task_instance_id: String,
+    /// `System.AccessToken` of the check's job. Secret: [`crate::approvals::view`] strips it.
+    pub auth_token: String,
+    /// `Build.BuildId`, when the check sends it (it is the run id the hook script uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+}
+
+impl std::fmt::Debug for CheckCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckCallback")
+            .field("plan_url", &self.plan_url)
+            .field("project_id", &self.project_id)
+            .field("hub_name", &self.hub_name)
+            .field("plan_id", &self.plan_id)
+            .field("job_id", &self.job_id)
+            .field("timeline_id", &self.timeline_id)
+            .field("task_instance_id", &self.task_instance_id)
+            .field("auth_token", &"***")
+            .field("build_id", &self.build_id)
+            .finish()
+    }
+}
+
+impl CheckCallback {
+    /// Read and validate the check's headers (`get` looks a header up by name, any case). Every
+    /// missing header is named in one error; then the first invalid one.
+    pub fn from_headers(
+        get: impl Fn(&str) -> Option<String>,
+        hosts: &PlanHosts,
+    ) -> Result<CheckCallback, PayloadError> {
+        let values: Vec<Option<String>> = REQUIRED_HEADERS
+            .iter()
+            .map(|h| {
+                get(h)
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+            })
+            .collect();
+        let missing: Vec<&str> = REQUIRED_HEADERS
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| v.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        if !missing.is_empty() {
+            return Err(PayloadError::new(
+                missing
+                    .iter()
+                    .map(|h| format!("header:{h}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!(
+                    "missing required header(s): {} (the Invoke Azure Function check sends them by default; keep them in its Headers)",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        let v = |i: usize| values[i].clone().unwrap_or_default();
+        let (plan_url, host) = normalize_plan_url(&v(0))
+            .map_err(|e| PayloadError::new("header:PlanUrl", format!("PlanUrl {e}")))?;
+        if !hosts.allows(&host) {
+            return Err(PayloadError::new(
+                "header:PlanUrl",
+                format!(
+                    "PlanUrl host {host:?} is not an Azure DevOps host this hub calls back (ICAHUB_AZDO_PLAN_HOSTS)"
+                ),
+            ));
+        }
+        let auth_token = v(7);
+        if auth_token.contains("$(") {
+            return Err(PayloadError::new(
+                "header:AuthToken",
+                "AuthToken is an unexpanded variable: set it to $(system.AccessToken) in the check's Headers",
+            ));
+        }
+        if auth_token.len() > 16_384 || !auth_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PayloadError::new(
+                "header:AuthToken",
+                "AuthToken is not a token (printable characters without spaces, at most 16384)",
+            ));
+        }
+        let build_id = match get("BuildId").map(|b| b.trim().to_string()) {
+            None => None,
+            Some(b) if b.is_empty() => None,
+            Some(b) => Some(segment("BuildId", &b)?),
+        };
+        Ok(CheckCallback {
+            plan_url,
+            project_id: segment("ProjectId", &v(1))?,
+            hub_name: segment("HubName", &v(2))?,
+            plan_id: segment("PlanId", &v(3))?,
+            job_id: segment("JobId", &v(4))?,
+            timeline_id: segment("TimelineId", &v(5))?,
+            task_instance_id: segment("TaskInstanceId", &v(6))?,
+            auth_token,
+            build_id,
+        })
+    }
+
+    /// The same check instance (a repeat of one request), as opposed to another evaluation.
+    pub fn same_instance(&self, other: &CheckCallback) -> bool {
+        self.plan_url == other.plan_url
+            && self.plan_id == other.plan_id
+            && self.job_id == other.job_id
+            && self.task_instance_id == other.task_instance_id
+    }
+}
+
+/// An id that becomes a URL path segment: GUIDs, hub names (`build`, `checks`, `Release`), numbers.
+fn segment(name: &str, value: &str) -> Result<String, PayloadError> {
+    let field = format!("header:{name}");
+    if value.contains("$(") {
+        return Err(PayloadError::new(
+            field,
+            format!("{name} is the unexpanded variable {value:?}: check the variable's name in the check's Headers"),
+        ));
+    }
+    if value.len() > 128
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        let shown: String = value.chars().take(64).collect();
+        return Err(PayloadError::new(
+            field,
+            format!("{name} {shown:?} is not an id (letters, digits, - and _, at most 128)"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// `https://dev.azure.com//fabrikam` → (`https://dev.azure.com/fabrikam/`, `dev.azure.com`):
+/// empty segments dropped (PROTOCOLS.md §4: `PlanUrl` ends with `/`, and naive joining makes
+/// `//`), a trailing `/` added, the host lower-cased. No query, fragment, credentials, `.` or `..`.
+pub fn normalize_plan_url(raw: &str) -> Result<(String, String), String> {
+    let raw = raw.trim();
+    if raw.contains("$(") {
+        return Err(format!(
+            "is the unexpanded variable {raw:?}: use $(system.CollectionUri)"
+        ));
+    }
+    let (scheme, rest) = raw.split_once("://").ok_or_else(|| {
+        "must be an http(s) URL such as https://dev.azure.com/fabrikam/".to_string()
+    })?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "https" && scheme != "http" {
+        return Err("must be an http(s) URL such as https://dev.azure.com/fabrikam/".into());
+    }
+    if raw.len() > 2048
+        || raw
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '\\'))
+    {
+        return Err("must be a plain URL: no spaces, query or fragment".into());
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err("must name a host (and no credentials)".into());
+    }
+    let authority = authority.to_ascii_lowercase();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']').ok_or("has a malformed IPv6 host")?;
+        let port = &v6[end + 1..];
+        if !(port.is_empty() || port.strip_prefix(':').is_some_and(is_port)) {
+            return Err("has a malformed port".into());
+        }
+        format!("[{}]", &v6[..end])
+    } else {
+        match authority.split_once(':') {
+            Some((h, port)) if is_port(port) => h.to_string(),
+            Some(_) => return Err("has a malformed port".into()),
+            None => authority.clone(),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+    {
+        return Err("has a malformed host".into());
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.iter().any(|s| *s == "." || *s == "..") {
+        return Err("must not contain . or .. segments".into());
+    }
+    let mut url = format!("{scheme}://{authority}/");
+    for s in segments {
+        url.push_str(s);
+        url.push('/');
+    }
+    Ok((url, host))
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The hosts a check's `PlanUrl` may name (`ICAHUB_AZDO_PLAN_HOSTS`): the hub sends the job's
+/// token there, so a caller must not be able to point it anywhere else. Exact names, `*.suffix`
+/// for subdomains, or `*` for any host (Azure DevOps Server on a private name: list it instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanHosts(Vec<String>);
+
+impl PlanHosts {
+    /// Azure DevOps Services: `dev.azure.com/{org}/` and the older `{org}.visualstudio.com/`.
+    pub const DEFAULT: &'static str = "dev.azure.com,*.dev.azure.com,*.visualstudio.com";
+
+    pub fn parse(list: &str) -> Result<PlanHosts, String> {
+        let hosts: Vec<String> = list
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if hosts.is_empty() {
+            return Err("names no hosts".into());
+        }
+        for h in &hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            let ok = h == "*"
+                || (!name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b)));
+            if !ok {
+                return Err(format!("{h:?} is not a host name, *.suffix or *"));
+            }
+        }
+        Ok(PlanHosts(hosts))
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.0.iter().any(|p| {
+            p == "*"
+                || *p == host
+                || p.strip_prefix('*')
+                    .is_some_and(|suffix| suffix.starts_with('.') && host.ends_with(suffix))
+        })
+    }
+}
+
+impl Default for PlanHosts {
+    fn default() -> Self {
+        PlanHosts::parse(Self::DEFAULT).expect("the default list parses")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect()
+    }
+
+    fn sample() -> HashMap<String, String> {
+        headers(&[
+            ("PlanUrl", "https://dev.azure.com/fabrikamfiber/"),
+            ("ProjectId", "7c2a3b5e-1f4d-4c8a-9b6e-2d1f0a3c4b5d"),
+            ("HubName", "checks"),
+            ("PlanId", "0a6b1c2d-3e4f-5a6b-7c8d-9e0f1a2b3c4d"),
+            ("JobId", "3a7e60dc-c5b0-5009-86eb-0f217c12e2ea"),
+            ("TimelineId", "0a6b1c2d-3e4f-5a6b-7c8d-9e0f1a2b3c4d"),
+            ("TaskInstanceId", "61153303-347e-5f06-a6a1-ce2102bd68eb"),
+            ("AuthToken", "eyJ0eXAi.eyJzdWIi.c2lnbmF0dXJl"),
+            ("BuildId", "4711"),
+        ])
+    }
+
+    fn parse(h: &HashMap<String, String>) -> Result<CheckCallback, PayloadError> {
+        CheckCallback::from_headers(
+            |n| h.get(&n.to_ascii_lowercase()).cloned(),
+            &PlanHosts::default(),
+        )
+    }
+
+    #[test]
+    fn the_default_headers_parse() {
+        let c = parse(&sample()).unwrap();
+        assert_eq!(c.plan_url, "https://dev.azure.com/fabrikamfiber/");
+        assert_eq!(c.hub_name, "checks");
+        assert_eq!(c.build_id.as_deref(), Some("4711"));
+        assert!(!format!("{c:?}").contains("c2lnbmF0dXJl"));
+        assert!(c.same_instance(&c.clone()));
+    }
+
+    #[test]
+    fn every_missing_header_is_named() {
+        let mut h = sample();
+        h.remove("planurl");
+        h.remove("authtoken");
+        h.insert("jobid".into(), "  ".into());
+        let e = parse(&h).unwrap_err();
+        assert_eq!(e.field, "header:PlanUrl,header:JobId,header:AuthToken");
+        assert!(
+            e.problem.contains("PlanUrl, JobId, AuthToken"),
+            "{}",
+            e.problem
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named_and_the_token_is_never_echoed() {
+        for (name, value, field) in [
+            ("PlanId", "$(system.PlanId)", "header:PlanId"),
+            ("HubName", "checks/../../x", "header:HubName"),
+            ("PlanUrl", "$(system.CollectionUri)", "header:PlanUrl"),
+            ("PlanUrl", "ftp://dev.azure.com/x/", "header:PlanUrl"),
+            ("PlanUrl", "https://evil.example.com/x/", "header:PlanUrl"),
+            (
+                "PlanUrl",
+                "https://user:pw@dev.azure.com/x/",
+                "header:PlanUrl",
+            ),
+            ("PlanUrl", "https://dev.azure.com/x/?a=b", "header:PlanUrl"),
+            ("AuthToken", "$(system.AccessToken)", "header:AuthToken"),
+            ("AuthToken", "secret with spaces", "header:AuthToken"),
+        ] {
+            let mut h = sample();
+            h.insert(name.to_ascii_lowercase(), value.into());
+            let e = parse(&h).unwrap_err();
+            assert_eq!(e.field, field, "{name}={value}: {}", e.problem);
+            if name == "AuthToken" {
+                assert!(!e.problem.contains("secret with"), "{}", e.problem);
+            }
+        }
+    }
+
+    #[test]
+    fn plan_urls_are_normalized() {
+        for (raw, want) in [
+            (
+                "https://dev.azure.com/fabrikam/",
+                "https://dev.azure.com/fabrikam/",
+            ),
+            (
+                "https://dev.azure.com/fabrikam",
+                "https://dev.azure.com/fabrikam/",
+            ),
+            (
+                "https://dev.azure.com//fabrikam//",
+                "https://dev.azure.com/fabrikam/",
+            ),
+            (
+                "HTTPS://Fabrikam.VisualStudio.com/",
+                "https://fabrikam.visualstudio.com/",
+            ),
+            (
+                "http://127.0.0.1:8080/tfs/DefaultCollection/",
+                "http://127.0.0.1:8080/tfs/DefaultCollection/",
+            ),
+        ] {
+            assert_eq!(normalize_plan_url(raw).unwrap().0, want, "{raw}");
+        }
+        assert_eq!(
+            normalize_plan_url("http://[::1]:80/x").unwrap(),
+            ("http://[::1]:80/x/".to_string(), "[::1]".to_string())
+        );
+        for bad in [
+            "dev.azure.com/x",
+            "https:///x",
+            "https://h:port/",
+            "https://h/../x",
+        ] {
+            assert!(normalize_plan_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plan_hosts() {
+        let d = PlanHosts::default();
+        assert!(d.allows("dev.azure.com"));
+        assert!(d.allows("vsrm.dev.azure.com"));
+        assert!(d.allows("fabrikam.visualstudio.com"));
+        assert!(!d.allows("visualstudio.com.evil.net"));
+        assert!(!d.allows("evildev.azure.com"));
+        assert!(!d.allows("127.0.0.1"));
+        assert!(PlanHosts::parse("*").unwrap().allows("anything"));
+        assert!(PlanHosts::parse("tfs.contoso.local, 127.0.0.1")
+            .unwrap()
+            .allows("127.0.0.1"));
+        assert!(PlanHosts::parse(" , ").is_err());
+        assert!(PlanHosts::parse("a/b").is_err());
+    }
+}
