@@ -35,6 +35,8 @@ pub struct EntraConfig {
     pub authority: String,
     /// App role value (case-insensitive) → icahub roles, besides the default mapping.
     pub role_map: BTreeMap<String, Vec<Role>>,
+    /// The JWKS is fetched again on an unknown `kid` at most this often ([`REFRESH_FLOOR`]).
+    pub refresh_floor: Duration,
 }
 
 impl EntraConfig {
@@ -108,6 +110,7 @@ impl EntraConfig {
             audiences,
             authority,
             role_map,
+            refresh_floor: REFRESH_FLOOR,
         }))
     }
 
@@ -302,7 +305,7 @@ impl EntraVerifier {
             .lock()
             .ok()
             .and_then(|l| *l)
-            .is_some_and(|t| t.elapsed() < REFRESH_FLOOR);
+            .is_some_and(|t| t.elapsed() < self.config.refresh_floor);
         let have_keys = self.keys.read().await.is_some();
         if recently && have_keys {
             return Err(TokenError::UnknownKey(kid.to_string()));
@@ -318,8 +321,14 @@ impl EntraVerifier {
 
     /// Verify `token`; the caller it names, with its mapped roles.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            // `alg: none` (and algorithms the library does not know) fail to parse: name the
+            // algorithm rather than the parser's complaint.
+            match raw_alg(token) {
+                Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
+                _ => TokenError::Malformed(e.to_string()),
+            }
+        })?;
         if header.alg != Algorithm::RS256 {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
         }
@@ -366,6 +375,17 @@ impl EntraVerifier {
             .unwrap_or_else(|| "entra:unknown".into());
         Ok(Caller { name, roles })
     }
+}
+
+/// The `alg` of a token's header, read without trusting anything else.
+fn raw_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let head = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("alg")?.as_str().map(|s| s.chars().take(20).collect())
 }
 
 #[cfg(test)]

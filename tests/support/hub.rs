@@ -78,6 +78,12 @@ impl TestHub {
         }
     }
 
+    /// Keep `dir` (the store's directory) alive as long as the hub.
+    #[allow(dead_code)]
+    pub fn keep(&mut self, dir: tempfile::TempDir) {
+        self._dir = Some(dir);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
