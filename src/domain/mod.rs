@@ -2,6 +2,7 @@
 //! [`alert::NormalizedAlert`]; [`incident::plan`] decides what an alert does to its incident stream;
 //! [`routing`] decides who hears about it. New state machines (runs, approvals) go here too.
 
+pub mod action_token;
 pub mod alert;
 pub mod alertmanager;
 pub mod approval;
