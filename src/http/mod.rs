@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod auth;
 pub mod health;
 pub mod incidents;
+pub mod mattermost;
 pub mod runs;
 pub mod timer;
 
@@ -51,6 +52,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(approvals::sign(app.clone()))
         .unify()
         .or(approvals::emergency_override(app.clone()))
+        .unify()
+        .or(mattermost::actions(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()

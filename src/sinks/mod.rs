@@ -8,6 +8,7 @@
 
 pub mod control_plane;
 pub mod mattermost;
+pub mod mattermost_approval;
 pub mod pagerduty;
 pub mod signature;
 
