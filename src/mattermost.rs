@@ -260,7 +260,29 @@ async fn click(app: &App, cb: &Callback, now: DateTime<Utc>) -> Value {
     let approval_type = match claims.action {
         Action::ApproveTechnical => ApprovalType::Technical,
         Action::ApproveBusiness => ApprovalType::Business,
-        Action::Reject => return open_dialog(app, cb, &claims, &config).await,
+        Action::Reject => {
+            // No dialog for an approval that is decided already (the submission would be
+            // refused by the rules anyway); take the stale buttons off instead.
+            if let Ok(Some((a, _))) = approvals::load(app.store.as_ref(), &claims.approval_id).await
+            {
+                if a.status.is_final() || a.is_overdue(now) {
+                    let mut out = ephemeral(format!(
+                        "{} is already {}; there is nothing to reject.",
+                        a.id,
+                        if a.is_overdue(now) {
+                            "expired"
+                        } else {
+                            a.status.as_str()
+                        }
+                    ));
+                    if let Some(u) = update(app, &a.id, &config, now).await {
+                        out["update"] = u;
+                    }
+                    return out;
+                }
+            }
+            return open_dialog(app, cb, &claims, &config).await;
+        }
     };
     let signer = Signer {
         name: rec.name.clone(),

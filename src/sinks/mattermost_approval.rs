@@ -43,7 +43,6 @@ const PURPLE: &str = "#8e44ad";
 /// renders as absent rather than failing the delivery).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApprovalView {
-    #[serde(alias = "approval_id")]
     pub id: String,
     pub run_id: String,
     pub deployment_target: String,
