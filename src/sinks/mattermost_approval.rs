@@ -269,10 +269,15 @@ pub fn card(view: &ApprovalView, phase: Phase, buttons: Option<&Buttons<'_>>) ->
         "title".into(),
         json!(truncate(
             &format!(
-                "{}: {} deployment{}",
+                "{}: deployment to {}{}",
                 view.id,
                 view.deployment_target,
-                if view.production { " (production)" } else { "" }
+                if view.production && !view.deployment_target.to_ascii_lowercase().contains("prod")
+                {
+                    " (production)"
+                } else {
+                    ""
+                }
             ),
             MAX_TITLE_CHARS
         )),
