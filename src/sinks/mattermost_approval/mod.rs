@@ -4,25 +4,27 @@
 //! payload carries the approval view ([`crate::approvals::view`]); tokens are minted here, at
 //! send time, with the configured secret, and expire with the approval.
 //!
-//! [`card`] is also what the button endpoint ([`crate::http::mattermost`]) sends back as the
-//! post's `update` after a click: the same attachment showing who signed what and when, with the
+//! [`card`] is also what the button endpoint ([`crate::mattermost`]) sends back as the post's
+//! `update` after a click: the same attachment showing who signed what and when, with the
 //! buttons still open while the approval is pending and none once it is final.
 //!
 //! Limits: every text is cut so a message stays well below Mattermost's 16383-character post
-//! limit (headline and fallback 2 × 500 + title 200 + text 6000 + 16 fields × 440 + footer 300 =
-//! 14540); button
-//! ids are letters and digits only; `ts` is never sent.
+//! limit (headline and fallback 2 × 500 + title 200 + text 6000 + 16 fields × 440 + footer
+//! 300 = 14540); button ids are letters and digits only; `ts` is never sent. `view.rs` reads the
+//! approval, `format.rs` formats checklists, money and times.
 
 use super::mattermost::{RenderOptions, GREEN};
 use super::{route_field, truncate, SendError};
 use crate::domain::action_token::{self, Action, Claims, TokenKeys};
-use crate::domain::approval::{
-    ApprovalStatus, ApprovalType, BudgetCheck, Decision, Override, Signature,
-};
+use crate::domain::approval::{ApprovalStatus, ApprovalType, Decision, Signature};
 use crate::storage::OutboxRow;
-use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
+
+mod format;
+mod view;
+
+pub use format::{checklist, time, usd};
+pub use view::ApprovalView;
 
 const MAX_HEADLINE_CHARS: usize = 500;
 const MAX_TITLE_CHARS: usize = 200;
@@ -38,81 +40,6 @@ const AMBER: &str = "#f2c744";
 const RED: &str = "#d00000";
 const GREY: &str = "#9aa5b1";
 const PURPLE: &str = "#8e44ad";
-
-/// What the renderer reads of an approval: the API view, leniently (a missing optional field
-/// renders as absent rather than failing the delivery).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ApprovalView {
-    pub id: String,
-    pub run_id: String,
-    pub deployment_target: String,
-    #[serde(default)]
-    pub production: bool,
-    #[serde(default)]
-    pub project: String,
-    #[serde(default)]
-    pub estimated_cost: Option<f64>,
-    #[serde(default)]
-    pub checklist: Value,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub requested_by: String,
-    #[serde(default)]
-    pub run_triggered_by: Option<String>,
-    pub requested_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub status: ApprovalStatus,
-    #[serde(default)]
-    pub finance_required: bool,
-    #[serde(default)]
-    pub budget: Option<BudgetCheck>,
-    #[serde(default)]
-    pub signatures: Vec<Signature>,
-    #[serde(default)]
-    pub decided_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default, rename = "override")]
-    pub override_: Option<Override>,
-    #[serde(default)]
-    pub reminders_sent: u32,
-}
-
-impl ApprovalView {
-    pub fn from_value(v: &Value) -> Result<ApprovalView, String> {
-        serde_json::from_value(v.clone()).map_err(|e| e.to_string())
-    }
-
-    fn signature(&self, t: ApprovalType) -> Option<&Signature> {
-        self.signatures.iter().find(|s| s.approval_type == t)
-    }
-
-    fn business_role(&self) -> &'static str {
-        if self.finance_required {
-            "finance"
-        } else {
-            "business_approver"
-        }
-    }
-
-    /// The buttons that can still do something: an approve button per unsigned half, and
-    /// Reject, while the approval is undecided.
-    pub fn open_actions(&self) -> Vec<Action> {
-        if self.status.is_final() {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        if self.signature(ApprovalType::Technical).is_none() {
-            out.push(Action::ApproveTechnical);
-        }
-        if self.signature(ApprovalType::Business).is_none() {
-            out.push(Action::ApproveBusiness);
-        }
-        out.push(Action::Reject);
-        out
-    }
-}
 
 /// Where button clicks go and the keys that sign their tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,111 +393,9 @@ fn status_label(view: &ApprovalView) -> String {
     .into()
 }
 
-/// A checklist as sent: a list of items (strings, or objects with a name and a done flag) or
-/// an object of item → done.
-pub fn checklist(v: &Value) -> String {
-    fn mark(done: Option<bool>) -> &'static str {
-        match done {
-            Some(true) => "- [x] ",
-            Some(false) => "- [ ] ",
-            None => "- ",
-        }
-    }
-    fn scalar(v: &Value) -> String {
-        match v {
-            Value::String(s) => s.trim().to_string(),
-            other => other.to_string(),
-        }
-    }
-    fn done_of(v: &Value) -> Option<bool> {
-        match v {
-            Value::Bool(b) => Some(*b),
-            Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "done" | "ok" | "passed" => Some(true),
-                "false" | "no" | "todo" | "failed" | "pending" => Some(false),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-    let lines: Vec<String> = match v {
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Value::Object(o) => {
-                    let name = ["item", "name", "title", "text", "check"]
-                        .iter()
-                        .find_map(|k| o.get(*k))
-                        .map(scalar)
-                        .unwrap_or_else(|| item.to_string());
-                    let done = ["done", "checked", "passed", "ok", "status"]
-                        .iter()
-                        .find_map(|k| o.get(*k))
-                        .and_then(done_of);
-                    format!("{}{name}", mark(done))
-                }
-                other => format!("- {}", scalar(other)),
-            })
-            .collect(),
-        Value::Object(o) => o
-            .iter()
-            .map(|(k, done)| match done_of(done) {
-                Some(d) => format!("{}{k}", mark(Some(d))),
-                None => format!("- {k}: {}", scalar(done)),
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    lines.join("\n")
-}
-
-pub fn time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%d %H:%M UTC").to_string()
-}
-
-/// `$1,234.50`
-pub fn usd(x: f64) -> String {
-    let cents = (x * 100.0).round() as i128;
-    let (whole, frac) = (cents.abs() / 100, cents.abs() % 100);
-    let digits = whole.to_string();
-    let mut grouped = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    format!("{}${grouped}.{frac:02}", if cents < 0 { "-" } else { "" })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn money() {
-        assert_eq!(usd(0.0), "$0.00");
-        assert_eq!(usd(1234.5), "$1,234.50");
-        assert_eq!(usd(1_000_000.0), "$1,000,000.00");
-        assert_eq!(usd(999.999), "$1,000.00");
-    }
-
-    #[test]
-    fn checklists() {
-        assert_eq!(
-            checklist(&json!(["tests green", "backup taken"])),
-            "- tests green\n- backup taken"
-        );
-        assert_eq!(
-            checklist(&json!({"tests": true, "backup": false, "owner": "bob"})),
-            "- [ ] backup\n- owner: bob\n- [x] tests"
-        );
-        assert_eq!(
-            checklist(&json!([{"item": "smoke", "done": true}, {"name": "rollback plan"}])),
-            "- [x] smoke\n- rollback plan"
-        );
-        assert_eq!(checklist(&json!(null)), "");
-    }
 
     #[test]
     fn budgets_fit_one_post() {
