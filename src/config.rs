@@ -134,7 +134,8 @@ impl MattermostActions {
         let public_url = base_url("ICAHUB_PUBLIC_URL")?;
         let mut secrets = Vec::new();
         if let Some(list) = get("ICAHUB_MATTERMOST_ACTION_SECRETS") {
-            for (i, s) in list.split(',').map(str::trim).enumerate() {
+            let entries = list.split(',').map(str::trim).filter(|s| !s.is_empty());
+            for (i, s) in entries.enumerate() {
                 if s.chars().count() < crate::domain::action_token::MIN_SECRET_CHARS {
                     return Err(format!(
                         "ICAHUB_MATTERMOST_ACTION_SECRETS: secret #{} is shorter than {} characters (use random ones, e.g. `openssl rand -base64 33`)",

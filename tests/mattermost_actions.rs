@@ -10,6 +10,7 @@ mod support;
 use chrono::{Duration as Span, Utc};
 use icahub::clock::ManualClock;
 use icahub::config::Config;
+use icahub::domain::action_token::{self, Action, Claims, TokenKeys};
 use icahub::domain::identity::{MattermostUser, Role};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -651,4 +652,62 @@ async fn bad_bodies_get_json_errors() {
     // An empty object is a callback without a token: refused, 200 for Mattermost's sake.
     let text = ephemeral(&callback(&env, &json!({})).await);
     assert!(text.contains("token"), "{text}");
+}
+
+#[tokio::test]
+async fn tokens_signed_with_an_older_secret_still_work() {
+    let env = setup(true, false).await;
+    let id = request(&env, "9001", "staging").await;
+    let a = get_approval(&env, &id).await;
+    let expires = chrono::DateTime::parse_from_rfc3339(a["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    let older = TokenKeys::new(["an-older-secret-still-accepted-000000"]).unwrap();
+    let token = older.sign(&Claims::button(
+        &id,
+        Action::ApproveTechnical,
+        expires,
+        action_token::nonce([9; 16]),
+    ));
+    let text =
+        ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &json!({"token": token}))).await);
+    assert!(text.contains("Recorded"), "{text}");
+    // A secret the hub does not hold is refused.
+    let stranger = TokenKeys::new(["a-secret-this-hub-has-never-seen-0000"]).unwrap();
+    let token = stranger.sign(&Claims::button(
+        &id,
+        Action::ApproveBusiness,
+        expires,
+        action_token::nonce([8; 16]),
+    ));
+    let text = ephemeral(&callback(&env, &click_by_id(BOB_ID, &json!({"token": token}))).await);
+    assert!(text.contains("not valid"), "{text}");
+    assert_eq!(
+        get_approval(&env, &id).await["status"],
+        "technical_approved"
+    );
+}
+
+#[tokio::test]
+async fn the_api_rules_apply_above_the_finance_threshold() {
+    let env = setup(true, false).await;
+    let r = env
+        .hub
+        .post_json(
+            "/api/v1/azdev/approval",
+            json!({"run_id": "9101", "deployment_target": "staging", "estimated_cost": 7500,
+                   "checklist": ["tests green"]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["approval_id"].as_str().unwrap().to_string();
+    let b = buttons(&env, &id).await;
+    // The finance channel hears of it too, without buttons.
+    let finance = posts(&env.mm, "Finance review needed").await;
+    assert!(finance[0]["attachments"][0].get("actions").is_none());
+    let biz = b["approve_business"]["integration"]["context"].clone();
+    let text = ephemeral(&callback(&env, &click_by_id(BOB_ID, &biz)).await);
+    assert!(text.contains("finance"), "{text}");
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
 }

@@ -39,7 +39,7 @@ pub(super) async fn open(
     };
     let (Some(trigger_id), Some(user_id)) = (&cb.trigger_id, &cb.user_id) else {
         return ephemeral(format!(
-            "Mattermost sent no trigger id, so no dialog can be opened. Reject with {api_way}."
+            "Mattermost sent no trigger id or user id with the click, so no dialog can be opened. Reject with {api_way}."
         ));
     };
     let state = config.keys.sign(&Claims {
