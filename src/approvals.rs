@@ -139,7 +139,7 @@ pub fn partition_of(id: &str) -> Option<String> {
     parse_approval_id(id).map(|(y, s)| format!("apr{y}{s:06}"))
 }
 
-fn audit_write(now: DateTime<Utc>, entry: Value) -> DocWrite {
+pub(crate) fn audit_write(now: DateTime<Utc>, entry: Value) -> DocWrite {
     DocWrite {
         key: format!(
             "audit|{}|{}",

@@ -38,6 +38,10 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_STORE_TIMEOUT_MS", "8000", "How long a request waits for durable storage before answering 503 with Retry-After"),
     ("ICAHUB_CONTROL_PLANE_URL", "unset", "Control-plane base URL; when set, every alert and incident change gets a control-plane outbox row"),
     ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
+    ("ICAHUB_PUBLIC_URL", "unset", "The hub's external base URL (e.g. https://icahub.azurewebsites.net); Mattermost approval buttons call <it>/api/v1/mattermost/actions, so without it approval messages carry no buttons"),
+    ("ICAHUB_MATTERMOST_ACTION_SECRETS", "unset", "Comma-separated secrets (32+ characters each) signing the approval buttons' tokens: the first signs, any verifies (rotation); buttons need this and ICAHUB_PUBLIC_URL"),
+    ("ICAHUB_MATTERMOST_URL", "unset", "Mattermost server URL, for opening the rejection dialog (with ICAHUB_MATTERMOST_TOKEN)"),
+    ("ICAHUB_MATTERMOST_TOKEN", "unset", "Mattermost bot or personal access token used with ICAHUB_MATTERMOST_URL"),
     ("ICAHUB_PAGERDUTY_ROUTING_KEY", "unset", "PagerDuty Events v2 routing key; when set, critical and high incidents get PagerDuty outbox rows"),
     ("ICAHUB_AZDO_PLAN_HOSTS", "dev.azure.com,*.dev.azure.com,*.visualstudio.com", "Hosts an Azure DevOps check's PlanUrl may name (the hub sends the job's token there): names, *.suffix, or * for any"),
     ("ICAHUB_AZDO_API_VERSION", "2.0-preview.1", "api-version of the check callback (distributedtask plan events)"),
@@ -112,6 +116,8 @@ pub struct Config {
     pub azdo_hooks: AzdoHookAuth,
     /// Hosts an Azure DevOps check may name as its `PlanUrl` (the callback gets the job's token).
     pub azdo_plan_hosts: crate::domain::check::PlanHosts,
+    /// Approval buttons and the rejection dialog in Mattermost.
+    pub mattermost: MattermostActions,
 }
 
 /// How `POST /api/v1/azdo/hooks` recognises Azure DevOps: basic auth, a secret header, or both.
@@ -191,6 +197,75 @@ impl AzdoHookAuth {
             header,
             secret,
         })
+    }
+}
+
+/// Approval buttons in Mattermost messages and the rejection dialog: `ICAHUB_PUBLIC_URL`,
+/// `ICAHUB_MATTERMOST_ACTION_SECRETS`, `ICAHUB_MATTERMOST_URL`, `ICAHUB_MATTERMOST_TOKEN`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MattermostActions {
+    /// The hub's external base URL, without a trailing slash.
+    pub public_url: Option<String>,
+    /// The first signs button tokens; any verifies them.
+    pub secrets: Vec<Secret>,
+    /// Mattermost server URL (no trailing slash) and token, for opening dialogs.
+    pub server: Option<(String, Secret)>,
+}
+
+impl MattermostActions {
+    /// Where Mattermost sends button clicks and dialog submissions, below the public URL.
+    pub const PATH: &'static str = "/api/v1/mattermost/actions";
+
+    /// Read and check the four variables (already trimmed, empty = unset). An error names the
+    /// variable and never shows a secret.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<MattermostActions, String> {
+        let base_url = |var: &str| -> Result<Option<String>, String> {
+            let Some(v) = get(var) else { return Ok(None) };
+            let u = crate::sinks::check_url(var, &v)?;
+            if u.query().is_some() || u.fragment().is_some() {
+                return Err(format!(
+                    "{var} must be a base URL without a query or fragment"
+                ));
+            }
+            Ok(Some(v.trim_end_matches('/').to_string()))
+        };
+        let public_url = base_url("ICAHUB_PUBLIC_URL")?;
+        let mut secrets = Vec::new();
+        if let Some(list) = get("ICAHUB_MATTERMOST_ACTION_SECRETS") {
+            let entries = list.split(',').map(str::trim).filter(|s| !s.is_empty());
+            for (i, s) in entries.enumerate() {
+                if s.chars().count() < crate::domain::action_token::MIN_SECRET_CHARS {
+                    return Err(format!(
+                        "ICAHUB_MATTERMOST_ACTION_SECRETS: secret #{} is shorter than {} characters (use random ones, e.g. `openssl rand -base64 33`)",
+                        i + 1,
+                        crate::domain::action_token::MIN_SECRET_CHARS
+                    ));
+                }
+                secrets.push(Secret::new(s));
+            }
+        }
+        let server = match (base_url("ICAHUB_MATTERMOST_URL")?, get("ICAHUB_MATTERMOST_TOKEN")) {
+            (Some(url), Some(token)) => Some((url, Secret::new(token))),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "ICAHUB_MATTERMOST_URL and ICAHUB_MATTERMOST_TOKEN go together: set both (to open the rejection dialog) or neither".into(),
+                )
+            }
+        };
+        Ok(MattermostActions {
+            public_url,
+            secrets,
+            server,
+        })
+    }
+
+    /// The buttons' callback URL and the token keys, when both are configured.
+    pub fn buttons(&self) -> Option<(String, crate::domain::action_token::TokenKeys)> {
+        let url = self.public_url.as_ref()?;
+        let keys =
+            crate::domain::action_token::TokenKeys::new(self.secrets.iter().map(Secret::expose))?;
+        Some((format!("{url}{}", Self::PATH), keys))
     }
 }
 
@@ -347,6 +422,7 @@ impl Config {
         let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
         let azdo_plan_hosts =
             crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
+        let mattermost = MattermostActions::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
 
         Ok(Config {
             port,
@@ -363,6 +439,7 @@ impl Config {
             approvals,
             azdo_hooks,
             azdo_plan_hosts,
+            mattermost,
         })
     }
 
@@ -383,6 +460,7 @@ impl Config {
             approvals: crate::approvals::ApprovalConfig::default(),
             azdo_hooks: AzdoHookAuth::default(),
             azdo_plan_hosts: crate::domain::check::PlanHosts::default(),
+            mattermost: MattermostActions::default(),
         }
     }
 }
@@ -521,5 +599,59 @@ mod tests {
         assert!(e.0.contains("ICAHUB_STORAGE"));
         let e = cfg(&[("ICAHUB_TABLE_PREFIX", "bad-prefix")], None).unwrap_err();
         assert!(e.0.contains("ICAHUB_TABLE_PREFIX"));
+    }
+
+    #[test]
+    fn mattermost_actions_are_checked_without_echoing_secrets() {
+        let c = cfg(&[], None).unwrap();
+        assert!(c.mattermost.buttons().is_none());
+        let long = "s3cret-s3cret-s3cret-s3cret-s3cret-1";
+        let c = cfg(
+            &[
+                ("ICAHUB_PUBLIC_URL", "https://icahub.example.net/"),
+                (
+                    "ICAHUB_MATTERMOST_ACTION_SECRETS",
+                    &format!("{long}, {long}2"),
+                ),
+                ("ICAHUB_MATTERMOST_URL", "https://chat.example.net"),
+                ("ICAHUB_MATTERMOST_TOKEN", "mm-token-SECRET"),
+            ],
+            None,
+        )
+        .unwrap();
+        let (url, _) = c.mattermost.buttons().unwrap();
+        assert_eq!(url, "https://icahub.example.net/api/v1/mattermost/actions");
+        assert_eq!(c.mattermost.secrets.len(), 2);
+        let dbg = format!("{c:?}");
+        assert!(
+            !dbg.contains("s3cret") && !dbg.contains("mm-token-SECRET"),
+            "{dbg}"
+        );
+        // Public URL without secrets: no buttons, no error.
+        let c = cfg(&[("ICAHUB_PUBLIC_URL", "https://icahub.example.net")], None).unwrap();
+        assert!(c.mattermost.buttons().is_none());
+
+        let e = cfg(
+            &[("ICAHUB_MATTERMOST_ACTION_SECRETS", "short-SECRET")],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("ICAHUB_MATTERMOST_ACTION_SECRETS") && e.0.contains("#1"));
+        assert!(!e.0.contains("short-SECRET"));
+        let e = cfg(
+            &[(
+                "ICAHUB_MATTERMOST_ACTION_SECRETS",
+                &format!("{long},tiny-SECRET"),
+            )],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("#2") && !e.0.contains("tiny-SECRET"), "{e}");
+        let e = cfg(&[("ICAHUB_PUBLIC_URL", "icahub.example.net")], None).unwrap_err();
+        assert!(e.0.contains("ICAHUB_PUBLIC_URL"));
+        let e = cfg(&[("ICAHUB_PUBLIC_URL", "https://h/?code=abc")], None).unwrap_err();
+        assert!(e.0.contains("ICAHUB_PUBLIC_URL") && !e.0.contains("abc"));
+        let e = cfg(&[("ICAHUB_MATTERMOST_TOKEN", "mm-token-SECRET")], None).unwrap_err();
+        assert!(e.0.contains("ICAHUB_MATTERMOST_URL") && !e.0.contains("mm-token-SECRET"));
     }
 }

@@ -3,7 +3,8 @@
 //! atomic commit as the change itself.
 
 use crate::domain::identity::{
-    key_hash, key_id, new_api_key, valid_identity, ApiKeyRecord, IdentityRecord, Role,
+    key_hash, key_id, new_api_key, valid_identity, ApiKeyRecord, IdentityRecord, MattermostUser,
+    Role,
 };
 use crate::storage::{DocCommit, DocWrite, Expect, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -212,6 +213,7 @@ pub async fn set_role(
                     name: name.into(),
                     roles: Vec::new(),
                     mattermost_user: None,
+                    mattermost_user_id: None,
                 },
                 Expect::Absent,
             ),
@@ -247,6 +249,200 @@ pub async fn set_role(
         }
     }
     Err(StoreError::Contention("identity changed concurrently".into()).into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mattermost users
+
+fn read_identity(
+    doc: &Option<crate::storage::Doc>,
+    name: &str,
+) -> Result<(IdentityRecord, Expect), IdentityError> {
+    Ok(match doc {
+        Some(d) => (
+            serde_json::from_value::<IdentityRecord>(d.value.clone())
+                .map_err(|e| StoreError::Corrupt(format!("identity {name}: {e}")))?,
+            Expect::Version(d.version.clone()),
+        ),
+        None => (
+            IdentityRecord {
+                name: name.into(),
+                roles: Vec::new(),
+                mattermost_user: None,
+                mattermost_user_id: None,
+            },
+            Expect::Absent,
+        ),
+    })
+}
+
+fn linked_identity(doc: &Option<crate::storage::Doc>) -> Option<String> {
+    doc.as_ref()?
+        .value
+        .get("identity")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Map a Mattermost user to `name` (replacing the identity's earlier link of the same kind).
+/// A user already linked to another identity is refused: unlink it there first. Returns whether
+/// anything changed. The identity record and the index document the lookup reads are written
+/// together, with an audit entry.
+pub async fn link_mattermost(
+    store: &dyn Store,
+    name: &str,
+    user: &MattermostUser,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, IdentityError> {
+    if !valid_identity(name) {
+        return Err(IdentityError::Invalid(format!(
+            "identity {name:?} is not a valid name"
+        )));
+    }
+    let key = format!("id|{name}");
+    for _ in 0..10 {
+        let doc = store.doc_get(IDENTITIES, &key).await?;
+        let (mut rec, expect) = read_identity(&doc, name)?;
+        let index = store.doc_get(IDENTITIES, &user.index_key()).await?;
+        let previous = user.linked_in(&rec);
+        match linked_identity(&index) {
+            Some(other) if other != name => {
+                // Only a link the other record agrees with binds (both are written together).
+                let holds = identity(store, &other)
+                    .await?
+                    .is_some_and(|r| user.linked_in(&r).as_ref() == Some(user));
+                if holds {
+                    return Err(IdentityError::Invalid(format!(
+                        "{} is already linked to {other}; run `icahub roles unlink-mattermost {other}` first",
+                        user.describe()
+                    )));
+                }
+            }
+            Some(_) if previous.as_ref() == Some(user) => return Ok(false),
+            _ => {}
+        }
+        let mut writes = vec![DocWrite {
+            key: user.index_key(),
+            value: json!({"identity": name, "linked_at": now, "by": by}),
+            expect: expect_of(&index),
+        }];
+        if let Some(old) = previous.as_ref().filter(|p| *p != user) {
+            let old_doc = store.doc_get(IDENTITIES, &old.index_key()).await?;
+            if linked_identity(&old_doc).as_deref() == Some(name) {
+                writes.push(DocWrite {
+                    key: old.index_key(),
+                    value: json!({"identity": null, "unlinked_at": now, "by": by}),
+                    expect: expect_of(&old_doc),
+                });
+            }
+        }
+        MattermostUser::set_in(user, &mut rec, Some(user));
+        writes.push(DocWrite {
+            key: key.clone(),
+            value: serde_json::to_value(&rec).unwrap_or_default(),
+            expect,
+        });
+        writes.push(audit_write(
+            now,
+            json!({"action": "mattermost.linked", "identity": name, "mattermost_user": user.describe(),
+                   "previous": previous.map(|p| p.describe()), "by": by, "at": now}),
+        ));
+        if store.doc_commit(&commit(IDENTITIES, writes, now)).await? {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Contention("identity changed concurrently".into()).into())
+}
+
+/// Remove every Mattermost link of `name`. Returns whether anything changed.
+pub async fn unlink_mattermost(
+    store: &dyn Store,
+    name: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, IdentityError> {
+    let key = format!("id|{name}");
+    for _ in 0..10 {
+        let Some(doc) = store.doc_get(IDENTITIES, &key).await? else {
+            return Ok(false);
+        };
+        let (mut rec, expect) = read_identity(&Some(doc), name)?;
+        let links: Vec<MattermostUser> = [
+            rec.mattermost_user
+                .as_deref()
+                .and_then(MattermostUser::name),
+            rec.mattermost_user_id
+                .as_deref()
+                .and_then(MattermostUser::id),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if links.is_empty() && rec.mattermost_user.is_none() && rec.mattermost_user_id.is_none() {
+            return Ok(false);
+        }
+        let mut writes = Vec::new();
+        for l in &links {
+            let d = store.doc_get(IDENTITIES, &l.index_key()).await?;
+            if linked_identity(&d).as_deref() == Some(name) {
+                writes.push(DocWrite {
+                    key: l.index_key(),
+                    value: json!({"identity": null, "unlinked_at": now, "by": by}),
+                    expect: expect_of(&d),
+                });
+            }
+        }
+        rec.mattermost_user = None;
+        rec.mattermost_user_id = None;
+        writes.push(DocWrite {
+            key: key.clone(),
+            value: serde_json::to_value(&rec).unwrap_or_default(),
+            expect,
+        });
+        writes.push(audit_write(
+            now,
+            json!({"action": "mattermost.unlinked", "identity": name,
+                   "mattermost_users": links.iter().map(|l| l.describe()).collect::<Vec<_>>(), "by": by, "at": now}),
+        ));
+        if store.doc_commit(&commit(IDENTITIES, writes, now)).await? {
+            return Ok(true);
+        }
+    }
+    Err(StoreError::Contention("identity changed concurrently".into()).into())
+}
+
+/// The identity a Mattermost user maps to: by user name when one is given and linked, else by
+/// user id. Names and ids that cannot be Mattermost's are never looked up.
+pub async fn by_mattermost(
+    store: &dyn Store,
+    user_name: Option<&str>,
+    user_id: Option<&str>,
+) -> Result<Option<IdentityRecord>, IdentityError> {
+    let candidates = [
+        user_name.and_then(MattermostUser::name),
+        user_id.and_then(MattermostUser::id),
+    ];
+    for user in candidates.into_iter().flatten() {
+        let index = store.doc_get(IDENTITIES, &user.index_key()).await?;
+        let Some(name) = linked_identity(&index) else {
+            continue;
+        };
+        // The record must still agree (a link is written to both in one commit).
+        if let Some(rec) = identity(store, &name).await? {
+            if user.linked_in(&rec).as_ref() == Some(&user) {
+                return Ok(Some(rec));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn expect_of(doc: &Option<crate::storage::Doc>) -> Expect {
+    match doc {
+        Some(d) => Expect::Version(d.version.clone()),
+        None => Expect::Absent,
+    }
 }
 
 /// Looks presented keys up, remembering answers for a few seconds (a revocation takes effect

@@ -14,6 +14,7 @@
 //!   retry classification.
 //! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
 //! - [`identity`]: API keys and roles (stored as documents) and request authentication.
+//! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod functions_host;
 pub mod http;
 pub mod identity;
 pub mod ingest;
+pub mod mattermost;
 pub mod runs;
 pub mod sinks;
 pub mod startup;

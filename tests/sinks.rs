@@ -6,9 +6,16 @@
 mod support;
 
 use chrono::{DateTime, TimeZone, Utc};
+use icahub::domain::action_token::{Action, TokenKeys};
+use icahub::domain::approval::{
+    self, approval_id, parse_request, Approval, ApprovalType, Budget, Decision, Policy, SignIn,
+};
 use icahub::domain::azure_monitor;
+use icahub::domain::identity::Role;
 use icahub::domain::incident::{plan, Plan, StreamState};
 use icahub::domain::routing::{OutboxDraft, Routing, Sink};
+use icahub::sinks::mattermost::RenderOptions;
+use icahub::sinks::mattermost_approval::ButtonConfig;
 use icahub::sinks::signature::SigningKey;
 use icahub::sinks::{
     classify_at, mattermost, pagerduty, Delivered, SendError, SinkClient, Sinks, MAX_RETRY_AFTER,
@@ -557,6 +564,247 @@ async fn mattermost_keeps_within_post_limits_and_links_only_http() {
     assert!(a["footer"].as_str().unwrap().chars().count() <= 300);
     assert!(a["text"].as_str().unwrap().ends_with('…'));
     assert_eq!(a["title_link"], "https://portal.azure.com/#blade/x");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mattermost: approvals
+
+const ACTION_SECRET: &str = "snapshot-action-secret-0123456789abcdef";
+
+fn action_keys() -> TokenKeys {
+    TokenKeys::new([ACTION_SECRET]).unwrap()
+}
+
+fn with_buttons() -> RenderOptions {
+    RenderOptions {
+        buttons: Some(ButtonConfig {
+            url: "https://icahub.example.net/api/v1/mattermost/actions".into(),
+            keys: action_keys(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A production request of 7,500 USD/month (above the finance threshold) with a budget check,
+/// made at [`t0`] by `pipeline-prod` for a run triggered by dev@contoso.com.
+fn approval_at_t0() -> Approval {
+    let policy = Policy::default();
+    let req = parse_request(
+        &json!({"run_id": "4711", "deployment_target": "production", "estimated_cost": 7500,
+                "project": "payments", "description": "Release 4.2 of the payments API",
+                "checklist": [{"item": "tests green", "done": true}, {"item": "load test", "done": false}, "rollback plan"]}),
+        &policy,
+    )
+    .unwrap();
+    let budget = Budget {
+        project: "payments".into(),
+        monthly_budget: 20_000.0,
+        current_spend: 9_000.0,
+        updated_at: t0(),
+        updated_by: "finops".into(),
+    };
+    Approval::new(
+        approval_id(2025, 17),
+        req,
+        "payments".into(),
+        "pipeline-prod".into(),
+        Some("dev@contoso.com".into()),
+        Some(budget.check(7500.0, t0())),
+        &policy,
+        t0(),
+    )
+}
+
+fn approval_row(kind: &str, a: &Approval, record_id: &str) -> OutboxRow {
+    let key = format!("{kind}-{record_id}");
+    outbox_row(
+        "apr2025000017",
+        Sink::Mattermost,
+        kind,
+        &key,
+        json!({"approval_id": a.id, "record_id": record_id, "approval": icahub::approvals::view(a, t0()),
+               "route": {"mattermost_webhook": "default", "mattermost_channel": "deployments"}}),
+    )
+}
+
+fn decided() -> Approval {
+    let a = approval_at_t0();
+    let tech = SignIn {
+        approval_type: ApprovalType::Technical,
+        decision: Decision::Approved,
+        comments: None,
+    };
+    let (a, _) = approval::sign(
+        &a,
+        "alice",
+        &[Role::TechnicalApprover],
+        &tech,
+        "mattermost",
+        t0() + chrono::Duration::minutes(20),
+    )
+    .unwrap();
+    let biz = SignIn {
+        approval_type: ApprovalType::Business,
+        decision: Decision::Approved,
+        comments: Some("within budget".into()),
+    };
+    let (a, _) = approval::sign(
+        &a,
+        "fiona",
+        &[Role::Finance],
+        &biz,
+        "api",
+        t0() + chrono::Duration::minutes(45),
+    )
+    .unwrap();
+    a
+}
+
+#[test]
+fn snapshot_mattermost_approval_requested() {
+    let a = approval_at_t0();
+    let row = approval_row("approval.requested", &a, "APR-2025-000017-created");
+    let body = mattermost::render(&row, &with_buttons()).unwrap();
+    assert_snapshot("mattermost-approval-requested", &body);
+    // Rendering again gives the same message (a retried delivery posts the same tokens).
+    assert_eq!(mattermost::render(&row, &with_buttons()).unwrap(), body);
+    // Each button's token is authentic, names its action, and expires with the approval.
+    let actions = body["attachments"][0]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 3);
+    for (b, action) in actions.iter().zip(Action::ALL) {
+        assert_eq!(b["id"], action.button_id());
+        let token = b["integration"]["context"]["token"].as_str().unwrap();
+        let claims = action_keys().verify(token, t0().timestamp()).unwrap();
+        assert_eq!(claims.approval_id, a.id);
+        assert_eq!(claims.action, action);
+        assert_eq!(claims.expires, a.expires_at.timestamp());
+        assert_eq!(claims.user_id, None);
+    }
+    // A reminder carries fresh tokens.
+    let reminder = mattermost::render(
+        &approval_row("approval.reminder", &a, "APR-2025-000017-R1"),
+        &with_buttons(),
+    )
+    .unwrap();
+    let tokens = |b: &Value| -> Vec<String> {
+        b["attachments"][0]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                x["integration"]["context"]["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(tokens(&reminder).len(), 3);
+    assert!(tokens(&reminder).iter().all(|t| !tokens(&body).contains(t)));
+}
+
+#[test]
+fn snapshot_mattermost_approval_decided() {
+    let a = decided();
+    let body = mattermost::render(
+        &approval_row("approval.decided", &a, "APR-2025-000017-S2"),
+        &with_buttons(),
+    )
+    .unwrap();
+    assert_snapshot("mattermost-approval-decided", &body);
+    assert!(body["attachments"][0].get("actions").is_none());
+}
+
+#[test]
+fn approval_messages_of_every_kind() {
+    let a = approval_at_t0();
+    for (kind, color, needle) in [
+        (
+            "approval.finance_review",
+            "#8e44ad",
+            "Finance review needed",
+        ),
+        ("approval.escalated", "#d00000", "Escalated"),
+        ("approval.reminder", "#f2c744", "Reminder"),
+    ] {
+        let body = mattermost::render(&approval_row(kind, &a, "r"), &with_buttons()).unwrap();
+        assert!(
+            body["text"].as_str().unwrap().starts_with(needle),
+            "{kind}: {body}"
+        );
+        assert_eq!(body["attachments"][0]["color"], color, "{kind}");
+        assert_eq!(body["channel"], "deployments");
+        let has_buttons = body["attachments"][0].get("actions").is_some();
+        assert_eq!(has_buttons, kind == "approval.reminder", "{kind}");
+    }
+    // Without the button configuration, the request says how to sign instead.
+    let body = mattermost::render(
+        &approval_row("approval.requested", &a, "c"),
+        &RenderOptions::default(),
+    )
+    .unwrap();
+    let att = &body["attachments"][0];
+    assert!(att.get("actions").is_none());
+    assert!(att["text"].as_str().unwrap().contains("ICAHUB_PUBLIC_URL"));
+    // A payload that is not an approval is a permanent failure, not a panic.
+    let mut bad = approval_row("approval.requested", &a, "x");
+    bad.payload["approval"] = json!({"id": 5});
+    assert!(matches!(
+        mattermost::render(&bad, &with_buttons()),
+        Err(SendError::Permanent { .. })
+    ));
+}
+
+#[tokio::test]
+async fn approval_messages_keep_within_post_limits() {
+    let rx = Receiver::mattermost().await;
+    let secret = (
+        "ICAHUB_MATTERMOST_ACTION_SECRETS",
+        ACTION_SECRET.to_string(),
+    );
+    let public = (
+        "ICAHUB_PUBLIC_URL",
+        "https://icahub.example.net".to_string(),
+    );
+    let client = mm_client(&rx, &[secret, public]);
+    let mut a = approval_at_t0();
+    a.description = Some("d".repeat(50_000));
+    a.checklist = json!((0..2000)
+        .map(|i| format!("item {i} {}", "x".repeat(50)))
+        .collect::<Vec<_>>());
+    a.run_id = "r".repeat(256);
+    a.deployment_target = "t".repeat(128);
+    a.project = "p".repeat(128);
+    client
+        .send(&approval_row("approval.requested", &a, "big"))
+        .await
+        .unwrap();
+    rx.assert_no_rejections();
+    let mut b = rx.last().json();
+    let actions = b["attachments"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("actions")
+        .expect("buttons");
+    assert_eq!(actions.as_array().unwrap().len(), 3);
+    fn chars(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.chars().count(),
+            Value::Array(a) => a.iter().map(chars).sum(),
+            Value::Object(o) => o.values().map(chars).sum(),
+            _ => 0,
+        }
+    }
+    let total = chars(&b["text"]) + chars(&b["attachments"]);
+    assert!(total < mattermost::MAX_POST_CHARS, "{total}");
+    assert!(
+        b["attachments"][0]["footer"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count()
+            <= 300
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

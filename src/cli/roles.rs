@@ -1,8 +1,9 @@
-//! `icahub roles grant|revoke|list`: the roles approvals and the API check. Every change is
-//! recorded with who made it.
+//! `icahub roles grant|revoke|list|link-mattermost|unlink-mattermost`: the roles approvals and
+//! the API check, and which Mattermost user is which identity (for the approval buttons). Every
+//! change is recorded with who made it.
 
 use crate::config::Config;
-use crate::domain::identity::Role;
+use crate::domain::identity::{MattermostUser, Role};
 use crate::identity;
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -28,6 +29,20 @@ pub enum RolesCommand {
     Revoke { identity: String, role: String },
     /// Every identity and its roles.
     List,
+    /// Map a Mattermost user to IDENTITY, so their clicks on approval buttons count as IDENTITY's
+    /// (with IDENTITY's roles). Link by user name (MM_USERNAME), or by user id (--user-id) for
+    /// servers whose callbacks carry only the id; an identity may have one of each.
+    LinkMattermost {
+        identity: String,
+        /// The Mattermost user name (`@alice` or `alice`).
+        #[arg(required_unless_present = "user_id", conflicts_with = "user_id")]
+        mm_username: Option<String>,
+        /// The Mattermost user id (26 letters and digits) instead of the user name.
+        #[arg(long)]
+        user_id: Option<String>,
+    },
+    /// Remove IDENTITY's Mattermost links.
+    UnlinkMattermost { identity: String },
 }
 
 fn role(s: &str) -> anyhow::Result<Role> {
@@ -55,6 +70,49 @@ pub async fn run(args: RolesArgs) -> anyhow::Result<()> {
                 identity::set_role(store.as_ref(), &identity, role(&r)?, false, &by, now).await?;
             report(args.json, &identity, &r, "revoked", changed);
         }
+        RolesCommand::LinkMattermost {
+            identity,
+            mm_username,
+            user_id,
+        } => {
+            let user = match (mm_username, user_id) {
+                (_, Some(id)) => MattermostUser::id(&id).with_context(|| {
+                    format!("{id:?} is not a Mattermost user id (letters and digits)")
+                })?,
+                (Some(n), None) => MattermostUser::name(&n).with_context(|| {
+                    format!("{n:?} is not a Mattermost user name (letters, digits, '.', '_', '-')")
+                })?,
+                (None, None) => anyhow::bail!("give MM_USERNAME or --user-id"),
+            };
+            let changed =
+                identity::link_mattermost(store.as_ref(), &identity, &user, &by, now).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"identity": identity, "mattermost_user": user.value(), "by_id": matches!(user, MattermostUser::Id(_)), "action": "linked", "changed": changed})
+                );
+            } else if changed {
+                println!("linked {} to {identity}", user.describe());
+            } else {
+                println!(
+                    "nothing to do: {} is already linked to {identity}",
+                    user.describe()
+                );
+            }
+        }
+        RolesCommand::UnlinkMattermost { identity } => {
+            let changed = identity::unlink_mattermost(store.as_ref(), &identity, &by, now).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"identity": identity, "action": "unlinked", "changed": changed})
+                );
+            } else if changed {
+                println!("removed the Mattermost links of {identity}");
+            } else {
+                println!("nothing to do: {identity} has no Mattermost link");
+            }
+        }
         RolesCommand::List => {
             let ids = identity::list_identities(store.as_ref()).await?;
             if args.json {
@@ -64,7 +122,19 @@ pub async fn run(args: RolesArgs) -> anyhow::Result<()> {
             } else {
                 for i in ids {
                     let roles: Vec<&str> = i.roles.iter().map(|r| r.as_str()).collect();
-                    println!("{:<32} {}", i.name, roles.join(", "));
+                    let mm: Vec<String> = [
+                        i.mattermost_user.as_ref().map(|u| format!("@{u}")),
+                        i.mattermost_user_id.as_ref().map(|u| format!("id:{u}")),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    let mm = if mm.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  (mattermost {})", mm.join(", "))
+                    };
+                    println!("{:<32} {}{mm}", i.name, roles.join(", "));
                 }
             }
         }

@@ -46,13 +46,83 @@ impl Role {
     }
 }
 
-/// An identity's record: its roles, and the Mattermost user name that maps to it.
+/// An identity's record: its roles, and the Mattermost user (by name, by id, or both) that maps
+/// to it (`icahub roles link-mattermost`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRecord {
     pub name: String,
     pub roles: Vec<Role>,
     #[serde(default)]
     pub mattermost_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mattermost_user_id: Option<String>,
+}
+
+/// A Mattermost user as a link names it. Button callbacks carry the user id, and newer servers
+/// the user name too; dialog submissions carry only the id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MattermostUser {
+    /// A user name: lowercase letters, digits, `.`, `_`, `-` (Mattermost's own rule), 1-64.
+    Name(String),
+    /// A user id: 26 lowercase letters and digits on current servers; 1-64 accepted.
+    Id(String),
+}
+
+impl MattermostUser {
+    /// A user name as typed (`@Alice.Smith` works); `None` when it cannot be one.
+    pub fn name(s: &str) -> Option<MattermostUser> {
+        let s = s.trim().trim_start_matches('@').to_ascii_lowercase();
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        ok.then_some(MattermostUser::Name(s))
+    }
+
+    pub fn id(s: &str) -> Option<MattermostUser> {
+        let s = s.trim().to_ascii_lowercase();
+        let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        ok.then_some(MattermostUser::Id(s))
+    }
+
+    /// The index document that maps this user to an identity (one read per lookup).
+    pub fn index_key(&self) -> String {
+        match self {
+            MattermostUser::Name(n) => format!("mm|name|{n}"),
+            MattermostUser::Id(i) => format!("mm|id|{i}"),
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            MattermostUser::Name(v) | MattermostUser::Id(v) => v,
+        }
+    }
+
+    /// `user name alice` / `user id rd49…`, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            MattermostUser::Name(n) => format!("Mattermost user name {n}"),
+            MattermostUser::Id(i) => format!("Mattermost user id {i}"),
+        }
+    }
+
+    /// The link this record holds of the same kind.
+    pub fn linked_in(&self, rec: &IdentityRecord) -> Option<MattermostUser> {
+        match self {
+            MattermostUser::Name(_) => rec.mattermost_user.as_deref().and_then(Self::name),
+            MattermostUser::Id(_) => rec.mattermost_user_id.as_deref().and_then(Self::id),
+        }
+    }
+
+    /// Set this link (`Some`) or clear the link of this kind (`None`) on a record.
+    pub fn set_in(kind: &MattermostUser, rec: &mut IdentityRecord, to: Option<&MattermostUser>) {
+        let v = to.map(|u| u.value().to_string());
+        match kind {
+            MattermostUser::Name(_) => rec.mattermost_user = v,
+            MattermostUser::Id(_) => rec.mattermost_user_id = v,
+        }
+    }
 }
 
 /// Identity names: what people and pipelines are called in approvals and the audit trail.
@@ -116,6 +186,28 @@ mod tests {
         let h = key_hash(&k);
         assert_eq!(h.len(), 64);
         assert!(!key_id(&h).contains(&k[5..]));
+    }
+
+    #[test]
+    fn mattermost_users() {
+        assert_eq!(
+            MattermostUser::name("@Alice.Smith"),
+            Some(MattermostUser::Name("alice.smith".into()))
+        );
+        assert_eq!(MattermostUser::name("bob smith"), None);
+        assert_eq!(MattermostUser::name("<username>"), None);
+        assert_eq!(MattermostUser::name("a|b"), None);
+        assert_eq!(
+            MattermostUser::id("rd49ehbqyjytddasoownkuqrxe")
+                .unwrap()
+                .index_key(),
+            "mm|id|rd49ehbqyjytddasoownkuqrxe"
+        );
+        assert_eq!(MattermostUser::id("rd49-x"), None);
+        assert_eq!(
+            MattermostUser::name("bob").unwrap().index_key(),
+            "mm|name|bob"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`routing`] decides who hears about it. New state machines (runs, approvals) go here too;
 //! [`check`] reads the Azure DevOps check's callback headers.
 
+pub mod action_token;
 pub mod alert;
 pub mod alertmanager;
 pub mod approval;

@@ -10,6 +10,7 @@ pub mod azdo;
 pub mod azdo_check;
 pub mod health;
 pub mod incidents;
+pub mod mattermost;
 pub mod runs;
 pub mod timer;
 
@@ -57,6 +58,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(azdo::route(app.clone()))
         .unify()
         .or(azdo_check::route(app.clone()))
+        .unify()
+        .or(mattermost::actions(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()

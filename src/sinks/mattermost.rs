@@ -1,11 +1,13 @@
 //! Mattermost incoming webhooks (PROTOCOLS.md §5.1): one message with one attachment per incident
-//! opening, update or resolution. [`render`] is pure and builds the JSON body; the client picks
+//! opening, update or resolution, and the approval messages (with their buttons) rendered by
+//! [`super::mattermost_approval`]. [`render`] is pure and builds the JSON body; the client picks
 //! the webhook named by the row's `route.mattermost_webhook` (`default` when unnamed) and posts.
 //!
 //! Limits honoured: a post is split by Mattermost above 16383 characters, so every text we send
 //! is cut well below that in total; `footer` is at most 300 characters; `ts` is not supported by
 //! Mattermost and never sent.
 
+use super::mattermost_approval::{self, ButtonConfig};
 use super::{
     check_url, http_link, human_duration, incident_payload, name_map, post, prefix, ranked_details,
     route_field, short_targets, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
@@ -48,11 +50,13 @@ pub fn color(severity: Severity) -> &'static str {
     }
 }
 
-/// Who the post appears to come from (overrides need the server's permission to take effect).
+/// Who the post appears to come from (overrides need the server's permission to take effect),
+/// and the approval buttons' configuration (none: approval messages go out without buttons).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderOptions {
     pub username: String,
     pub icon_url: Option<String>,
+    pub buttons: Option<ButtonConfig>,
 }
 
 impl Default for RenderOptions {
@@ -60,13 +64,18 @@ impl Default for RenderOptions {
         RenderOptions {
             username: "icahub".into(),
             icon_url: None,
+            buttons: None,
         }
     }
 }
 
-/// The webhook body for `row`: kinds `incident.opened`, `incident.updated` and
-/// `incident.resolved`; any other kind is [`SendError::Permanent`].
+/// The webhook body for `row`: kinds `incident.opened`, `incident.updated`,
+/// `incident.resolved` and the approval kinds ([`mattermost_approval::handles`]); any other kind
+/// is [`SendError::Permanent`].
 pub fn render(row: &OutboxRow, opts: &RenderOptions) -> Result<Value, SendError> {
+    if mattermost_approval::handles(&row.kind) {
+        return mattermost_approval::render(row, opts);
+    }
     let phase = match row.kind.as_str() {
         "incident.opened" => Phase::Opened,
         "incident.updated" => Phase::Updated,
@@ -244,7 +253,8 @@ impl MattermostClient {
 
     /// `ICAHUB_MATTERMOST_WEBHOOK_URL` (the `default` webhook), `ICAHUB_MATTERMOST_WEBHOOKS`
     /// (JSON object name → URL; the explicit URL variable wins for `default`),
-    /// `ICAHUB_MATTERMOST_USERNAME` (default `icahub`), `ICAHUB_MATTERMOST_ICON_URL`.
+    /// `ICAHUB_MATTERMOST_USERNAME` (default `icahub`), `ICAHUB_MATTERMOST_ICON_URL`, and for
+    /// the approval buttons `ICAHUB_PUBLIC_URL` with `ICAHUB_MATTERMOST_ACTION_SECRETS`.
     /// `None` when no webhook is configured.
     pub fn from_lookup(
         get: &dyn Fn(&str) -> Option<String>,
@@ -268,9 +278,13 @@ impl MattermostClient {
         if let Some(icon) = &icon_url {
             check_url("ICAHUB_MATTERMOST_ICON_URL", icon)?;
         }
+        let buttons = crate::config::MattermostActions::from_lookup(get)?
+            .buttons()
+            .map(|(url, keys)| ButtonConfig { url, keys });
         let opts = RenderOptions {
             username: get("ICAHUB_MATTERMOST_USERNAME").unwrap_or_else(|| "icahub".into()),
             icon_url,
+            buttons,
         };
         Ok(Some(MattermostClient::new(client, webhooks, opts)))
     }

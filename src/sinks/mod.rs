@@ -9,6 +9,7 @@
 pub mod azure_devops;
 pub mod control_plane;
 pub mod mattermost;
+pub mod mattermost_approval;
 pub mod pagerduty;
 pub mod signature;
 

@@ -143,7 +143,8 @@ impl Receiver {
         }
     }
 
-    /// Mattermost incoming webhooks at `/hooks/<key>`.
+    /// Mattermost incoming webhooks at `/hooks/<key>`, and `POST /api/v4/actions/dialogs/open`
+    /// (interactive dialogs, PROTOCOLS.md §5.3).
     pub async fn mattermost() -> Receiver {
         Receiver::start(Box::new(check_mattermost)).await
     }
@@ -263,7 +264,137 @@ fn mm_error(reason: &str, id: &str, message: &str) -> Result<Reply, (String, Rep
     ))
 }
 
+/// `POST /api/v4/actions/dialogs/open` as Mattermost checks it (`OpenDialogRequest.IsValid`
+/// and the dialog element rules): a trigger id, a URL, a dialog with a title of at most 24
+/// characters, valid elements.
+fn check_dialog_open(r: &Recorded) -> Result<Reply, (String, Reply)> {
+    let bad = |why: &str| {
+        mm_error(
+            why,
+            "interactive_message.decode_trigger_id.signature_decode_failed",
+            why,
+        )
+    };
+    if r.method != "POST" {
+        return Err(("dialogs/open: not POST".into(), Reply::new(405, "")));
+    }
+    if !r
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7)
+    {
+        return Err((
+            "dialogs/open without a bearer token".into(),
+            Reply::json(
+                401,
+                &json!({"id": "api.context.session_expired.app_error", "status_code": 401}),
+            ),
+        ));
+    }
+    let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(&r.body) else {
+        return bad("dialogs/open body is not a JSON object");
+    };
+    fn string(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+    if string(b.get("trigger_id")).is_none() {
+        return bad("dialogs/open without trigger_id");
+    }
+    if !string(b.get("url")).is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return bad("dialogs/open without an http(s) url");
+    }
+    let Some(d) = b.get("dialog").and_then(Value::as_object) else {
+        return bad("dialogs/open without a dialog");
+    };
+    match string(d.get("title")) {
+        Some(t) if t.chars().count() <= 24 => {}
+        _ => return bad("dialog title missing or longer than 24 characters"),
+    }
+    let elements = d.get("elements").and_then(Value::as_array);
+    for e in elements.into_iter().flatten() {
+        let name_ok = string(e.get("name")).is_some();
+        let display_ok = string(e.get("display_name")).is_some_and(|n| n.chars().count() <= 24);
+        let ty = e.get("type").and_then(Value::as_str).unwrap_or("");
+        let max_ok = e
+            .get("max_length")
+            .is_none_or(|m| m.as_u64().is_some_and(|m| m <= 3000));
+        if !name_ok
+            || !display_ok
+            || !["text", "textarea", "select", "bool", "radio"].contains(&ty)
+            || !max_ok
+        {
+            return bad("invalid dialog element");
+        }
+    }
+    if d.get("state").is_some_and(|s| !s.is_string()) {
+        return bad("dialog state is not a string");
+    }
+    Ok(Reply::json(200, &json!({"status": "OK"})))
+}
+
+/// `attachments[].actions[]` as Mattermost validates them (PROTOCOLS.md §5.2).
+fn check_actions(a: &serde_json::Map<String, Value>) -> Result<(), String> {
+    for act in a
+        .get("actions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(act) = act.as_object() else {
+            return Err("action is not an object".into());
+        };
+        if act
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err("action without a name".into());
+        }
+        if let Some(id) = act.get("id") {
+            if !id
+                .as_str()
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_alphanumeric()))
+            {
+                return Err("action id must be letters and digits".into());
+            }
+        }
+        if let Some(t) = act.get("type") {
+            if !matches!(t.as_str(), Some("button" | "select")) {
+                return Err("action type must be button or select".into());
+            }
+        }
+        if let Some(style) = act.get("style").and_then(Value::as_str) {
+            let named = ["default", "primary", "success", "good", "warning", "danger"];
+            if !named.contains(&style) && !style.starts_with('#') {
+                return Err("action style is not a known style or colour".into());
+            }
+        }
+        let url = act
+            .get("integration")
+            .and_then(|i| i.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !(url.starts_with("http://")
+            || url.starts_with("https://")
+            || url.starts_with("/plugins/"))
+        {
+            return Err("action integration url must be http(s) or /plugins/".into());
+        }
+        if act
+            .get("integration")
+            .and_then(|i| i.get("context"))
+            .is_some_and(|c| !c.is_object())
+        {
+            return Err("action integration context is not an object".into());
+        }
+    }
+    Ok(())
+}
+
 fn check_mattermost(r: &Recorded) -> Result<Reply, (String, Reply)> {
+    if r.path == "/api/v4/actions/dialogs/open" {
+        return check_dialog_open(r);
+    }
     let key = r.path.strip_prefix("/hooks/").unwrap_or("");
     if r.method != "POST" || key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err((
@@ -326,6 +457,13 @@ fn check_mattermost(r: &Recorded) -> Result<Reply, (String, Reply)> {
                 "attachment has ts, which Mattermost does not support",
                 "test.unsupported_field",
                 "ts is not supported",
+            );
+        }
+        if let Err(why) = check_actions(a) {
+            return mm_error(
+                &why,
+                "model.post.is_valid.action.app_error",
+                "Invalid action.",
             );
         }
         for f in a

@@ -1,0 +1,42 @@
+//! `POST /api/v1/mattermost/actions`: Mattermost's callbacks for the approval buttons and the
+//! rejection dialog's submissions. No API key: Mattermost cannot send one, and the signed token
+//! each button carries is the authentication ([`crate::mattermost`] does the work). Anything
+//! that is a JSON object gets HTTP 200 (Mattermost shows a generic error for any other status),
+//! with the refusal in `ephemeral_text`, `error` or `errors`; a body that is not a JSON object is
+//! a 400 JSON error like everywhere else.
+
+use super::{ctx, json_body, with_app};
+use crate::error::{json_response, ApiError};
+use crate::ingest::{decode_json, RequestCtx};
+use crate::startup::App;
+use bytes::Bytes;
+use std::sync::Arc;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+pub fn actions(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path!("api" / "v1" / "mattermost" / "actions")
+        .and(warp::post())
+        .and(ctx())
+        .and(json_body(app.config.max_body_bytes))
+        .and(with_app(app))
+        .then(handle)
+}
+
+#[tracing::instrument(skip_all, fields(route = "mattermost_actions", request_id = %ctx.request_id))]
+async fn handle(ctx: RequestCtx, body: Bytes, app: Arc<App>) -> Response {
+    let v = match decode_json(&body) {
+        Ok((v, _)) if v.is_object() => v,
+        Ok(_) => {
+            return ApiError::bad_request(
+                Some("$".into()),
+                "expected a Mattermost action callback or dialog submission (a JSON object)",
+            )
+            .into_response(&ctx.request_id)
+        }
+        Err(e) => return e.into_response(&ctx.request_id),
+    };
+    let answer = crate::mattermost::handle(&app, &v).await;
+    json_response(StatusCode::OK, &answer, &ctx.request_id)
+}

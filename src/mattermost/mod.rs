@@ -1,0 +1,350 @@
+//! Mattermost approval buttons and the rejection dialog (PROTOCOLS.md §5.2, §5.3): what
+//! `POST /api/v1/mattermost/actions` does ([`crate::http::mattermost`] is the route).
+//!
+//! Mattermost does not sign its callbacks, so the token in the button's `integration.context`
+//! (kept server-side by Mattermost) is the authentication; see [`crate::domain::action_token`].
+//! A click is: verify the token (forged, altered, expired: refused and audited in the
+//! [`crate::approvals::REGISTRY`] partition, and on the approval's own trail when the token is
+//! authentic), map the Mattermost user to an identity ([`crate::identity::by_mattermost`]), then
+//! [`crate::approvals::sign`], which applies every rule the API applies and refuses a token used
+//! before. Reject opens a dialog for the reason; its state is a token bound to the clicking user,
+//! because the dialog hands its state to that user's client.
+//!
+//! Every answer is HTTP 200 (Mattermost shows a generic error for anything else): refusals are
+//! an `ephemeral_text` (buttons) or `{"error"}` / `{"errors"}` (dialogs).
+
+use crate::approvals::{self, Signer, REGISTRY};
+use crate::domain::action_token::{self, Action, Claims, TokenError, TokenKeys};
+use crate::domain::approval::{ApprovalType, Decision, SignIn};
+use crate::domain::identity::IdentityRecord;
+use crate::error::ApiError;
+use crate::sinks::mattermost_approval::{self, ApprovalView, ButtonConfig, Buttons, Phase};
+use crate::startup::App;
+use crate::storage::DocCommit;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+mod dialog;
+
+pub use dialog::MAX_REASON_CHARS;
+
+/// A callback's fields, read leniently: a missing or wrongly typed field is absent (all three
+/// documented shapes parse; the token decides what happens).
+#[derive(Debug, Clone, Default)]
+pub struct Callback {
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub channel_id: Option<String>,
+    pub post_id: Option<String>,
+    pub trigger_id: Option<String>,
+    /// `context.token` of a button, `state` of a dialog submission.
+    pub token: Option<String>,
+    pub dialog: bool,
+    pub cancelled: bool,
+    /// A dialog's `submission.reason`, when it is a string.
+    pub reason: Option<String>,
+}
+
+impl Callback {
+    pub fn parse(v: &Value) -> Callback {
+        let s = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| s.chars().take(2 * action_token::MAX_TOKEN_CHARS).collect())
+        };
+        let dialog = v.get("type").and_then(Value::as_str) == Some("dialog_submission");
+        Callback {
+            user_id: s(v.get("user_id")),
+            user_name: s(v.get("user_name")),
+            channel_id: s(v.get("channel_id")),
+            post_id: s(v.get("post_id")),
+            trigger_id: s(v.get("trigger_id")),
+            token: if dialog {
+                s(v.get("state"))
+            } else {
+                s(v.get("context").and_then(|c| c.get("token")))
+            },
+            dialog,
+            cancelled: v.get("cancelled").and_then(Value::as_bool) == Some(true),
+            reason: v
+                .get("submission")
+                .and_then(|s| s.get("reason"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        }
+    }
+}
+
+/// Handle a button click or a dialog submission; the answer is always sent with HTTP 200.
+pub async fn handle(app: &App, v: &Value) -> Value {
+    let cb = Callback::parse(v);
+    let now = app.clock.now();
+    if cb.dialog {
+        dialog::submission(app, &cb, now).await
+    } else {
+        click(app, &cb, now).await
+    }
+}
+
+fn ephemeral(text: impl Into<String>) -> Value {
+    json!({ "ephemeral_text": text.into() })
+}
+
+/// Verify the callback's token; a refusal is audited and explained.
+async fn verify(
+    app: &App,
+    cb: &Callback,
+    now: DateTime<Utc>,
+) -> Result<(Claims, TokenKeys, String), String> {
+    let Some((url, keys)) = app.config.mattermost.buttons() else {
+        audit(app, cb, None, "buttons_not_configured", now).await;
+        return Err("Approval buttons are not configured on this icahub (ICAHUB_PUBLIC_URL and ICAHUB_MATTERMOST_ACTION_SECRETS); approve or reject with the API.".into());
+    };
+    let Some(token) = cb.token.as_deref() else {
+        audit(app, cb, None, "missing", now).await;
+        return Err("This request carries no icahub token, so it was refused and recorded.".into());
+    };
+    match keys.verify(token, now.timestamp()) {
+        Ok(c) => {
+            // A dialog's state is bound to one user and works only as a dialog's state; a
+            // button's token is unbound and works only on a button.
+            let bound_ok = match (&c.user_id, cb.dialog) {
+                (None, false) => true,
+                (Some(uid), true) => cb.user_id.as_deref() == Some(uid.as_str()),
+                _ => false,
+            };
+            if !bound_ok || (cb.dialog && c.action != Action::Reject) {
+                audit(app, cb, Some(&c.approval_id), "misused", now).await;
+                return Err("This token does not belong to this user or this kind of request; the attempt was recorded.".into());
+            }
+            Ok((c, keys, url))
+        }
+        Err(TokenError::Expired(c)) => {
+            audit(app, cb, Some(&c.approval_id), "expired", now).await;
+            Err(format!(
+                "This button expired at {} with approval {}; it can no longer be signed here. The attempt was recorded.",
+                mattermost_approval::time(
+                    DateTime::from_timestamp(c.expires, 0).unwrap_or(now)
+                ),
+                c.approval_id
+            ))
+        }
+        Err(e @ (TokenError::Malformed | TokenError::BadSignature)) => {
+            let why = if e == TokenError::Malformed {
+                "malformed"
+            } else {
+                "forged"
+            };
+            audit(app, cb, None, why, now).await;
+            Err(
+                "This button's token is not valid (forged or altered), so nothing was done; the attempt was recorded."
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Record a refused callback in the registry's audit trail, and on the approval's own trail when
+/// the approval id comes from an authentic token. Best effort: the refusal stands either way.
+async fn audit(
+    app: &App,
+    cb: &Callback,
+    trusted_id: Option<&str>,
+    reason: &str,
+    now: DateTime<Utc>,
+) {
+    let claimed = cb
+        .token
+        .as_deref()
+        .and_then(action_token::unverified_approval_id);
+    let entry = json!({
+        "action": "mattermost.token_refused", "reason": reason,
+        "approval_id": trusted_id, "claimed_approval_id": if trusted_id.is_none() { claimed } else { None },
+        "token_fingerprint": cb.token.as_deref().map(action_token::fingerprint),
+        "kind": if cb.dialog { "dialog_submission" } else { "button" },
+        "mattermost_user_id": cb.user_id, "mattermost_user_name": cb.user_name,
+        "channel_id": cb.channel_id, "post_id": cb.post_id, "at": now,
+    });
+    tracing::warn!(reason, approval_id = ?trusted_id, user_id = ?cb.user_id, "refused a Mattermost callback");
+    let mut partitions = vec![REGISTRY.to_string()];
+    partitions.extend(trusted_id.and_then(approvals::partition_of));
+    for p in partitions {
+        let c = DocCommit {
+            partition: p,
+            writes: vec![approvals::audit_write(now, entry.clone())],
+            outbox: Vec::new(),
+            record_id: "mattermost-refusal".into(),
+            now,
+        };
+        if let Err(e) = app.store.doc_commit(&c).await {
+            tracing::warn!(error = %e, "could not audit a refused Mattermost callback");
+        }
+    }
+}
+
+/// The identity behind the callback's Mattermost user, or the text to show instead.
+async fn who(
+    app: &App,
+    cb: &Callback,
+    claims: &Claims,
+    now: DateTime<Utc>,
+) -> Result<IdentityRecord, String> {
+    // A dialog submission carries only the user id; the state carries the name it was opened for.
+    let name = if cb.dialog {
+        claims.user_name.as_deref()
+    } else {
+        cb.user_name.as_deref()
+    };
+    match crate::identity::by_mattermost(app.store.as_ref(), name, cb.user_id.as_deref()).await {
+        Ok(Some(rec)) => Ok(rec),
+        Ok(None) => {
+            audit(app, cb, Some(&claims.approval_id), "unknown_user", now).await;
+            let link = match name {
+                Some(n) => format!("icahub roles link-mattermost <identity> {n}"),
+                None => format!(
+                    "icahub roles link-mattermost <identity> --user-id {}",
+                    cb.user_id.as_deref().unwrap_or("<user id>")
+                ),
+            };
+            Err(format!(
+                "Your Mattermost account is not linked to an icahub identity, so icahub cannot tell which roles you hold. Ask an icahub admin to run `{link}`."
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Mattermost user lookup failed");
+            Err("icahub could not look your account up right now; try again in a moment.".into())
+        }
+    }
+}
+
+fn refusal_text(e: &ApiError) -> String {
+    match e {
+        ApiError::Unavailable { .. } => {
+            format!("icahub could not complete this right now ({e}); try again in a moment.")
+        }
+        other => format!("Refused: {other}"),
+    }
+}
+
+/// The post's new content for the approval as it now stands: the buttons still open while it
+/// is pending, none once it is final (fresh tokens; the clicked one is spent).
+async fn update(app: &App, id: &str, config: &ButtonConfig, now: DateTime<Utc>) -> Option<Value> {
+    let (a, _) = approvals::load(app.store.as_ref(), id).await.ok()??;
+    let view = ApprovalView::from_value(&approvals::view(&a, now)).ok()?;
+    let nonce = |_: Action| action_token::nonce(*uuid::Uuid::new_v4().as_bytes());
+    let buttons = Buttons {
+        config,
+        nonce: &nonce,
+    };
+    let mut card = mattermost_approval::card(&view, Phase::Request, Some(&buttons));
+    let headline = mattermost_approval::headline(&view);
+    card["fallback"] = json!(headline);
+    Some(json!({"message": headline, "props": {"attachments": [card]}}))
+}
+
+async fn click(app: &App, cb: &Callback, now: DateTime<Utc>) -> Value {
+    let (claims, keys, url) = match verify(app, cb, now).await {
+        Ok(x) => x,
+        Err(text) => return ephemeral(text),
+    };
+    let rec = match who(app, cb, &claims, now).await {
+        Ok(r) => r,
+        Err(text) => return ephemeral(text),
+    };
+    let config = ButtonConfig { url, keys };
+    let approval_type = match claims.action {
+        Action::ApproveTechnical => ApprovalType::Technical,
+        Action::ApproveBusiness => ApprovalType::Business,
+        Action::Reject => {
+            // No dialog for an approval that is decided already (the submission would be
+            // refused by the rules anyway); take the stale buttons off instead.
+            if let Ok(Some((a, _))) = approvals::load(app.store.as_ref(), &claims.approval_id).await
+            {
+                if a.status.is_final() || a.is_overdue(now) {
+                    let mut out = ephemeral(format!(
+                        "{} is already {}; there is nothing to reject.",
+                        a.id,
+                        if a.is_overdue(now) {
+                            "expired"
+                        } else {
+                            a.status.as_str()
+                        }
+                    ));
+                    if let Some(u) = update(app, &a.id, &config, now).await {
+                        out["update"] = u;
+                    }
+                    return out;
+                }
+            }
+            return dialog::open(app, cb, &claims, &config).await;
+        }
+    };
+    let signer = Signer {
+        name: rec.name.clone(),
+        roles: rec.roles.clone(),
+        via: "mattermost".into(),
+        token_id: Some(claims.token_id()),
+    };
+    let input = SignIn {
+        approval_type,
+        decision: Decision::Approved,
+        comments: None,
+    };
+    let id = &claims.approval_id;
+    match approvals::sign(app, &signer, id, &input, now).await {
+        Ok(v) => {
+            tracing::info!(approval_id = %id, by = %rec.name, approval_type = approval_type.as_str(), "signed in Mattermost");
+            let status = v["status"].as_str().unwrap_or("").replace('_', " ");
+            let mut out = ephemeral(format!(
+                "Recorded: the {} approval of {id} by {} (via Mattermost). Status: {status}.",
+                approval_type.as_str(),
+                rec.name
+            ));
+            if let Some(u) = update(app, id, &config, now).await {
+                out["update"] = u;
+            }
+            out
+        }
+        Err(e) => {
+            let mut out = ephemeral(refusal_text(&e));
+            // A decided approval's buttons are stale: take them off the post.
+            if matches!(e, ApiError::Conflict(_)) {
+                if let Ok(Some((a, _))) = approvals::load(app.store.as_ref(), id).await {
+                    if a.status.is_final() || a.is_overdue(now) {
+                        if let Some(u) = update(app, id, &config, now).await {
+                            out["update"] = u;
+                        }
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_parse_leniently() {
+        let c = Callback::parse(
+            &json!({"user_id": "u1", "context": {"token": " t "}, "trigger_id": 5}),
+        );
+        assert_eq!(c.user_id.as_deref(), Some("u1"));
+        assert_eq!(c.token.as_deref(), Some("t"));
+        assert_eq!(c.trigger_id, None);
+        assert!(!c.dialog);
+        let d = Callback::parse(
+            &json!({"type": "dialog_submission", "state": "s", "context": {"token": "t"},
+                                        "submission": {"reason": "no"}, "cancelled": false}),
+        );
+        assert!(d.dialog);
+        assert_eq!(d.token.as_deref(), Some("s"));
+        assert_eq!(d.reason.as_deref(), Some("no"));
+        let e = Callback::parse(&json!({"context": "not an object", "user_name": ""}));
+        assert_eq!(e.token, None);
+        assert_eq!(e.user_name, None);
+    }
+}

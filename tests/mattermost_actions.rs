@@ -1,0 +1,713 @@
+//! Mattermost approval buttons through the real server (embedded store, manual clock): the hub
+//! posts the approval request to a local Mattermost receiver, the test plays Mattermost and
+//! sends the button callbacks (shaped like the documented samples) with the tokens taken from
+//! the captured message. Covers the two-person approval, refusals by role and separation of
+//! duties, forged / expired / replayed / misused tokens (refused and audited), the rejection
+//! dialog (open request, field errors, rejection), unlinked users, and messages without buttons.
+
+mod support;
+
+use chrono::{Duration as Span, Utc};
+use icahub::clock::ManualClock;
+use icahub::config::Config;
+use icahub::domain::action_token::{self, Action, Claims, TokenKeys};
+use icahub::domain::identity::{MattermostUser, Role};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use support::hub::{Reply, TestHub};
+use support::receiver::{Receiver, Recorded};
+
+const ACTIONS: &str = "/api/v1/mattermost/actions";
+const PUBLIC_URL: &str = "https://icahub.example.net";
+const SECRET: &str = "test-action-secret-0123456789abcdef";
+const MM_TOKEN: &str = "mm-bot-token-SECRET";
+const ALICE_ID: &str = "aliceuserid000000000000000";
+const BOB_ID: &str = "bobuserid00000000000000000";
+const CAROL_ID: &str = "caroluserid000000000000000";
+const TESTER_ID: &str = "testeruserid00000000000000";
+const MALLORY_ID: &str = "malloryuserid0000000000000";
+
+struct Env {
+    hub: TestHub,
+    mm: Receiver,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+/// A hub whose Mattermost webhook is a local receiver, with buttons on, the rejection dialog on
+/// when `dialog`, and these people: alice (technical approver, linked by user name), bob
+/// (business approver, linked by user id only), carol (no role, linked), tester (every role,
+/// the requester, linked). mallory is not linked.
+async fn setup(buttons: bool, dialog: bool) -> Env {
+    let mm = Receiver::mattermost().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("ICAHUB_STORAGE".into(), "embedded".into());
+    env.insert("ICAHUB_DATA_DIR".into(), dir.path().display().to_string());
+    env.insert(
+        "ICAHUB_MATTERMOST_WEBHOOK_URL".into(),
+        mm.url("/hooks/approvalhookkey1"),
+    );
+    if buttons {
+        env.insert("ICAHUB_PUBLIC_URL".into(), PUBLIC_URL.into());
+        env.insert(
+            "ICAHUB_MATTERMOST_ACTION_SECRETS".into(),
+            format!("{SECRET},an-older-secret-still-accepted-000000"),
+        );
+    }
+    if dialog {
+        env.insert("ICAHUB_MATTERMOST_URL".into(), mm.base.clone());
+        env.insert("ICAHUB_MATTERMOST_TOKEN".into(), MM_TOKEN.into());
+    }
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let config = Config::from_lookup(|k| env.get(k).cloned(), Some(0)).unwrap();
+    let sinks = icahub::sinks::Sinks::from_lookup(&|k| env.get(k).cloned()).unwrap();
+    let hub = TestHub::start_with(config, sinks, clock.clone()).await;
+    let store = hub.app.store.as_ref();
+    let now = Utc::now();
+    for (who, role) in [
+        ("alice", Role::TechnicalApprover),
+        ("bob", Role::BusinessApprover),
+    ] {
+        icahub::identity::set_role(store, who, role, true, "test", now)
+            .await
+            .unwrap();
+    }
+    for (who, user) in [
+        ("alice", MattermostUser::name("alice").unwrap()),
+        ("bob", MattermostUser::id(BOB_ID).unwrap()),
+        ("carol", MattermostUser::name("carol").unwrap()),
+        ("tester", MattermostUser::name("tester").unwrap()),
+    ] {
+        assert!(
+            icahub::identity::link_mattermost(store, who, &user, "test", now)
+                .await
+                .unwrap()
+        );
+    }
+    Env {
+        hub,
+        mm,
+        clock,
+        _dir: dir,
+    }
+}
+
+/// Request an approval through the API (as tester) and return its id.
+async fn request(env: &Env, run: &str, target: &str) -> String {
+    let r = env
+        .hub
+        .post_json(
+            "/api/v1/azdev/approval",
+            json!({"run_id": run, "deployment_target": target, "estimated_cost": 1250.5,
+                   "project": "payments", "description": "Release 4.2 of the payments API",
+                   "checklist": {"tests green": true, "rollback plan": true, "load test": false}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.json["approval_id"].as_str().unwrap().to_string()
+}
+
+/// The webhook posts whose text mentions `needle`, waiting up to 5 s for at least one.
+async fn posts(mm: &Receiver, needle: &str) -> Vec<Value> {
+    for _ in 0..250 {
+        let found: Vec<Value> = mm
+            .requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/hooks/"))
+            .map(Recorded::json)
+            .filter(|v| v["text"].as_str().is_some_and(|t| t.contains(needle)))
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "no Mattermost post mentioning {needle:?}; got {:?}",
+        mm.requests()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).to_string())
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The request message of approval `id`, and its buttons by action.
+async fn buttons(env: &Env, id: &str) -> HashMap<String, Value> {
+    let post = posts(&env.mm, "Approval needed: ").await;
+    let post = post
+        .into_iter()
+        .find(|p| p["text"].as_str().unwrap().contains(id))
+        .expect("the request message");
+    let actions = post["attachments"][0]["actions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    actions
+        .into_iter()
+        .map(|a| {
+            (
+                a["integration"]["context"]["action"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                a,
+            )
+        })
+        .collect()
+}
+
+fn token_of(button: &Value) -> String {
+    button["integration"]["context"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A callback shaped like the documented full one (with `user_name`), for this button's context.
+fn click_as(user_id: &str, user_name: &str, context: &Value) -> Value {
+    let mut cb = support::fixture_json("mattermost-action-callback-full-shape.json");
+    cb["user_id"] = json!(user_id);
+    cb["user_name"] = json!(user_name);
+    cb["trigger_id"] = json!(format!("trigger-{user_name}-{}", uuid_like()));
+    cb["context"] = context.clone();
+    cb
+}
+
+/// A callback shaped like the documented minimal one (no `user_name`).
+fn click_by_id(user_id: &str, context: &Value) -> Value {
+    let mut cb = support::fixture_json("mattermost-action-callback.json");
+    cb["user_id"] = json!(user_id);
+    cb["context"] = context.clone();
+    cb
+}
+
+fn uuid_like() -> String {
+    format!("{:x}", Utc::now().timestamp_nanos_opt().unwrap_or(0))
+}
+
+/// POST a callback without an API key (Mattermost has none).
+async fn callback(env: &Env, body: &Value) -> Reply {
+    let r = reqwest::Client::new()
+        .post(env.hub.url(ACTIONS))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    Reply::read(r).await
+}
+
+async fn get_approval(env: &Env, id: &str) -> Value {
+    let r = env.hub.get(&format!("/api/v1/azdev/approval/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json
+}
+
+/// Audit entries of a partition with this `action`.
+async fn audits(env: &Env, partition: &str, action: &str) -> Vec<Value> {
+    env.hub
+        .app
+        .store
+        .doc_list(partition, "audit|")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .filter(|v| v["action"] == action)
+        .collect()
+}
+
+fn ephemeral(r: &Reply) -> String {
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["ephemeral_text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ephemeral_text in {}", r.text))
+        .to_string()
+}
+
+#[tokio::test]
+async fn two_people_approve_with_the_buttons() {
+    let env = setup(true, false).await;
+    let id = request(&env, "4711", "production").await;
+    let b = buttons(&env, &id).await;
+    env.mm.assert_no_rejections();
+
+    // The request: three buttons calling the public URL, each with a token; cost and checklist.
+    assert_eq!(b.len(), 3, "{b:?}");
+    for (action, name) in [
+        ("approve_technical", "Approve (technical)"),
+        ("approve_business", "Approve (business)"),
+        ("reject", "Reject"),
+    ] {
+        assert_eq!(b[action]["name"], name);
+        assert_eq!(
+            b[action]["integration"]["url"],
+            format!("{PUBLIC_URL}{ACTIONS}")
+        );
+        assert!(token_of(&b[action]).contains('.'));
+    }
+    let post = &posts(&env.mm, &id).await[0];
+    let att = &post["attachments"][0];
+    let fields = att["fields"].to_string();
+    assert!(fields.contains("$1,250.50/month"), "{fields}");
+    assert!(fields.contains("tester"), "{fields}");
+    assert!(att["text"].as_str().unwrap().contains("- [x] tests green"));
+    assert!(att["text"].as_str().unwrap().contains("- [ ] load test"));
+    assert!(post.to_string().len() < 16383);
+
+    // The requester may not approve; someone without the role may not either.
+    let tech = b["approve_technical"]["integration"]["context"].clone();
+    let text = ephemeral(&callback(&env, &click_as(TESTER_ID, "tester", &tech)).await);
+    assert!(text.contains("requested this deployment"), "{text}");
+    let text = ephemeral(&callback(&env, &click_as(CAROL_ID, "carol", &tech)).await);
+    assert!(text.contains("technical_approver"), "{text}");
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
+
+    // alice gives the technical approval: the post keeps the two buttons still useful.
+    let r = callback(&env, &click_as(ALICE_ID, "alice", &tech)).await;
+    let text = ephemeral(&r);
+    assert!(
+        text.contains("technical approval") && text.contains("alice"),
+        "{text}"
+    );
+    let update = &r.json["update"];
+    assert!(update["message"].as_str().unwrap().contains(&id));
+    let left: Vec<&str> = update["props"]["attachments"][0]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["integration"]["context"]["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["approve_business", "reject"]);
+    assert!(update["props"]["attachments"][0]["fields"]
+        .to_string()
+        .contains("approved by alice"));
+
+    // bob, known to icahub by his user id only, clicks from a server that sends no user name.
+    let biz = b["approve_business"]["integration"]["context"].clone();
+    let r = callback(&env, &click_by_id(BOB_ID, &biz)).await;
+    let text = ephemeral(&r);
+    assert!(text.contains("Status: approved"), "{text}");
+    let update = &r.json["update"];
+    assert!(
+        update["props"]["attachments"][0].get("actions").is_none(),
+        "a final approval keeps no buttons: {update}"
+    );
+    assert!(update["message"].as_str().unwrap().contains("approved"));
+
+    let a = get_approval(&env, &id).await;
+    assert_eq!(a["status"], "approved");
+    let sigs = a["signatures"].as_array().unwrap();
+    assert_eq!(sigs.len(), 2);
+    assert!(sigs.iter().all(|s| s["via"] == "mattermost"));
+    assert_eq!(sigs[0]["by"], "alice");
+    assert_eq!(sigs[1]["by"], "bob");
+    // The decision is posted too.
+    posts(&env.mm, &format!("{id} approved")).await;
+
+    // Reject on the decided approval: refused by the approval rules, and the stale buttons go.
+    let rej = b["reject"]["integration"]["context"].clone();
+    let r = callback(&env, &click_as(ALICE_ID, "alice", &rej)).await;
+    let text = ephemeral(&r);
+    assert!(text.contains("already approved"), "{text}");
+    assert!(r.json["update"]["props"]["attachments"][0]
+        .get("actions")
+        .is_none());
+    env.mm.assert_no_rejections();
+}
+
+#[tokio::test]
+async fn forged_expired_replayed_and_misused_tokens_are_refused_and_audited() {
+    let env = setup(true, false).await;
+    let id = request(&env, "5001", "staging").await;
+    let b = buttons(&env, &id).await;
+    let partition = icahub::approvals::partition_of(&id).unwrap();
+    let registry = icahub::approvals::REGISTRY;
+
+    // Forged: the signature changed.
+    let mut ctx = b["approve_technical"]["integration"]["context"].clone();
+    let token = token_of(&b["approve_technical"]);
+    let (payload, sig) = token.split_once('.').unwrap();
+    let flipped: String = sig
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 3 {
+                if c == 'A' {
+                    'B'
+                } else {
+                    'A'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    ctx["token"] = json!(format!("{payload}.{flipped}"));
+    let text = ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &ctx)).await);
+    assert!(text.contains("not valid"), "{text}");
+    // Forged: the technical token's claims with the business token's signature.
+    let other = token_of(&b["approve_business"]);
+    ctx["token"] = json!(format!("{payload}.{}", other.split_once('.').unwrap().1));
+    let text = ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &ctx)).await);
+    assert!(text.contains("not valid"), "{text}");
+    let forged = audits(&env, registry, "mattermost.token_refused").await;
+    assert_eq!(forged.len(), 2, "{forged:?}");
+    assert!(forged.iter().all(|a| a["reason"] == "forged"));
+    assert_eq!(forged[0]["claimed_approval_id"], id.as_str());
+    assert_eq!(forged[0]["mattermost_user_name"], "alice");
+    assert!(
+        !forged[0].to_string().contains(&token),
+        "the token is never stored"
+    );
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
+
+    // The documented sample callbacks parse, and are refused for want of a real token.
+    for sample in [
+        "mattermost-action-callback.json",
+        "mattermost-action-callback-token-context.json",
+        "mattermost-action-callback-full-shape.json",
+    ] {
+        let text = ephemeral(&callback(&env, &support::fixture_json(sample)).await);
+        assert!(text.contains("token"), "{sample}: {text}");
+    }
+    let refused = audits(&env, registry, "mattermost.token_refused").await;
+    assert_eq!(refused.len(), 5);
+    assert!(refused.iter().any(|a| a["reason"] == "malformed"));
+    assert!(refused.iter().any(|a| a["reason"] == "missing"));
+
+    // Replayed: the same button twice.
+    let tech = b["approve_technical"]["integration"]["context"].clone();
+    ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &tech)).await);
+    assert_eq!(
+        get_approval(&env, &id).await["status"],
+        "technical_approved"
+    );
+    let text = ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &tech)).await);
+    assert!(text.contains("already used"), "{text}");
+    let replays = audits(&env, &partition, "approval.sign_refused").await;
+    assert!(
+        replays
+            .iter()
+            .any(|a| a["reason"].as_str().unwrap().contains("already used")),
+        "{replays:?}"
+    );
+
+    // Misused: a button token presented as a dialog's state.
+    let mut sub = support::fixture_json("mattermost-dialog-submission-template.json");
+    sub["state"] = b["reject"]["integration"]["context"]["token"].clone();
+    sub["user_id"] = json!(ALICE_ID);
+    sub["submission"] = json!({"reason": "sneaky"});
+    let r = callback(&env, &sub).await;
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not belong"),
+        "{}",
+        r.text
+    );
+
+    // Expired: the clock past the approval's expiry.
+    env.clock.advance(Span::hours(4) + Span::minutes(1));
+    let biz = b["approve_business"]["integration"]["context"].clone();
+    let text = ephemeral(&callback(&env, &click_by_id(BOB_ID, &biz)).await);
+    assert!(text.contains("expired"), "{text}");
+    let expired: Vec<Value> = audits(&env, registry, "mattermost.token_refused")
+        .await
+        .into_iter()
+        .filter(|a| a["reason"] == "expired")
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["approval_id"], id.as_str());
+    // An authentic token's refusal is on the approval's own trail too.
+    assert!(audits(&env, &partition, "mattermost.token_refused")
+        .await
+        .iter()
+        .any(|a| a["reason"] == "expired"));
+    assert_ne!(get_approval(&env, &id).await["status"], "approved");
+}
+
+#[tokio::test]
+async fn reject_asks_for_a_reason_in_a_dialog() {
+    let env = setup(true, true).await;
+    let id = request(&env, "6001", "staging").await;
+    let b = buttons(&env, &id).await;
+    let rej = b["reject"]["integration"]["context"].clone();
+
+    let mut cb = click_as(ALICE_ID, "alice", &rej);
+    cb["trigger_id"] = json!("trigger-for-alice-42");
+    let r = callback(&env, &cb).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json, json!({}));
+    let open = env
+        .mm
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/api/v4/actions/dialogs/open")
+        .expect("the dialog was opened");
+    env.mm.assert_no_rejections();
+    assert_eq!(
+        open.header("authorization"),
+        Some(format!("Bearer {MM_TOKEN}").as_str())
+    );
+    let open = open.json();
+    assert_eq!(open["trigger_id"], "trigger-for-alice-42");
+    assert_eq!(open["url"], format!("{PUBLIC_URL}{ACTIONS}"));
+    let dialog = &open["dialog"];
+    assert_eq!(dialog["callback_id"], id.as_str());
+    assert!(dialog["title"].as_str().unwrap().chars().count() <= 24);
+    assert_eq!(dialog["elements"][0]["name"], "reason");
+    assert_eq!(dialog["elements"][0]["type"], "textarea");
+    let state = dialog["state"].as_str().unwrap().to_string();
+    assert_ne!(state, token_of(&b["reject"]), "the state is bound to alice");
+
+    // The submission, shaped like the documented template.
+    let mut sub = support::fixture_json("mattermost-dialog-submission-template.json");
+    sub["callback_id"] = json!(id);
+    sub["state"] = json!(state);
+    sub["user_id"] = json!(ALICE_ID);
+    sub["submission"] = json!({"reason": "   "});
+    let r = callback(&env, &sub).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json["errors"]["reason"].is_string(), "{}", r.text);
+
+    // alice's dialog state is no good to anyone else.
+    let mut stolen = sub.clone();
+    stolen["user_id"] = json!(BOB_ID);
+    stolen["submission"] = json!({"reason": "not mine to reject"});
+    let r = callback(&env, &stolen).await;
+    assert!(
+        r.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not belong"),
+        "{}",
+        r.text
+    );
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
+
+    sub["submission"] = json!({"reason": "the load test has not run"});
+    let r = callback(&env, &sub).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json, json!({}), "{}", r.text);
+    let a = get_approval(&env, &id).await;
+    assert_eq!(a["status"], "rejected");
+    assert!(a["reason"]
+        .as_str()
+        .unwrap()
+        .contains("the load test has not run"));
+    assert_eq!(a["signatures"][0]["by"], "alice");
+    assert_eq!(a["signatures"][0]["via"], "mattermost");
+    assert_eq!(a["signatures"][0]["decision"], "rejected");
+    posts(&env.mm, &format!("{id} rejected")).await;
+
+    // The same submission again: the token was spent.
+    let r = callback(&env, &sub).await;
+    assert!(r.json["error"].is_string(), "{}", r.text);
+}
+
+#[tokio::test]
+async fn reject_without_a_dialog_explains_how() {
+    let env = setup(true, false).await;
+    let id = request(&env, "6002", "staging").await;
+    let b = buttons(&env, &id).await;
+    let rej = b["reject"]["integration"]["context"].clone();
+    let text = ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &rej)).await);
+    assert!(text.contains("ICAHUB_MATTERMOST_URL"), "{text}");
+    assert!(
+        text.contains(&format!("/api/v1/azdev/approval/{id}/sign")),
+        "{text}"
+    );
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
+}
+
+#[tokio::test]
+async fn unknown_users_are_told_how_to_get_linked() {
+    let env = setup(true, false).await;
+    let id = request(&env, "7001", "staging").await;
+    let b = buttons(&env, &id).await;
+    let tech = b["approve_technical"]["integration"]["context"].clone();
+    let text = ephemeral(&callback(&env, &click_as(MALLORY_ID, "mallory", &tech)).await);
+    assert!(
+        text.contains("icahub roles link-mattermost <identity> mallory"),
+        "{text}"
+    );
+    let text = ephemeral(&callback(&env, &click_by_id(MALLORY_ID, &tech)).await);
+    assert!(text.contains(&format!("--user-id {MALLORY_ID}")), "{text}");
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
+    // Once linked, the same button works.
+    icahub::identity::link_mattermost(
+        env.hub.app.store.as_ref(),
+        "alice",
+        &MattermostUser::id(MALLORY_ID).unwrap(),
+        "test",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let text = ephemeral(&callback(&env, &click_by_id(MALLORY_ID, &tech)).await);
+    assert!(text.contains("Recorded"), "{text}");
+}
+
+#[tokio::test]
+async fn links_are_exclusive_replaceable_and_audited() {
+    let env = setup(true, false).await;
+    let store = env.hub.app.store.as_ref();
+    let now = Utc::now();
+    let alice = MattermostUser::name("alice").unwrap();
+    let err = icahub::identity::link_mattermost(store, "carol", &alice, "test", now)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already linked to alice"), "{err}");
+    // Relinking the same is a no-op; a new name replaces the old one.
+    assert!(
+        !icahub::identity::link_mattermost(store, "alice", &alice, "test", now)
+            .await
+            .unwrap()
+    );
+    let new = MattermostUser::name("alice.smith").unwrap();
+    assert!(
+        icahub::identity::link_mattermost(store, "alice", &new, "test", now)
+            .await
+            .unwrap()
+    );
+    let found = icahub::identity::by_mattermost(store, Some("alice"), None)
+        .await
+        .unwrap();
+    assert!(found.is_none(), "the old name no longer maps");
+    let found = icahub::identity::by_mattermost(store, Some("Alice.Smith"), Some(ALICE_ID))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.name, "alice");
+    assert_eq!(found.roles, [Role::TechnicalApprover]);
+    // The old name is free for someone else now.
+    assert!(
+        icahub::identity::link_mattermost(store, "carol", &alice, "test", now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        icahub::identity::unlink_mattermost(store, "carol", "test", now)
+            .await
+            .unwrap()
+    );
+    assert!(icahub::identity::by_mattermost(store, Some("alice"), None)
+        .await
+        .unwrap()
+        .is_none());
+    let trail = audits(&env, icahub::identity::IDENTITIES, "mattermost.linked").await;
+    assert!(trail.len() >= 6, "{trail:?}");
+    assert_eq!(
+        audits(&env, icahub::identity::IDENTITIES, "mattermost.unlinked")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn without_a_public_url_messages_have_no_buttons_and_say_so() {
+    let env = setup(false, false).await;
+    let id = request(&env, "8001", "staging").await;
+    let post = &posts(&env.mm, &id).await[0];
+    let att = &post["attachments"][0];
+    assert!(att.get("actions").is_none(), "{post}");
+    assert!(att["text"].as_str().unwrap().contains("ICAHUB_PUBLIC_URL"));
+    assert!(att["text"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("/api/v1/azdev/approval/{id}/sign")));
+    env.mm.assert_no_rejections();
+    // A click reaching such a hub is refused (and audited), not a 500.
+    let cb = click_as(ALICE_ID, "alice", &json!({"token": "x.y"}));
+    let text = ephemeral(&callback(&env, &cb).await);
+    assert!(text.contains("not configured"), "{text}");
+}
+
+#[tokio::test]
+async fn bad_bodies_get_json_errors() {
+    let env = setup(true, false).await;
+    let client = reqwest::Client::new();
+    for (ct, body, status) in [
+        ("application/json", "[1, 2]", 400),
+        ("application/json", "{\"user_id\": ", 400),
+        ("application/json", "", 400),
+        ("text/plain", "{}", 415),
+    ] {
+        let r = client
+            .post(env.hub.url(ACTIONS))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        Reply::read(r).await.expect_error(status);
+    }
+    // An empty object is a callback without a token: refused, 200 for Mattermost's sake.
+    let text = ephemeral(&callback(&env, &json!({})).await);
+    assert!(text.contains("token"), "{text}");
+}
+
+#[tokio::test]
+async fn tokens_signed_with_an_older_secret_still_work() {
+    let env = setup(true, false).await;
+    let id = request(&env, "9001", "staging").await;
+    let a = get_approval(&env, &id).await;
+    let expires = chrono::DateTime::parse_from_rfc3339(a["expires_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
+    let older = TokenKeys::new(["an-older-secret-still-accepted-000000"]).unwrap();
+    let token = older.sign(&Claims::button(
+        &id,
+        Action::ApproveTechnical,
+        expires,
+        action_token::nonce([9; 16]),
+    ));
+    let text =
+        ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &json!({"token": token}))).await);
+    assert!(text.contains("Recorded"), "{text}");
+    // A secret the hub does not hold is refused.
+    let stranger = TokenKeys::new(["a-secret-this-hub-has-never-seen-0000"]).unwrap();
+    let token = stranger.sign(&Claims::button(
+        &id,
+        Action::ApproveBusiness,
+        expires,
+        action_token::nonce([8; 16]),
+    ));
+    let text = ephemeral(&callback(&env, &click_by_id(BOB_ID, &json!({"token": token}))).await);
+    assert!(text.contains("not valid"), "{text}");
+    assert_eq!(
+        get_approval(&env, &id).await["status"],
+        "technical_approved"
+    );
+}
+
+#[tokio::test]
+async fn the_api_rules_apply_above_the_finance_threshold() {
+    let env = setup(true, false).await;
+    let r = env
+        .hub
+        .post_json(
+            "/api/v1/azdev/approval",
+            json!({"run_id": "9101", "deployment_target": "staging", "estimated_cost": 7500,
+                   "checklist": ["tests green"]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["approval_id"].as_str().unwrap().to_string();
+    let b = buttons(&env, &id).await;
+    // The finance channel hears of it too, without buttons.
+    let finance = posts(&env.mm, "Finance review needed").await;
+    assert!(finance[0]["attachments"][0].get("actions").is_none());
+    let biz = b["approve_business"]["integration"]["context"].clone();
+    let text = ephemeral(&callback(&env, &click_by_id(BOB_ID, &biz)).await);
+    assert!(text.contains("finance"), "{text}");
+    assert_eq!(get_approval(&env, &id).await["status"], "pending");
+}
