@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod approvals;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,5 +1,6 @@
 //! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
 
+pub mod audit;
 pub mod bench;
 pub mod bench_pipelines;
 pub mod budget;
@@ -40,6 +41,8 @@ pub enum Command {
     Roles(roles::RolesArgs),
     /// Set and list projects' monthly budgets (approval cost governance).
     Budget(budget::BudgetArgs),
+    /// Verify the hash-chained audit trail, export it with a manifest, check an export.
+    Audit(audit::AuditArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,5 +53,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(args) => keys::run(args).await,
         Command::Roles(args) => roles::run(args).await,
         Command::Budget(args) => budget::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }

@@ -261,6 +261,19 @@ pub trait Store: Send + Sync + 'static {
     /// Write documents of one partition and their outbox rows atomically, if every expectation
     /// holds; `Ok(false)` (nothing written) when one does not: re-read and try again.
     async fn doc_commit(&self, commit: &DocCommit) -> Result<bool>;
+
+    /// Every partition with an audit chain or records, in name order (see [`crate::audit`]).
+    async fn audit_partitions(&self) -> Result<Vec<String>>;
+    /// One partition's chain (in stored order), its recorded head and its current records'
+    /// bodies, rebuilt from stored data, for the verifier.
+    async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState>;
+    /// Chain entries after `after` = (partition, seq), ordered by (partition, seq), at most
+    /// `limit`: the export reads the whole trail page by page in constant memory.
+    async fn audit_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditEntry>>;
 }
 
 /// A stored document. `version` is opaque (a counter, or an ETag).

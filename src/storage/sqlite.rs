@@ -12,6 +12,7 @@ use super::{
     valid_partition, Delivery, Doc, DocCommit, EventOutcome, Expect, IncidentFilter, OutboxFilter,
     OutboxRow, OutboxStatus, RawRequest, Result, Settle, Store, StoreError, StoredEvent,
 };
+use crate::audit::{self, AuditEntry, PartitionState};
 use crate::domain::alert::{Condition, Severity, Source};
 use crate::domain::incident::{
     plan, stream_key, stream_of_id, Incident, IncidentAction, StreamState,
@@ -90,6 +91,24 @@ CREATE TABLE IF NOT EXISTS requests (
     source      TEXT NOT NULL,
     received_at TEXT NOT NULL,
     body        TEXT NOT NULL
+);
+-- The audit trail: one hash chain per partition (stream or document partition), appended in the
+-- same transaction as the record (see src/audit.rs and docs/audit.md).
+CREATE TABLE IF NOT EXISTS audit (
+    partition TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    at        TEXT NOT NULL,
+    body      TEXT NOT NULL,
+    prev      TEXT NOT NULL,
+    hash      TEXT NOT NULL,
+    PRIMARY KEY (partition, seq)
+);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    partition TEXT PRIMARY KEY,
+    seq       INTEGER NOT NULL,
+    hash      TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS docs (
     partition TEXT NOT NULL,
@@ -391,6 +410,34 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
             ])
         })
         .map_err(db_err)?;
+        let mut records = vec![(
+            audit::kind::EVENT,
+            da.event_id.clone(),
+            audit::event_body(&StoredEvent {
+                id: da.event_id.clone(),
+                request_id: d.request_id.clone(),
+                invocation_id: d.invocation_id.clone(),
+                source: alert.source,
+                schema: alert.schema.clone(),
+                kind: alert.kind.clone(),
+                alert_id: alert.alert_id.clone(),
+                dedup_key: alert.dedup_key.clone(),
+                stream: stream.clone(),
+                condition: alert.condition,
+                severity: alert.severity,
+                incident_id: incident_id.clone(),
+                received_at: d.received_at,
+                raw: raw.to_string(),
+            }),
+        )];
+        for inc in p.closed.iter().chain(p.incident.iter()) {
+            records.push((
+                audit::kind::INCIDENT,
+                inc.id.clone(),
+                audit::incident_body(inc),
+            ));
+        }
+        audit_append(tx, &stream, records, now)?;
         for inc in p.closed.iter().chain(p.incident.iter()) {
             let doc = serde_json::to_string(inc)
                 .map_err(|e| StoreError::Corrupt(format!("incident encode: {e}")))?;
@@ -656,6 +703,62 @@ fn insert_outbox(
     Ok(seq)
 }
 
+/// Append entries for these records to `partition`'s chain (inside the caller's transaction).
+fn audit_append(
+    c: &Connection,
+    partition: &str,
+    records: Vec<(&str, String, serde_json::Value)>,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut head: Option<(u64, String)> = c
+        .prepare_cached("SELECT seq, hash FROM audit_heads WHERE partition = ?1")
+        .and_then(|mut s| {
+            s.query_row([partition], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(db_err)?;
+    for (kind, key, body) in records {
+        let e = audit::next_entry(
+            head.as_ref().map(|(s, h)| (*s, h.as_str())),
+            partition,
+            kind,
+            &key,
+            at,
+            body,
+        );
+        c.prepare_cached(
+            "INSERT INTO audit (partition, seq, kind, key, at, body, prev, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                e.partition,
+                e.seq,
+                e.kind,
+                e.key,
+                e.at,
+                e.body.to_string(),
+                e.prev,
+                e.hash
+            ])
+        })
+        .map_err(db_err)?;
+        head = Some((e.seq, e.hash));
+    }
+    if let Some((seq, hash)) = head {
+        c.prepare_cached(
+            "INSERT INTO audit_heads (partition, seq, hash) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(partition) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .and_then(|mut s| s.execute(params![partition, seq, hash]))
+        .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
     if !valid_partition(&commit.partition) {
         return Err(StoreError::Corrupt(format!(
@@ -691,6 +794,16 @@ fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
         .and_then(|mut s| s.execute(params![commit.partition, w.key, value]))
         .map_err(db_err)?;
     }
+    audit_append(
+        c,
+        &commit.partition,
+        commit
+            .writes
+            .iter()
+            .map(|w| (audit::kind::DOC, w.key.clone(), w.value.clone()))
+            .collect(),
+        commit.now,
+    )?;
     if !commit.outbox.is_empty() {
         let seq0: u64 = c
             .prepare_cached("SELECT outbox_seq FROM streams WHERE stream = ?1")
@@ -998,6 +1111,140 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.query_map([&p, &prefix], doc_from_row)?.collect())
                 .map_err(db_err)?;
             rows.into_iter().map(decode_doc).collect()
+        })
+        .await
+    }
+
+    async fn audit_partitions(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT partition FROM audit_heads UNION SELECT partition FROM docs \
+                 UNION SELECT stream FROM events UNION SELECT stream FROM incidents ORDER BY 1",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn audit_state(&self, partition: &str) -> Result<PartitionState> {
+        let p = partition.to_string();
+        self.read(move |c| {
+            let mut st = PartitionState::default();
+            let rows: Vec<(u64, String, String, String, String, String, String)> = c
+                .prepare_cached(
+                    "SELECT seq, kind, key, at, body, prev, hash FROM audit WHERE partition = ?1 ORDER BY rowid",
+                )
+                .and_then(|mut s| {
+                    s.query_map([&p], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err)?;
+            for (seq, kind, key, at, body, prev, hash) in rows {
+                st.entries.push(AuditEntry {
+                    partition: p.clone(),
+                    seq,
+                    kind,
+                    key,
+                    at,
+                    body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+                    prev,
+                    hash,
+                });
+            }
+            st.head = c
+                .prepare_cached("SELECT seq, hash FROM audit_heads WHERE partition = ?1")
+                .and_then(|mut s| s.query_row([&p], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+                .map_err(db_err)?;
+            let docs: Vec<(String, String)> = c
+                .prepare_cached("SELECT key, value FROM docs WHERE partition = ?1")
+                .and_then(|mut s| s.query_map([&p], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(db_err)?;
+            for (key, value) in docs {
+                let v = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+                st.records.insert((audit::kind::DOC.into(), key), v);
+            }
+            let events: Vec<[Option<String>; 14]> = c
+                .prepare_cached(
+                    "SELECT id, request_id, invocation_id, source, schema, kind, alert_id, \
+                     dedup_key, stream, condition, severity, incident_id, received_at, raw \
+                     FROM events WHERE stream = ?1",
+                )
+                .and_then(|mut s| s.query_map([&p], event_from_row)?.collect())
+                .map_err(db_err)?;
+            for cols in events {
+                let id = cols[0].clone().unwrap_or_default();
+                let body = match decode_event(cols) {
+                    Ok(e) => audit::event_body(&e),
+                    Err(e) => serde_json::json!({"unreadable": e.to_string()}),
+                };
+                st.records.insert((audit::kind::EVENT.into(), id), body);
+            }
+            let incidents: Vec<(String, String)> = c
+                .prepare_cached("SELECT id, doc FROM incidents WHERE stream = ?1")
+                .and_then(|mut s| s.query_map([&p], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(db_err)?;
+            for (id, doc) in incidents {
+                let body = match serde_json::from_str::<Incident>(&doc) {
+                    Ok(i) => audit::incident_body(&i),
+                    Err(_) => serde_json::Value::String(doc),
+                };
+                st.records.insert((audit::kind::INCIDENT.into(), id), body);
+            }
+            Ok(st)
+        })
+        .await
+    }
+
+    async fn audit_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let (p, seq) = after
+            .map(|(p, s)| (p.to_string(), s as i64))
+            .unwrap_or_default();
+        let first = after.is_none();
+        self.read(move |c| {
+            let rows: Vec<(String, u64, String, String, String, String, String, String)> = c
+                .prepare_cached(
+                    "SELECT partition, seq, kind, key, at, body, prev, hash FROM audit \
+                     WHERE ?1 OR (partition, seq) > (?2, ?3) ORDER BY partition, seq LIMIT ?4",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![first, p, seq, limit as i64], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        ))
+                    })?
+                    .collect()
+                })
+                .map_err(db_err)?;
+            Ok(rows
+                .into_iter()
+                .map(
+                    |(partition, seq, kind, key, at, body, prev, hash)| AuditEntry {
+                        partition,
+                        seq,
+                        kind,
+                        key,
+                        at,
+                        body: serde_json::from_str(&body)
+                            .unwrap_or(serde_json::Value::String(body)),
+                        prev,
+                        hash,
+                    },
+                )
+                .collect())
         })
         .await
     }

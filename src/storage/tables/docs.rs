@@ -31,6 +31,8 @@ const MAX_OPERATIONS: usize = 100;
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024 - 16 * 1024;
 /// A generous estimate of one operation's framing and headers in the batch body, in bytes.
 const OPERATION_OVERHEAD: usize = 1024;
+/// Tries of one commit while only the partition's head row changes under it.
+const HEAD_ATTEMPTS: usize = 30;
 
 impl TableStore {
     pub(super) async fn doc_read(&self, partition: &str, key: &str) -> Result<Option<Doc>> {
@@ -94,8 +96,9 @@ impl TableStore {
                 "unusable partition name {p:?} (letters and digits, at most 63)"
             )));
         }
-        let head_ops = usize::from(!commit.outbox.is_empty());
-        let ops = commit.writes.len() + commit.outbox.len() + head_ops;
+        // Each document write also appends an audit entry; the head row always moves on.
+        let head_ops = usize::from(!commit.outbox.is_empty() || !commit.writes.is_empty());
+        let ops = 2 * commit.writes.len() + commit.outbox.len() + head_ops;
         if ops > MAX_OPERATIONS {
             return Err(StoreError::Corrupt(format!(
                 "commit on partition {p}: {} documents and {} outbox rows need {ops} operations; \
@@ -147,53 +150,108 @@ impl TableStore {
             docs.push((w, rk, rows::doc_entity(p, &w.key, &json)?));
         }
 
+        // A conflict on the head row alone (another commit to this partition moved its outbox
+        // or audit chain on) is not the caller's expectation failing: read the head again and
+        // retry here. Only a failure with the head unchanged reports `false`.
+        for attempt in 0..HEAD_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    2 + (uuid::Uuid::new_v4().as_u128() % 20) as u64,
+                ))
+                .await;
+            }
+            let head_read = self.get(&self.streams, p, HEAD).await?;
+            let etag_used = head_read.as_ref().map(|(_, e)| e.clone());
+            match self.doc_attempt(commit, &docs, head_read, ops).await? {
+                Some(done) => return Ok(done),
+                None => {
+                    let now = self.get(&self.streams, p, HEAD).await?.map(|(_, e)| e);
+                    if now == etag_used {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Err(StoreError::Contention(format!(
+            "partition {p}: the head row kept changing under {HEAD_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// One try: `Some(true)` committed, `None` a 409/412/404 (nothing written).
+    async fn doc_attempt(
+        &self,
+        commit: &DocCommit,
+        docs: &[(&crate::storage::DocWrite, String, Entity)],
+        head_read: Option<(Entity, Etag)>,
+        ops: usize,
+    ) -> Result<Option<bool>> {
+        let p = &commit.partition;
+        let (seq0, audit_head, etag) = match &head_read {
+            Some((m, etag)) => (
+                rows::get_u64(m, "OutboxSeq")?,
+                rows::audit_head_of(m)?,
+                Some(etag.clone()),
+            ),
+            None => (0, None, None),
+        };
         // Outbox rows, numbered from the head as read; the head moves on in the same transaction.
         let mut outbox = Vec::with_capacity(commit.outbox.len());
-        let mut head: Option<(Entity, Option<Etag>)> = None;
-        if !commit.outbox.is_empty() {
-            let (seq0, etag) = match self.get(&self.streams, p, HEAD).await? {
-                Some((m, etag)) => (rows::get_u64(&m, "OutboxSeq")?, Some(etag)),
-                None => (0, None),
+        for (i, d) in commit.outbox.iter().enumerate() {
+            let row = OutboxRow {
+                stream: p.clone(),
+                seq: seq0 + 1 + i as u64,
+                sink: d.sink,
+                kind: d.kind.clone(),
+                idempotency_key: d.idempotency_key.clone(),
+                event_id: commit.record_id.clone(),
+                payload: d.payload.clone(),
+                status: OutboxStatus::Pending,
+                attempts: 0,
+                next_attempt_at: commit.now,
+                created_at: commit.now,
+                last_error: None,
+                lease_owner: None,
+                lease_until: None,
+                delivered_at: None,
+                version: None,
             };
-            for (i, d) in commit.outbox.iter().enumerate() {
-                let row = OutboxRow {
-                    stream: p.clone(),
-                    seq: seq0 + 1 + i as u64,
-                    sink: d.sink,
-                    kind: d.kind.clone(),
-                    idempotency_key: d.idempotency_key.clone(),
-                    event_id: commit.record_id.clone(),
-                    payload: d.payload.clone(),
-                    status: OutboxStatus::Pending,
-                    attempts: 0,
-                    next_attempt_at: commit.now,
-                    created_at: commit.now,
-                    last_error: None,
-                    lease_owner: None,
-                    lease_until: None,
-                    delivered_at: None,
-                    version: None,
-                };
-                outbox.push(rows::outbox_entity(&row)?);
+            outbox.push(rows::outbox_entity(&row)?);
+        }
+        let last = seq0 + commit.outbox.len() as u64;
+        // The audit chain: one entry per document written, in commit order.
+        let mut audit = Vec::with_capacity(commit.writes.len());
+        let mut prev = audit_head;
+        for w in &commit.writes {
+            let e = crate::audit::next_entry(
+                prev.as_ref().map(|(s, h)| (*s, h.as_str())),
+                p,
+                crate::audit::kind::DOC,
+                &w.key,
+                commit.now,
+                w.value.clone(),
+            );
+            prev = Some((e.seq, e.hash.clone()));
+            audit.push(rows::audit_entity(&e)?);
+        }
+        let mut head = match etag {
+            // Merged, not replaced: the incident sequence and open incident stay as they are.
+            Some(_) => {
+                let mut m = rows::new_entity(p, HEAD, "head");
+                rows::put_i64(&mut m, "OutboxSeq", last);
+                m
             }
-            let last = seq0 + commit.outbox.len() as u64;
-            let entity = match etag {
-                // Merged, not replaced: the incident sequence and open incident stay as they are.
-                Some(_) => {
-                    let mut m = rows::new_entity(p, HEAD, "head");
-                    rows::put_i64(&mut m, "OutboxSeq", last);
-                    m
-                }
-                None => rows::head_entity(p, 0, last, None)?,
-            };
-            head = Some((entity, etag));
+            None => rows::head_entity(p, 0, last, None)?,
+        };
+        if let Some((seq, hash)) = &prev {
+            rows::put_audit_head(&mut head, *seq, hash);
         }
 
         let size: usize = docs
             .iter()
             .map(|(_, _, e)| e)
             .chain(outbox.iter())
-            .chain(head.iter().map(|(e, _)| e))
+            .chain(audit.iter())
+            .chain(std::iter::once(&head))
             .map(|e| serde_json::to_string(e).map_or(0, |s| s.len()) + OPERATION_OVERHEAD)
             .sum();
         if size > MAX_BATCH_BYTES {
@@ -208,10 +266,10 @@ impl TableStore {
         let mut tx = self.streams.partition_key_client(p.as_str()).transaction();
         for (w, rk, entity) in docs {
             tx = match &w.expect {
-                Expect::Absent => tx.insert(entity),
+                Expect::Absent => tx.insert(entity.clone()),
                 Expect::Version(v) => tx.update(
                     rk.replace('\'', "''"),
-                    entity,
+                    entity.clone(),
                     Some(IfMatchCondition::Etag(Etag::from(v.as_str()))),
                 ),
             }
@@ -220,17 +278,18 @@ impl TableStore {
         for entity in outbox {
             tx = tx.insert(entity).map_err(build)?;
         }
-        if let Some((entity, etag)) = head {
-            tx = match etag {
-                Some(etag) => tx.merge(HEAD, entity, Some(IfMatchCondition::Etag(etag))),
-                None => tx.insert(entity),
-            }
-            .map_err(build)?;
+        for entity in audit {
+            tx = tx.insert(entity).map_err(build)?;
         }
+        tx = match etag {
+            Some(etag) => tx.merge(HEAD, head, Some(IfMatchCondition::Etag(etag))),
+            None => tx.insert(head),
+        }
+        .map_err(build)?;
 
         let resp = match tx.await {
             Ok(resp) => resp,
-            Err(e) if expectation_failed(status_of(&e)) => return Ok(false),
+            Err(e) if expectation_failed(status_of(&e)) => return Ok(None),
             Err(e) => return Err(map_err("document commit", e)),
         };
         // A failed entity-group transaction still answers 202: the failure is in the
@@ -241,10 +300,10 @@ impl TableStore {
             .map(|r| r.status_code)
             .collect();
         if statuses.iter().any(|s| expectation_failed(Some(*s))) {
-            return Ok(false);
+            return Ok(None);
         }
         if statuses.len() == ops && statuses.iter().all(|s| s.is_success()) {
-            return Ok(true);
+            return Ok(Some(true));
         }
         Err(StoreError::Unavailable(format!(
             "document commit on partition {p}: Table Storage answered {:?} for {ops} operations",

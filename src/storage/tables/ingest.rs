@@ -70,12 +70,17 @@ impl TableStore {
                     outbox_rows: 0,
                 });
             }
-            let (state, outbox_seq, etag) = match head? {
+            let (state, outbox_seq, etag, audit_head) = match head? {
                 Some((m, etag)) => {
                     let (incident_seq, outbox_seq, open) = rows::head_of(&m)?;
-                    (StreamState { incident_seq, open }, outbox_seq, Some(etag))
+                    (
+                        StreamState { incident_seq, open },
+                        outbox_seq,
+                        Some(etag),
+                        rows::audit_head_of(&m)?,
+                    )
                 }
-                None => (StreamState::default(), 0, None),
+                None => (StreamState::default(), 0, None, None),
             };
             let p = plan(
                 routing,
@@ -141,12 +146,42 @@ impl TableStore {
                 incident_id,
                 action: p.action,
             };
-            let head = rows::head_entity(
+            // The audit chain: the event, then each incident it changed.
+            let mut audit = Vec::new();
+            let mut prev = audit_head.clone();
+            let mut records = vec![(
+                crate::audit::kind::EVENT,
+                event.id.clone(),
+                crate::audit::event_body(&event),
+            )];
+            for inc in p.closed.iter().chain(p.incident.iter()) {
+                records.push((
+                    crate::audit::kind::INCIDENT,
+                    inc.id.clone(),
+                    crate::audit::incident_body(inc),
+                ));
+            }
+            for (kind, key, body) in records {
+                let e = crate::audit::next_entry(
+                    prev.as_ref().map(|(s, h)| (*s, h.as_str())),
+                    &stream,
+                    kind,
+                    &key,
+                    now,
+                    body,
+                );
+                prev = Some((e.seq, e.hash.clone()));
+                audit.push(rows::audit_entity(&e)?);
+            }
+            let mut head = rows::head_entity(
                 &stream,
                 p.next.incident_seq,
                 outbox_seq + outbox.len() as u64,
                 p.next.open.as_ref(),
             )?;
+            if let Some((seq, hash)) = &prev {
+                rows::put_audit_head(&mut head, *seq, hash);
+            }
             let commit = self
                 .commit(
                     &stream,
@@ -156,6 +191,7 @@ impl TableStore {
                     etag,
                     &p.closed.iter().chain(p.incident.iter()).collect::<Vec<_>>(),
                     &outbox,
+                    audit,
                 )
                 .await?;
             if let Commit::Done = commit {
@@ -180,6 +216,7 @@ impl TableStore {
         etag: Option<Etag>,
         incidents: &[&Incident],
         outbox: &[OutboxRow],
+        audit: Vec<Entity>,
     ) -> Result<Commit> {
         let build = |e: azure_core::Error| map_err("build transaction", e);
         let mut tx = self
@@ -204,7 +241,10 @@ impl TableStore {
         for row in outbox {
             tx = tx.insert(rows::outbox_entity(row)?).map_err(build)?;
         }
-        let ops = 3 + incidents.len() + outbox.len();
+        let ops = 3 + incidents.len() + outbox.len() + audit.len();
+        for entity in audit {
+            tx = tx.insert(entity).map_err(build)?;
+        }
         let resp = match tx.await {
             Ok(resp) => resp,
             Err(e) if is_conflict(status_of(&e)) => return Ok(Commit::Conflict),

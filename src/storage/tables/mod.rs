@@ -370,6 +370,93 @@ impl Store for TableStore {
         self.doc_range(partition, prefix).await
     }
 
+    async fn audit_partitions(&self) -> Result<Vec<String>> {
+        // Every row's PartitionKey (a full scan, the price of finding records no chain knows).
+        let mut pages = self
+            .streams
+            .query()
+            .select(azure_data_tables::Select::new("PartitionKey"))
+            .into_stream::<Entity>();
+        let mut out = std::collections::BTreeSet::new();
+        while let Some(page) = pages.next().await {
+            for e in page.map_err(|e| map_err("query", e))?.entities {
+                if let Some(p) = e.get("PartitionKey").and_then(serde_json::Value::as_str) {
+                    out.insert(p.to_string());
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState> {
+        use crate::audit::{event_body, incident_body, kind};
+        let mut st = crate::audit::PartitionState::default();
+        if !valid_key(partition) {
+            return Ok(st);
+        }
+        let rows = self
+            .query(&self.streams, format!("PartitionKey eq {}", lit(partition)))
+            .await?;
+        for m in &rows {
+            let rk = m
+                .get("RowKey")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            let unreadable = |e: StoreError| serde_json::json!({"unreadable": e.to_string()});
+            if rk == rows::HEAD {
+                st.head = rows::audit_head_of(m)?;
+            } else if rk.starts_with("audit|") {
+                st.entries.push(rows::audit_of(m)?);
+            } else if let Some(key) = rk.strip_prefix(rows::DOC_PREFIX) {
+                let body = match rows::doc_of(m) {
+                    Ok((_, v)) => v,
+                    Err(e) => unreadable(e),
+                };
+                st.records.insert((kind::DOC.into(), key.to_string()), body);
+            } else if let Some(id) = rk.strip_prefix("event|") {
+                let body = rows::event_of(m)
+                    .map(|e| event_body(&e))
+                    .unwrap_or_else(unreadable);
+                st.records
+                    .insert((kind::EVENT.into(), id.to_string()), body);
+            } else if let Some(id) = rk.strip_prefix("incident|") {
+                let body = rows::incident_of(m)
+                    .map(|i| incident_body(&i))
+                    .unwrap_or_else(unreadable);
+                st.records
+                    .insert((kind::INCIDENT.into(), id.to_string()), body);
+            }
+        }
+        Ok(st)
+    }
+
+    async fn audit_page(
+        &self,
+        after: Option<(&str, u64)>,
+        limit: usize,
+    ) -> Result<Vec<crate::audit::AuditEntry>> {
+        let range = "RowKey ge 'audit|' and RowKey lt 'audit}'";
+        let filter = match after {
+            None => range.to_string(),
+            Some((p, seq)) => format!(
+                "{range} and (PartitionKey gt {pk} or (PartitionKey eq {pk} and RowKey gt {rk}))",
+                pk = lit(p),
+                rk = lit(&rows::audit_key(seq))
+            ),
+        };
+        let mut pages = self.streams.query().filter(filter).into_stream::<Entity>();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for m in page.map_err(|e| map_err("query", e))?.entities {
+                out.push(rows::audit_of(&m)?);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
         self.doc_write(commit).await
     }

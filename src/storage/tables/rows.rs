@@ -355,6 +355,51 @@ pub(crate) fn head_of(m: &Entity) -> Result<(u64, u64, Option<Incident>), StoreE
     Ok((get_u64(m, "IncidentSeq")?, get_u64(m, "OutboxSeq")?, open))
 }
 
+/// The partition's audit chain head `(seq, hash)` kept on its head row, if it has one.
+pub(crate) fn audit_head_of(m: &Entity) -> Result<Option<(u64, String)>, StoreError> {
+    match (m.get("AuditSeq"), opt_str(m, "AuditHash")?) {
+        (Some(_), Some(h)) => Ok(Some((get_u64(m, "AuditSeq")?, h))),
+        _ => Ok(None),
+    }
+}
+
+pub(crate) fn put_audit_head(m: &mut Entity, seq: u64, hash: &str) {
+    put_i64(m, "AuditSeq", seq);
+    put_str(m, "AuditHash", hash);
+}
+
+// --- audit ------------------------------------------------------------------------------------
+
+pub(crate) fn audit_key(seq: u64) -> String {
+    format!("audit|{seq:012}")
+}
+
+pub(crate) fn audit_entity(e: &crate::audit::AuditEntry) -> Result<Entity, StoreError> {
+    let mut m = new_entity(&e.partition, &audit_key(e.seq), "audit");
+    put_i64(&mut m, "Seq", e.seq);
+    put_str(&mut m, "AuditKind", &e.kind);
+    put_text(&mut m, "Key", &e.key)?;
+    put_str(&mut m, "At", &e.at);
+    put_text(&mut m, "Body", &e.body.to_string())?;
+    put_str(&mut m, "Prev", &e.prev);
+    put_str(&mut m, "Hash", &e.hash);
+    Ok(m)
+}
+
+pub(crate) fn audit_of(m: &Entity) -> Result<crate::audit::AuditEntry, StoreError> {
+    let body = get_text(m, "Body")?.unwrap_or_default();
+    Ok(crate::audit::AuditEntry {
+        partition: get_str(m, "PartitionKey")?,
+        seq: get_u64(m, "Seq")?,
+        kind: get_str(m, "AuditKind")?,
+        key: get_text(m, "Key")?.unwrap_or_default(),
+        at: get_str(m, "At")?,
+        body: serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        prev: get_str(m, "Prev")?,
+        hash: get_str(m, "Hash")?,
+    })
+}
+
 // --- outbox -----------------------------------------------------------------------------------
 
 pub(crate) fn outbox_entity(o: &OutboxRow) -> Result<Entity, StoreError> {

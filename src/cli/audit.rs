@@ -1,0 +1,373 @@
+//! `icahub audit verify|export|verify-export`: check the store's hash chains, export the trail
+//! with a manifest, and check an export against its manifest. See `docs/audit.md`.
+
+use crate::audit::{AuditEntry, ExportFilter};
+use crate::config::Config;
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Ndjson,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Read the whole store and check every partition's hash chain and every record against it.
+    /// Exit status 1 when anything was edited, removed, inserted or reordered.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the trail (chain entries, oldest first within each partition) to a file, with a
+    /// manifest beside it (`<FILE>.manifest.json`): record count, chain heads, SHA-256.
+    Export {
+        /// Entries written at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_parser = parse_time)]
+        from: Option<DateTime<Utc>>,
+        /// Entries written before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_parser = parse_time)]
+        to: Option<DateTime<Utc>>,
+        #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+        format: Format,
+        /// Only records with this status (approval, run or incident status).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only approvals this person signed (or overrode).
+        #[arg(long)]
+        approver: Option<String>,
+        /// Only run events of this type, or audit notes with this action.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Only runs and run events of this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Where to write the export.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Check an export against its manifest: its SHA-256, its record count, and that every entry
+    /// still matches its own hash.
+    VerifyExport { file: PathBuf, manifest: PathBuf },
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
+    match args.command {
+        AuditCommand::Verify { json } => {
+            let config = Config::from_env(None)?;
+            let store = crate::startup::open_store(&config).await?;
+            let pb = bar(0, "verifying partitions");
+            let report = crate::audit::verify(store.as_ref(), &|done, total| {
+                pb.set_length(total as u64);
+                pb.set_position(done as u64);
+            })
+            .await?;
+            pb.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} partitions, {} chain entries, {} records checked",
+                    report.partitions, report.entries, report.records
+                );
+                if report.findings.is_empty() {
+                    println!("OK: every chain links up and every record matches its last entry");
+                }
+                for f in &report.findings {
+                    println!("{:<13} {} {}: {}", f.problem, f.partition, f.id, f.detail);
+                }
+            }
+            if !report.findings.is_empty() {
+                eprintln!("audit verify: {} problem(s) found", report.findings.len());
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        AuditCommand::Export {
+            from,
+            to,
+            format,
+            status,
+            approver,
+            event_type,
+            pipeline,
+            out,
+        } => {
+            let config = Config::from_env(None)?;
+            let store = crate::startup::open_store(&config).await?;
+            let filter = ExportFilter {
+                from,
+                to,
+                status,
+                approver,
+                event_type,
+                pipeline,
+            };
+            let manifest = export(store.as_ref(), &filter, format, &out).await?;
+            eprintln!(
+                "wrote {} records to {} (manifest {})",
+                manifest["records"],
+                out.display(),
+                manifest_path(&out).display()
+            );
+            Ok(())
+        }
+        AuditCommand::VerifyExport { file, manifest } => {
+            let problems = verify_export(&file, &manifest)?;
+            if problems.is_empty() {
+                println!("OK: {} matches its manifest", file.display());
+                Ok(())
+            } else {
+                for p in &problems {
+                    println!("{p}");
+                }
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+pub fn manifest_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".manifest.json");
+    PathBuf::from(s)
+}
+
+const CSV_HEADER: [&str; 8] = [
+    "partition",
+    "seq",
+    "kind",
+    "key",
+    "at",
+    "prev",
+    "hash",
+    "body",
+];
+
+/// Write the export and its manifest; returns the manifest. Reads the trail page by page, so
+/// memory stays flat whatever its size.
+pub async fn export(
+    store: &dyn crate::storage::Store,
+    filter: &ExportFilter,
+    format: Format,
+    out: &Path,
+) -> anyhow::Result<Value> {
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+    };
+    if format == Format::Csv {
+        w.write_all(&csv_line(&CSV_HEADER)?)?;
+    }
+    if format == Format::Json {
+        w.write_all(b"[\n")?;
+    }
+    let pb = bar(0, "exporting");
+    let mut heads: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut count: u64 = 0;
+    let mut after: Option<(String, u64)> = None;
+    loop {
+        let page = store
+            .audit_page(after.as_ref().map(|(p, s)| (p.as_str(), *s)), 5000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.partition.clone(), last.seq));
+        for e in &page {
+            if !filter.matches(e) {
+                continue;
+            }
+            heads.insert(e.partition.clone(), (e.seq, e.hash.clone()));
+            match format {
+                Format::Ndjson => {
+                    serde_json::to_writer(&mut w, e)?;
+                    w.write_all(b"\n")?;
+                }
+                Format::Json => {
+                    if count > 0 {
+                        w.write_all(b",\n")?;
+                    }
+                    serde_json::to_writer(&mut w, e)?;
+                }
+                Format::Csv => {
+                    w.write_all(&csv_line(&[
+                        e.partition.as_str(),
+                        &e.seq.to_string(),
+                        &e.kind,
+                        &e.key,
+                        &e.at,
+                        &e.prev,
+                        &e.hash,
+                        &e.body.to_string(),
+                    ])?)?;
+                }
+            }
+            count += 1;
+        }
+        pb.inc(page.len() as u64);
+    }
+    if format == Format::Json {
+        w.write_all(b"\n]\n")?;
+    }
+    w.inner.flush()?;
+    pb.finish_and_clear();
+    let sha = hex::encode(w.hash.finalize());
+    let manifest = json!({
+        "format": match format { Format::Ndjson => "ndjson", Format::Json => "json", Format::Csv => "csv" },
+        "file": out.file_name().map(|f| f.to_string_lossy().to_string()),
+        "records": count,
+        "sha256": sha,
+        "created_at": Utc::now(),
+        "backend": store.backend(),
+        "filter": {
+            "from": filter.from, "to": filter.to, "status": filter.status,
+            "approver": filter.approver, "event_type": filter.event_type, "pipeline": filter.pipeline,
+        },
+        "chain_heads": heads.into_iter().map(|(p, (seq, hash))| (p, json!({"seq": seq, "hash": hash}))).collect::<serde_json::Map<_, _>>(),
+    });
+    std::fs::write(manifest_path(out), serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(manifest)
+}
+
+/// One CSV record (RFC 4180 quoting), with its line end.
+fn csv_line(fields: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let mut c = csv::WriterBuilder::new().from_writer(Vec::new());
+    c.write_record(fields)?;
+    c.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Problems with an export (empty: it matches its manifest).
+pub fn verify_export(file: &Path, manifest: &Path) -> anyhow::Result<Vec<String>> {
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(manifest).with_context(|| format!("reading {}", manifest.display()))?,
+    )
+    .context("the manifest is not JSON")?;
+    let mut problems = Vec::new();
+    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let sha = hex::encode(h.finalize());
+    if m["sha256"].as_str() != Some(sha.as_str()) {
+        problems.push(format!(
+            "sha256 differs: the file is {sha}, the manifest says {}",
+            m["sha256"]
+        ));
+    }
+    let mut count = 0u64;
+    let mut check = |e: AuditEntry| {
+        count += 1;
+        if !e.hash_ok() {
+            problems.push(format!(
+                "entry {} seq {} does not match its hash",
+                e.partition, e.seq
+            ));
+        }
+    };
+    match m["format"].as_str() {
+        Some("ndjson") => {
+            for line in BufReader::new(std::fs::File::open(file)?).lines() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                check(serde_json::from_str(&line).context("an ndjson line is not an entry")?);
+            }
+        }
+        Some("json") => {
+            let all: Vec<AuditEntry> =
+                serde_json::from_reader(BufReader::new(std::fs::File::open(file)?))
+                    .context("the export is not a JSON array of entries")?;
+            for e in all {
+                check(e);
+            }
+        }
+        Some("csv") => {
+            let mut r = csv::Reader::from_path(file)?;
+            for rec in r.records() {
+                let rec = rec?;
+                let get = |i: usize| rec.get(i).unwrap_or("").to_string();
+                check(AuditEntry {
+                    partition: get(0),
+                    seq: get(1).parse().unwrap_or(0),
+                    kind: get(2),
+                    key: get(3),
+                    at: get(4),
+                    prev: get(5),
+                    hash: get(6),
+                    body: serde_json::from_str(&get(7)).unwrap_or(Value::Null),
+                });
+            }
+        }
+        other => bail!("the manifest names no known format ({other:?})"),
+    }
+    if m["records"].as_u64() != Some(count) {
+        problems.push(format!(
+            "record count differs: the file has {count}, the manifest says {}",
+            m["records"]
+        ));
+    }
+    Ok(problems)
+}
