@@ -1004,23 +1004,23 @@ async fn document_keys_round_trip_and_bad_names_are_refused() {
 async fn document_commits_are_bounded_by_what_one_transaction_holds() {
     let s = store("doclimit").await;
     let p = "limit1";
-    // 99 documents + 1 outbox row... + the head: 101 operations.
+    // 50 documents (each with its audit entry) + 1 outbox row + the head: 102 operations.
     let mut c = doc_commit(
         p,
-        (0..99)
+        (0..50)
             .map(|i| doc_write(&format!("d{i:03}"), serde_json::json!(i), Expect::Absent))
             .collect(),
     );
     c.outbox = vec![draft("o1")];
     let r = s.doc_commit(&c).await;
     assert!(
-        matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("101 operations")),
+        matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("102 operations")),
         "{r:?}"
     );
-    // 98 + 1 + head = 100: fine.
+    // 49 x 2 + 1 + head = 100: fine.
     c.writes.pop();
     assert!(s.doc_commit(&c).await.unwrap());
-    assert_eq!(s.doc_list(p, "d").await.unwrap().len(), 98);
+    assert_eq!(s.doc_list(p, "d").await.unwrap().len(), 49);
     assert_eq!(s.stream_outbox(p).await.unwrap().len(), 1);
     // A document over the per-entity limit, and a commit over the 4 MiB transaction limit.
     let huge = "x".repeat(1_000_000);
@@ -1047,13 +1047,13 @@ async fn document_commits_are_bounded_by_what_one_transaction_holds() {
         matches!(&r, Err(StoreError::Corrupt(m)) if m.contains("4 MiB")),
         "{r:?}"
     );
-    // Several large documents that do fit go in together.
-    let docs: Vec<DocWrite> = (0..3)
+    // A large document fits, with its audit entry (which repeats it).
+    let docs: Vec<DocWrite> = (0..1)
         .map(|i| doc_write(&format!("big{i}"), serde_json::json!(big), Expect::Absent))
         .collect();
     assert!(s.doc_commit(&doc_commit(p, docs)).await.unwrap());
     assert_eq!(
-        s.doc_list(p, "big").await.unwrap()[2].value,
+        s.doc_list(p, "big").await.unwrap()[0].value,
         serde_json::json!(big)
     );
 }

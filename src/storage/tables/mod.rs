@@ -62,6 +62,12 @@ pub struct TableStore {
 }
 
 impl TableStore {
+    /// The `<prefix>streams` table itself, for operators' tooling and the audit tests that
+    /// tamper with rows behind the hub's back. Writing through it bypasses every check.
+    pub fn streams_table(&self) -> TableClient {
+        self.streams.clone()
+    }
+
     /// Connect and create the tables `<prefix>streams` and `<prefix>requests` if missing.
     ///
     /// `table_prefix` must be alphanumeric and start with a letter (or be empty). Errors with
