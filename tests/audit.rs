@@ -7,7 +7,6 @@ mod support;
 
 use icahub::audit::{verify, Finding};
 use icahub::config::{Config, Secret, StorageConfig};
-use icahub::storage::Store;
 use serde_json::json;
 use std::process::Command;
 use support::azurite;
