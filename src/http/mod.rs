@@ -5,6 +5,7 @@
 pub mod alertmanager;
 pub mod alerts;
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod azdo;
 pub mod azdo_check;
@@ -60,6 +61,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .or(azdo_check::route(app.clone()))
         .unify()
         .or(mattermost::actions(app.clone()))
+        .unify()
+        .or(audit::query(app.clone()))
         .unify()
         .or(timer::route(app))
         .unify()
