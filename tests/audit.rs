@@ -308,6 +308,38 @@ async fn exports_carry_a_manifest_that_catches_changes() {
             "{said}"
         );
     }
+    // This year's archive, and its check.
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let o = cli(&[
+        "audit",
+        "archive",
+        "--year",
+        &year,
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let archive = out.path().join(format!("icahub-audit-{year}.ndjson"));
+    let a = archive.to_str().unwrap();
+    let ok = cli(&["audit", "verify-export", a, &format!("{a}.manifest.json")]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let o = cli(&[
+        "audit",
+        "archive",
+        "--year",
+        "1999",
+        "--out-dir",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("icahub-audit-1999.ndjson")).unwrap(),
+        ""
+    );
     // Filters: one pipeline's records only.
     let file = out.path().join("pipeline.ndjson");
     let f = file.to_str().unwrap();

@@ -65,6 +65,15 @@ pub enum AuditCommand {
     /// Check an export against its manifest: its SHA-256, its record count, and that every entry
     /// still matches its own hash.
     VerifyExport { file: PathBuf, manifest: PathBuf },
+    /// Write one calendar year's trail as `icahub-audit-<YEAR>.ndjson` plus its manifest, ready
+    /// for immutable (WORM) blob storage.
+    Archive {
+        #[arg(long)]
+        year: i32,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
@@ -149,6 +158,39 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 manifest["records"],
                 out.display(),
                 manifest_path(&out).display()
+            );
+            Ok(())
+        }
+        AuditCommand::Archive { year, out_dir } => {
+            let start = |y: i32| {
+                chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .map(|t| t.and_utc())
+            };
+            let (Some(from), Some(to)) = (start(year), start(year + 1)) else {
+                bail!("{year} is not a usable year");
+            };
+            let config = Config::from_env(None)?;
+            let store = crate::startup::open_store(&config).await?;
+            std::fs::create_dir_all(&out_dir)?;
+            let out = out_dir.join(format!("icahub-audit-{year}.ndjson"));
+            let filter = ExportFilter {
+                from: Some(from),
+                to: Some(to),
+                ..Default::default()
+            };
+            let manifest = export(store.as_ref(), &filter, Format::Ndjson, &out).await?;
+            println!(
+                "archived {} records of {year} to {} (manifest {}, sha256 {})",
+                manifest["records"],
+                out.display(),
+                manifest_path(&out).display(),
+                manifest["sha256"].as_str().unwrap_or("")
+            );
+            println!(
+                "Upload both to a container with a time-based retention (immutability) policy, e.g.\n  \
+                 az storage blob upload-batch --account-name <account> -d audit-archive -s {} --pattern 'icahub-audit-{year}*'",
+                out_dir.display()
             );
             Ok(())
         }
