@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// `--approvals`); prints p50/p95/p99 per request kind and checks nothing was lost.
     #[arg(long, value_name = "RUNS")]
     pub pipelines: Option<usize>,
+    /// Instead of load: fill a fresh embedded store with this many audited records, then time
+    /// `icahub audit export` and `icahub audit verify` on it and report their peak memory.
+    #[arg(long, value_name = "RECORDS")]
+    pub audit_records: Option<usize>,
     /// With `--pipelines`: how many of the runs also ask for an approval that two approvers sign.
     #[arg(long, default_value_t = 500)]
     pub approvals: usize,
@@ -181,6 +185,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.e2e {
         return e2e(args).await;
+    }
+    if let Some(n) = args.audit_records {
+        return super::bench_audit::run(args, n).await;
     }
     if let Some(runs) = args.pipelines {
         return super::bench_pipelines::run(args, runs).await;
