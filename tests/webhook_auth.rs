@@ -233,12 +233,12 @@ async fn signed_alerts_are_accepted_and_every_bad_signature_is_refused_and_audit
     }
     // `v1,` with garbage, other versions only, an id with a dot, a timestamp that is no number.
     for (h, v, needle) in [
-        ("webhook-signature", "v1,@@@not*base64@@@", "no v1 signature"),
+        ("webhook-signature", "v1,@@@not*base64@@@", "carries no v1 signature"),
         ("webhook-signature", "v1,", "no v1 signature"),
         (
             "webhook-signature",
             "v1a,hnO3f9T8Ytu9HwrXslvumlUpqtNVqkhqw/enGzPCXe5BdqzCInXqYXFymVJaA7AZdpXwVLPo3mNl8EM+m7TBAg==",
-            "no v1 signature",
+            "carries no v1 signature",
         ),
         ("webhook-id", "msg.1", "webhook-id"),
         ("webhook-timestamp", "yesterday", "integer"),

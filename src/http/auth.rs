@@ -117,19 +117,21 @@ async fn authenticate(
             .map(Pending::Signed)
             .map_err(|r| webhook_refused(app, group, None, r));
     }
-    let bearer = authorization.map(|h| match bearer_jwt(h) {
-        Some(_) => Method::Entra,
-        None => Method::ApiKey,
-    });
-    match (bearer, authorization) {
-        (Some(Method::Entra), Some(h)) if methods.accepts(group, Method::Entra) => {
-            let token = bearer_jwt(h).unwrap_or_default();
-            return entra_caller(app, token).await.map(Pending::Caller);
+    let mut bearer = None;
+    if let Some(h) = authorization {
+        let jwt = bearer_jwt(h);
+        let method = match jwt {
+            Some(_) => Method::Entra,
+            None => Method::ApiKey,
+        };
+        if methods.accepts(group, method) {
+            return match jwt {
+                Some(token) => entra_caller(app, token).await,
+                None => key_caller(app, h).await,
+            }
+            .map(Pending::Caller);
         }
-        (Some(Method::ApiKey), Some(h)) if methods.accepts(group, Method::ApiKey) => {
-            return key_caller(app, h).await.map(Pending::Caller);
-        }
-        _ => {}
+        bearer = Some(method);
     }
     let accepted = methods.accepted(group);
     let presented: Vec<&str> = signed
