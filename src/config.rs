@@ -52,7 +52,10 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_GIVE_UP_AFTER_SECS", "86400", "A delivery still failing this long after it was created becomes a dead letter"),
     ("ICAHUB_LEASE_SECS", "60", "How long a dispatcher owns a delivery it is sending (a crashed one's deliveries wait this long)"),
     ("ICAHUB_DISPATCH_INTERVAL_SECS", "10", "Outside the Functions host, `serve` drains the outbox this often (0 = only the fast path)"),
-    ("ICAHUB_AUTH", "required", "`required`: every /api/v1 request needs an API key (`Authorization: Bearer icak_…`, or as the Basic auth password); `off` only for local development (refused under the Functions host)"),
+    ("ICAHUB_AUTH", "required", "`required`: every /api/v1 request is authenticated (API key, Entra ID token or Standard Webhooks signature, as ICAHUB_AUTH_METHODS allows); `off` only for local development: every caller is an anonymous admin, a warning is logged at start, and it is refused under the Functions host"),
+    ("ICAHUB_AUTH_METHODS", "api_key and entra everywhere, plus webhook_signature on alerts, ledger and approvals when ICAHUB_WEBHOOK_SECRETS is set", "JSON object of route group (alerts, ledger, approvals, read) to its accepted methods (api_key, entra, webhook_signature), e.g. {\"alerts\": [\"webhook_signature\"]}; groups it does not name keep the default"),
+    ("ICAHUB_WEBHOOK_SECRETS", "unset", "Standard Webhooks senders: comma-separated name=whsec_… entries (a name given twice has two active secrets, for rotation); a sender is the caller webhook:<name>"),
+    ("ICAHUB_WEBHOOK_ROLES", "alert_sender", "Roles of the signed senders: a comma-separated list for every sender, or a JSON object of sender name to role(s) (senders it does not name get alert_sender)"),
         ("ICAHUB_APPROVAL_EXPIRY_SECS", "14400", "A pending approval expires (and is escalated) this long after it was requested"),
         ("ICAHUB_APPROVAL_REMINDER_SECS", "3600", "Approvers are reminded this often while a request is pending"),
         ("ICAHUB_FINANCE_THRESHOLD_USD", "5000", "An estimate above this (USD/month) needs the business approval from the finance role, who is notified"),
@@ -110,6 +113,10 @@ pub struct Config {
     pub auth_required: bool,
     /// Microsoft Entra ID tokens, when configured.
     pub entra: Option<crate::entra::EntraConfig>,
+    /// Standard Webhooks senders and their secrets (`ICAHUB_WEBHOOK_SECRETS`).
+    pub webhooks: crate::http::verify::WebhookSenders,
+    /// The methods each route group accepts (`ICAHUB_AUTH_METHODS`).
+    pub auth_methods: crate::auth_methods::AuthMethods,
     /// Approval policy and where approval notifications go.
     pub approvals: crate::approvals::ApprovalConfig,
     /// The credentials Azure DevOps service hooks may present instead of an API key.
@@ -419,6 +426,14 @@ impl Config {
             .map_err(ConfigError)?;
         let entra =
             crate::entra::EntraConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
+        let webhooks = crate::http::verify::WebhookSenders::from_lookup(&|k: &str| get(k))
+            .map_err(ConfigError)?;
+        let auth_methods = crate::auth_methods::AuthMethods::parse(
+            get("ICAHUB_AUTH_METHODS").as_deref(),
+            entra.is_some(),
+            webhooks.configured(),
+        )
+        .map_err(ConfigError)?;
         let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
         let azdo_plan_hosts =
             crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
@@ -436,6 +451,8 @@ impl Config {
             dispatch_interval,
             auth_required,
             entra,
+            webhooks,
+            auth_methods,
             approvals,
             azdo_hooks,
             azdo_plan_hosts,
@@ -457,6 +474,8 @@ impl Config {
             dispatch_interval: None,
             auth_required: true,
             entra: None,
+            webhooks: Default::default(),
+            auth_methods: Default::default(),
             approvals: crate::approvals::ApprovalConfig::default(),
             azdo_hooks: AzdoHookAuth::default(),
             azdo_plan_hosts: crate::domain::check::PlanHosts::default(),

@@ -13,13 +13,16 @@
 //! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared
 //!   retry classification.
 //! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
-//! - [`identity`]: API keys and roles (stored as documents) and request authentication.
+//! - [`identity`]: API keys and roles (stored as documents) and request authentication;
+//!   [`auth_methods`]: which methods (keys, Entra ID, Standard Webhooks signatures) each route
+//!   group accepts.
 //! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
 pub mod approvals;
 pub mod audit;
+pub mod auth_methods;
 pub mod cli;
 pub mod clock;
 pub mod config;

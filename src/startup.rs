@@ -22,6 +22,8 @@ pub struct App {
     pub approval_ids: crate::approvals::IdAllocator,
     /// Verifies Entra ID tokens when `config.entra` is set.
     pub entra: Option<crate::entra::EntraVerifier>,
+    /// The `webhook-id`s of signed requests accepted lately (replay protection, this process).
+    pub replay: crate::http::verify::ReplayCache,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -73,6 +75,7 @@ impl App {
             authenticator: Default::default(),
             approval_ids: Default::default(),
             entra,
+            replay: Default::default(),
         }))
     }
 }

@@ -38,7 +38,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     if !app.config.auth_required {
         tracing::warn!(
-            "ICAHUB_AUTH=off: the API accepts requests without an API key. For local development only."
+            auth = "off",
+            "ICAHUB_AUTH=off: authentication is OFF. Every /api/v1 request is accepted as \
+             `anonymous` with every role (admin included); no API key, token or webhook signature \
+             is checked. For local development only: never expose this hub."
         );
     }
     // Under the host the `dispatch` timer function drains the outbox; alone, we do it ourselves.

@@ -2,8 +2,9 @@
 //! `POST .../approval/{id}/sign` (approvers; the rules are in [`crate::domain::approval`]) and
 //! `POST .../approval/{id}/override` (admin, emergency, with a reason).
 
-use super::{auth, ctx, json_body, with_app};
+use super::{auth, ctx, with_app};
 use crate::approvals::{Origin, Signer};
+use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
@@ -39,12 +40,15 @@ fn answer(result: Result<(StatusCode, Value), ApiError>, ctx: &RequestCtx) -> Re
 pub fn create(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "approval")
         .and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller_and_body(
+            app.clone(),
+            RouteGroup::Approvals,
+            auth::Body::Json,
+        ))
         .and(ctx())
-        .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(
-            |caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
+            |caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = async {
                     if !caller.has(Role::Devops) && !caller.has(Role::Admin) {
                         return Err(ApiError::Forbidden(format!(
@@ -79,7 +83,7 @@ pub fn create(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "approval" / String)
         .and(warp::get())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller(app.clone(), RouteGroup::Read))
         .and(ctx())
         .and(with_app(app))
         .then(
@@ -96,12 +100,15 @@ pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
 pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "approval" / String / "sign")
         .and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller_and_body(
+            app.clone(),
+            RouteGroup::Approvals,
+            auth::Body::Json,
+        ))
         .and(ctx())
-        .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(
-            |id: String, caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
+            |id: String, caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
                     let input = crate::domain::approval::parse_sign(&v).map_err(bad)?;
@@ -122,12 +129,15 @@ pub fn emergency_override(
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "approval" / String / "override")
         .and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller_and_body(
+            app.clone(),
+            RouteGroup::Approvals,
+            auth::Body::Json,
+        ))
         .and(ctx())
-        .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(
-            |id: String, caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
+            |id: String, caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
                     let reason = match v.get("reason") {

@@ -26,7 +26,10 @@ const SCAN_BUDGET: usize = 50_000;
 pub fn query(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "audit" / "query")
         .and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller(
+            app.clone(),
+            crate::auth_methods::RouteGroup::Read,
+        ))
         .and(ctx())
         .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))

@@ -1,54 +1,230 @@
 //! Who is calling: an API key as `Authorization: Bearer icak_…`, or as the password of Basic
-//! auth (what Azure Monitor webhooks can send, credentials in the URL), or a Microsoft Entra ID
-//! token as `Authorization: Bearer <JWT>` (see [`crate::entra`]). Every refusal is logged and
-//! recorded in the store's `security` audit entries. With `ICAHUB_AUTH=off`
-//! (local development only) every caller is `anonymous`.
+//! auth (what Azure Monitor webhooks can send, credentials in the URL), a Microsoft Entra ID
+//! token as `Authorization: Bearer <JWT>` (see [`crate::entra`]), or a Standard Webhooks
+//! signature over the raw body (see [`super::verify`]), each where the route's group accepts it
+//! ([`crate::auth_methods`], `ICAHUB_AUTH_METHODS`). Every refusal is logged and recorded in the
+//! store's `security` audit entries. With `ICAHUB_AUTH=off` (local development only) every caller
+//! is `anonymous`.
 
+use super::verify;
+use crate::auth_methods::{Method, RouteGroup};
 use crate::error::ApiError;
 use crate::identity::Caller;
 use crate::startup::App;
 use base64::Engine;
+use bytes::Bytes;
 use std::sync::Arc;
+use warp::http::HeaderMap;
 use warp::{Filter, Rejection};
 
-/// The authenticated caller, or a 401 JSON error (the refusal is logged).
-pub fn caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |h: Option<String>| {
-        let app = app.clone();
-        async move {
-            if !app.config.auth_required {
-                return Ok(Caller {
-                    name: "anonymous".into(),
-                    roles: crate::domain::identity::Role::ALL.to_vec(),
-                });
-            }
-            if let Some(token) = h.as_deref().and_then(bearer_jwt) {
-                return entra_caller(&app, token).await;
-            }
-            let Some(key) = h.as_deref().and_then(presented_key) else {
-                refused(&app, "no_credentials", "");
-                return Err(warp::reject::custom(ApiError::Unauthorized(
-                    "an API key is required: Authorization: Bearer icak_… (issue one with `icahub keys issue`)".into(),
-                )));
-            };
-            match app.authenticator.authenticate(app.store.as_ref(), &key).await {
-                Ok(Some(c)) => Ok(c),
-                Ok(None) => {
-                    refused(&app, "unknown_key", "");
-                    Err(warp::reject::custom(ApiError::Unauthorized(
-                        "the API key is unknown or revoked".into(),
-                    )))
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "authentication lookup failed");
-                    Err(warp::reject::custom(ApiError::Unavailable {
-                        message: "cannot check the API key right now; retry".into(),
-                        retry_after: 5,
-                    }))
+/// What a request's body must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `Content-Type` JSON required ([`super::json_body`]).
+    Json,
+    /// JSON, or no `Content-Type` at all ([`super::optional_json_body`]).
+    OptionalJson,
+}
+
+/// The authenticated caller of a route of `group` without a body (reads), or a 401 JSON error
+/// (the refusal is logged and audited).
+pub fn caller(
+    app: Arc<App>,
+    group: RouteGroup,
+) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::headers_cloned())
+        .and_then(move |h: Option<String>, headers: HeaderMap| {
+            let app = app.clone();
+            async move {
+                match authenticate(&app, group, h.as_deref(), &headers).await? {
+                    Pending::Caller(c) => Ok(c),
+                    // A request without a body signs an empty one.
+                    Pending::Signed(s) => signed_caller(&app, group, &s, &[]),
                 }
             }
+        })
+}
+
+/// The authenticated caller and the raw body of a route of `group` with a body. API keys and
+/// Entra ID tokens are checked before the body is read (as before signatures existed); a signed
+/// request has its headers checked first, then its signature over the raw bytes, then its
+/// `webhook-id` against the replay cache. Refusals are 401 JSON errors, logged and audited.
+pub fn caller_and_body(
+    app: Arc<App>,
+    group: RouteGroup,
+    body: Body,
+) -> impl Filter<Extract = (Caller, Bytes), Error = Rejection> + Clone {
+    let limit = app.config.max_body_bytes;
+    let after_body = app.clone();
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::headers_cloned())
+        .and_then(move |h: Option<String>, headers: HeaderMap| {
+            let app = app.clone();
+            async move { authenticate(&app, group, h.as_deref(), &headers).await }
+        })
+        .and(super::body_filter(limit, body == Body::Json))
+        .and_then(move |pending: Pending, bytes: Bytes| {
+            let app = after_body.clone();
+            async move {
+                let caller = match pending {
+                    Pending::Caller(c) => c,
+                    Pending::Signed(s) => signed_caller(&app, group, &s, &bytes)?,
+                };
+                Ok::<_, Rejection>((caller, bytes))
+            }
+        })
+        .untuple_one()
+}
+
+/// A caller known from the headers, or a signed request whose body is still to be verified.
+enum Pending {
+    Caller(Caller),
+    Signed(verify::Signed),
+}
+
+/// How to present each method (for refusals).
+fn how(m: Method) -> &'static str {
+    match m {
+        Method::ApiKey => "an API key (Authorization: Bearer icak_…, or as the Basic auth password; issue one with `icahub keys issue`)",
+        Method::Entra => "a Microsoft Entra ID token (Authorization: Bearer <JWT>)",
+        Method::WebhookSignature => "a Standard Webhooks signature (webhook-id, webhook-timestamp, webhook-signature)",
+    }
+}
+
+/// Check the credentials `group` accepts. The first of these that the request carries and the
+/// route accepts is checked, and only that one (no falling back to another after a failure):
+/// a signature (any `webhook-*` header), then the `Authorization` header (a JWT is an Entra ID
+/// token, anything else an API key). Credentials of methods the route does not accept are
+/// refused, naming the ones it does.
+async fn authenticate(
+    app: &Arc<App>,
+    group: RouteGroup,
+    authorization: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Pending, Rejection> {
+    if !app.config.auth_required {
+        return Ok(Pending::Caller(Caller {
+            name: "anonymous".into(),
+            roles: crate::domain::identity::Role::ALL.to_vec(),
+        }));
+    }
+    let methods = &app.config.auth_methods;
+    let signed = verify::is_signed(headers);
+    if signed && methods.accepts(group, Method::WebhookSignature) {
+        let now = app.clock.now().timestamp();
+        return verify::check_headers(headers, now)
+            .map(Pending::Signed)
+            .map_err(|r| webhook_refused(app, group, None, r));
+    }
+    let mut bearer = None;
+    if let Some(h) = authorization {
+        let jwt = bearer_jwt(h);
+        let method = match jwt {
+            Some(_) => Method::Entra,
+            None => Method::ApiKey,
+        };
+        if methods.accepts(group, method) {
+            return match jwt {
+                Some(token) => entra_caller(app, token).await,
+                None => key_caller(app, h).await,
+            }
+            .map(Pending::Caller);
         }
+        bearer = Some(method);
+    }
+    let accepted = methods.accepted(group);
+    let presented: Vec<&str> = signed
+        .then_some(Method::WebhookSignature)
+        .into_iter()
+        .chain(bearer)
+        .map(Method::as_str)
+        .collect();
+    if presented.is_empty() {
+        refused(app, "no_credentials", group.as_str());
+        let ways: Vec<&str> = accepted.iter().map(|m| how(*m)).collect();
+        return Err(warp::reject::custom(ApiError::Unauthorized(format!(
+            "credentials are required: {}",
+            ways.join(", or ")
+        ))));
+    }
+    let presented = presented.join(" and ");
+    refused(
+        app,
+        "method_not_allowed",
+        &format!("{presented} on {group} routes"),
+    );
+    Err(warp::reject::custom(ApiError::Unauthorized(format!(
+        "{presented} is not accepted on {group} routes (ICAHUB_AUTH_METHODS); accepted: {}",
+        methods.describe(group)
+    ))))
+}
+
+/// A signed request's sender, once its signature over `body` verifies and its `webhook-id` is new.
+fn signed_caller(
+    app: &Arc<App>,
+    group: RouteGroup,
+    signed: &verify::Signed,
+    body: &[u8],
+) -> Result<Caller, Rejection> {
+    let now = app.clock.now().timestamp();
+    let senders = &app.config.webhooks;
+    let i = verify::verify(senders, signed, body, now)
+        .map_err(|r| webhook_refused(app, group, Some(&signed.id), r))?;
+    app.replay
+        .claim(i, signed, now)
+        .map_err(|r| webhook_refused(app, group, Some(&signed.id), r))?;
+    Ok(senders.senders[i].caller())
+}
+
+fn webhook_refused(
+    app: &Arc<App>,
+    group: RouteGroup,
+    id: Option<&str>,
+    r: verify::Refusal,
+) -> Rejection {
+    let detail = match id {
+        Some(id) => format!("{group} routes, webhook-id {id:?}: {r}"),
+        None => format!("{group} routes: {r}"),
+    };
+    refused(app, r.kind(), &detail);
+    warp::reject::custom(match r {
+        verify::Refusal::CacheFull => ApiError::Unavailable {
+            message: r.to_string(),
+            retry_after: 5,
+        },
+        r => ApiError::Unauthorized(r.to_string()),
     })
+}
+
+/// The caller of an API key in `header` (Bearer, or the Basic password).
+async fn key_caller(app: &Arc<App>, header: &str) -> Result<Caller, Rejection> {
+    let Some(key) = presented_key(header) else {
+        refused(app, "no_credentials", "");
+        return Err(warp::reject::custom(ApiError::Unauthorized(
+            "an API key is required: Authorization: Bearer icak_… (issue one with `icahub keys issue`)".into(),
+        )));
+    };
+    match app
+        .authenticator
+        .authenticate(app.store.as_ref(), &key)
+        .await
+    {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => {
+            refused(app, "unknown_key", "");
+            Err(warp::reject::custom(ApiError::Unauthorized(
+                "the API key is unknown or revoked".into(),
+            )))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "authentication lookup failed");
+            Err(warp::reject::custom(ApiError::Unavailable {
+                message: "cannot check the API key right now; retry".into(),
+                retry_after: 5,
+            }))
+        }
+    }
 }
 
 /// A bearer token that looks like a JWT (three dot-separated parts), not an icahub key.

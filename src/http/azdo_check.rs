@@ -9,8 +9,9 @@
 //! is a few store round trips. The function key the check puts in `?code=` is the Functions
 //! host's business; the query string is ignored here (the check's URL may end in `&`).
 
-use super::{auth, ctx, optional_json_body, with_app};
+use super::{auth, ctx, with_app};
 use crate::approvals::Origin;
+use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
 use crate::domain::check::CheckCallback;
 use crate::domain::identity::Role;
@@ -28,10 +29,13 @@ use warp::{Filter, Rejection};
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdo" / "check")
         .and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller_and_body(
+            app.clone(),
+            RouteGroup::Approvals,
+            auth::Body::OptionalJson,
+        ))
         .and(ctx())
         .and(warp::header::headers_cloned())
-        .and(optional_json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(handle)
 }
@@ -77,9 +81,9 @@ fn request_body(body: &[u8], check: &CheckCallback) -> Result<Value, ApiError> {
 #[tracing::instrument(skip_all, fields(route = "azdo_check", request_id = %ctx.request_id, caller = %caller.name))]
 async fn handle(
     caller: Caller,
+    body: Bytes,
     ctx: RequestCtx,
     headers: HeaderMap,
-    body: Bytes,
     app: Arc<App>,
 ) -> Response {
     let started = std::time::Instant::now();

@@ -22,7 +22,10 @@ pub const MAX_LIMIT: usize = 1000;
 pub fn get_one(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "incident" / String)
         .and(warp::get())
-        .and(super::auth::caller(app.clone()))
+        .and(super::auth::caller(
+            app.clone(),
+            crate::auth_methods::RouteGroup::Read,
+        ))
         .and(ctx())
         .and(with_app(app))
         .then(
@@ -40,7 +43,10 @@ pub fn get_one(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reje
 pub fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "incidents")
         .and(warp::get())
-        .and(super::auth::caller(app.clone()))
+        .and(super::auth::caller(
+            app.clone(),
+            crate::auth_methods::RouteGroup::Read,
+        ))
         .and(warp::query::<HashMap<String, String>>())
         .and(ctx())
         .and(with_app(app))

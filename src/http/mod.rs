@@ -14,7 +14,9 @@ pub mod incidents;
 pub mod mattermost;
 pub mod runs;
 pub mod timer;
+pub mod verify;
 
+use crate::auth_methods::RouteGroup;
 use crate::error::ApiError;
 use crate::functions_host::INVOCATION_ID_HEADER;
 use crate::ingest::RequestCtx;
@@ -29,7 +31,7 @@ use warp::{Filter, Rejection};
 
 /// Every route of the hub, with the JSON error mapping and the access log.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    health::readiness()
+    let routes = health::readiness()
         .or(health::healthz(app.clone()))
         .unify()
         .or(alerts::route(app.clone()))
@@ -64,10 +66,20 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(audit::query(app.clone()))
         .unify()
-        .or(timer::route(app))
+        .or(timer::route(app.clone()))
         .unify()
         .recover(crate::error::recover)
-        .unify()
+        .unify();
+    // A signed message the hub failed (5xx) is forgotten by the replay cache, so the sender's
+    // retry, which keeps its webhook-id, is not refused as a replay.
+    warp::header::headers_cloned()
+        .and(routes)
+        .map(move |headers: warp::http::HeaderMap, resp: Response| {
+            if resp.status().is_server_error() {
+                verify::release_failed(&app.replay, &headers);
+            }
+            resp
+        })
         .with(warp::log::custom(access_log))
         .map(warp::Reply::into_response)
         .boxed()
@@ -218,7 +230,8 @@ pub type ParseDelivery = fn(
     chrono::DateTime<chrono::Utc>,
 ) -> Result<crate::storage::Delivery, ApiError>;
 
-/// An alert ingress route: `POST path`, authenticated, JSON body, parsed by `parse`, stored, 202.
+/// An alert ingress route: `POST path`, authenticated (the `alerts` group), JSON body, parsed by
+/// `parse`, stored, 202.
 pub fn ingest_route(
     app: Arc<App>,
     path: BoxedFilter<()>,
@@ -226,11 +239,14 @@ pub fn ingest_route(
     parse: ParseDelivery,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     path.and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller_and_body(
+            app.clone(),
+            RouteGroup::Alerts,
+            auth::Body::Json,
+        ))
         .and(ctx())
-        .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
-        .then(move |caller, ctx, body, app| accept(caller, name, ctx, body, app, parse))
+        .then(move |caller, body, ctx, app| accept(caller, name, ctx, body, app, parse))
 }
 
 /// The shared alert-ingress handler: parse, store durably, then 202.

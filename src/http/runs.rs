@@ -1,7 +1,8 @@
 //! The run ledger API: `POST /api/v1/azdev/run/start|event|finish` and
 //! `GET /api/v1/azdev/run/{run_id}`. Writes need the devops (or admin) role.
 
-use super::{auth, ctx, json_body, with_app};
+use super::{auth, ctx, with_app};
+use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
@@ -41,12 +42,15 @@ fn write_route(
         .and(warp::path(name))
         .and(warp::path::end())
         .and(warp::post())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller_and_body(
+            app.clone(),
+            RouteGroup::Ledger,
+            auth::Body::Json,
+        ))
         .and(ctx())
-        .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(
-            move |caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
+            move |caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 match handle(op, &caller, &body, &app).await {
                     Ok((status, v)) => json_response(status, &v, &ctx.request_id),
                     Err(e) => e.into_response(&ctx.request_id),
@@ -114,7 +118,7 @@ pub fn finish(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("api" / "v1" / "azdev" / "run" / String)
         .and(warp::get())
-        .and(auth::caller(app.clone()))
+        .and(auth::caller(app.clone(), RouteGroup::Read))
         .and(ctx())
         .and(with_app(app))
         .then(
