@@ -2,7 +2,7 @@
 //! `POST .../approval/{id}/sign` (approvers; the rules are in [`crate::domain::approval`]) and
 //! `POST .../approval/{id}/override` (admin, emergency, with a reason).
 
-use super::{auth, ctx, json_body, with_app};
+use super::{auth, ctx, json_body, with_app, Segment};
 use crate::approvals::{Origin, Signer};
 use crate::domain::alert::PayloadError;
 use crate::domain::identity::Role;
@@ -77,13 +77,13 @@ pub fn create(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 
 /// `GET /api/v1/azdev/approval/{id}`.
 pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "approval" / String)
+    warp::path!("api" / "v1" / "azdev" / "approval" / Segment)
         .and(warp::get())
         .and(auth::caller(app.clone()))
         .and(ctx())
         .and(with_app(app))
         .then(
-            |id: String, _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
+            |Segment(id), _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = crate::approvals::get(&app, &id)
                     .await
                     .map(|v| (StatusCode::OK, v));
@@ -94,14 +94,14 @@ pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
 
 /// `POST /api/v1/azdev/approval/{id}/sign`.
 pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "approval" / String / "sign")
+    warp::path!("api" / "v1" / "azdev" / "approval" / Segment / "sign")
         .and(warp::post())
         .and(auth::caller(app.clone()))
         .and(ctx())
         .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(
-            |id: String, caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
+            |Segment(id), caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
                     let input = crate::domain::approval::parse_sign(&v).map_err(bad)?;
@@ -120,14 +120,14 @@ pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
 pub fn emergency_override(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "approval" / String / "override")
+    warp::path!("api" / "v1" / "azdev" / "approval" / Segment / "override")
         .and(warp::post())
         .and(auth::caller(app.clone()))
         .and(ctx())
         .and(json_body(app.config.max_body_bytes))
         .and(with_app(app))
         .then(
-            |id: String, caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
+            |Segment(id), caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
                     let reason = match v.get("reason") {
