@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# API conformance: Schemathesis (from PyPI, pinned below) generates requests from
+# api/icahub-openapi.yaml, valid and invalid, sends them to a real hub and checks every answer:
+# no 5xx, and status code, content type and body as the document describes them.
+#
+#   ./scripts/schemathesis.sh                  # the short run the test command does
+#   SCHEMATHESIS_MAX_EXAMPLES=200 ./scripts/schemathesis.sh   # a longer one
+#   ./scripts/schemathesis.sh --include-path /api/v1/azdev/incidents   # extra schemathesis args
+#
+# It installs Schemathesis once into .venv-schemathesis/ (gitignored), builds target/debug/icahub,
+# starts `icahub serve` on a free port over an embedded store in a temporary directory with
+# ICAHUB_AUTH=required, issues an API key for an identity holding every role, and runs
+# Schemathesis with that key as the bearer token. Exit status: Schemathesis's (non-zero on any
+# failure), or 1 if the hub could not be started.
+#
+# Every documented operation is exercised, including the ones that are not for people:
+#   POST /dispatch                 the timer function; answers the host's envelope (no sinks are
+#                                  configured, so a drain delivers nothing)
+#   POST /api/v1/mattermost/actions  no API key (a signed token in the body): generated bodies carry
+#                                  no valid token, so only the refusals are exercised (always 200)
+#   POST /api/v1/azdo/hooks        the API key of a devops identity is one of its credentials
+#   POST /api/v1/azdo/check        its headers are generated from the document; a generated PlanUrl
+#                                  is not an Azure DevOps host, so the run mostly sees 400s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCHEMATHESIS_VERSION=4.32.5
+VENV=.venv-schemathesis
+MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-25}
+SEED=${SCHEMATHESIS_SEED:-}
+
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "version $SCHEMATHESIS_VERSION"; then
+  echo "==> installing schemathesis $SCHEMATHESIS_VERSION into $VENV/"
+  command -v python3 >/dev/null 2>&1 || {
+    echo "schemathesis.sh: python3 (with venv and pip) is required" >&2
+    exit 1
+  }
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+cargo build --quiet --bin icahub
+BIN=target/debug/icahub
+
+WORK=$(mktemp -d)
+HUB_PID=
+cleanup() {
+  if [ -n "$HUB_PID" ] && kill -0 "$HUB_PID" 2>/dev/null; then
+    kill "$HUB_PID" 2>/dev/null || true
+    wait "$HUB_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The hub's environment: a fresh embedded store, keys required, nothing inherited that would
+# point it at Table Storage or make it think it runs under the Functions host.
+unset FUNCTIONS_CUSTOMHANDLER_PORT AzureWebJobsStorage ICAHUB_TABLES_CONNECTION_STRING
+export ICAHUB_STORAGE=embedded ICAHUB_DATA_DIR="$WORK/data" ICAHUB_AUTH=required
+export ICAHUB_LOG=${ICAHUB_LOG:-warn}
+
+# The key and its roles go into the store before the hub opens it.
+KEY=$("$BIN" keys issue --identity schemathesis --by schemathesis 2>/dev/null)
+for role in devops technical_approver business_approver finance auditor admin alert_sender; do
+  "$BIN" roles grant schemathesis "$role" --by schemathesis >/dev/null
+done
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" serve --port "$PORT" 2>"$WORK/hub.log" &
+HUB_PID=$!
+for _ in $(seq 1 200); do
+  if python3 -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:$PORT/api/healthz', timeout=1)" 2>/dev/null; then
+    break
+  fi
+  if ! kill -0 "$HUB_PID" 2>/dev/null; then
+    echo "schemathesis.sh: icahub serve exited:" >&2
+    cat "$WORK/hub.log" >&2
+    exit 1
+  fi
+  sleep 0.05
+done
+
+echo "==> schemathesis $SCHEMATHESIS_VERSION against http://127.0.0.1:$PORT ($MAX_EXAMPLES examples per operation)"
+set +e
+"$VENV/bin/schemathesis" run api/icahub-openapi.yaml \
+  --url "http://127.0.0.1:$PORT" \
+  -H "Authorization: Bearer $KEY" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --max-examples "$MAX_EXAMPLES" \
+  ${SEED:+--seed "$SEED"} \
+  --workers 2 \
+  --request-timeout 10 \
+  --generation-database none \
+  --no-color \
+  "$@"
+status=$?
+set -e
+if [ "$status" -ne 0 ] && [ -s "$WORK/hub.log" ]; then
+  echo "==> the hub's log (warnings and errors)" >&2
+  tail -n 50 "$WORK/hub.log" >&2
+fi
+exit "$status"
