@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # API conformance: Schemathesis (from PyPI, pinned below) generates requests from
 # api/icahub-openapi.yaml, valid and invalid, sends them to a real hub and checks every answer:
-# no 5xx, and status code, content type and body as the document describes them.
+# no 5xx; status code, content type, body and headers as the document describes them; a request
+# without a required header refused; and no operation that declares security answering without it.
+# Not checked: negative_data_rejection and positive_data_acceptance (the hub is deliberately
+# lenient in places the schema cannot say, e.g. an empty query value is no filter, and Mattermost
+# callbacks are always 200), and unsupported_method (the hub's 405s carry no `Allow` header yet,
+# and any method on `/` answers 200: it is the host's readiness probe).
 #
-#   ./scripts/schemathesis.sh                  # the short run the test command does
-#   SCHEMATHESIS_MAX_EXAMPLES=200 ./scripts/schemathesis.sh   # a longer one
+#   ./scripts/schemathesis.sh                  # the run the test command does (about a minute)
+#   SCHEMATHESIS_MAX_EXAMPLES=1000 SCHEMATHESIS_SEED=7 ./scripts/schemathesis.sh   # longer, other cases
 #   ./scripts/schemathesis.sh --include-path /api/v1/azdev/incidents   # extra schemathesis args
+#
+# The seed is fixed so that a failure in CI reproduces; change it to explore other cases.
 #
 # It installs Schemathesis once into .venv-schemathesis/ (gitignored), builds target/debug/icahub,
 # starts `icahub serve` on a free port over an embedded store in a temporary directory with
@@ -26,8 +33,8 @@ cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 VENV=.venv-schemathesis
-MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-25}
-SEED=${SCHEMATHESIS_SEED:-}
+MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-250}
+SEED=${SCHEMATHESIS_SEED:-20261122}
 
 if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qF "version $SCHEMATHESIS_VERSION"; then
   echo "==> installing schemathesis $SCHEMATHESIS_VERSION into $VENV/"
@@ -60,7 +67,10 @@ export ICAHUB_STORAGE=embedded ICAHUB_DATA_DIR="$WORK/data" ICAHUB_AUTH=required
 export ICAHUB_LOG=${ICAHUB_LOG:-warn}
 
 # The key and its roles go into the store before the hub opens it.
-KEY=$("$BIN" keys issue --identity schemathesis --by schemathesis 2>/dev/null)
+KEY=$("$BIN" keys issue --identity schemathesis --by schemathesis 2>"$WORK/cli.log") || {
+  cat "$WORK/cli.log" >&2
+  exit 1
+}
 for role in devops technical_approver business_approver finance auditor admin alert_sender; do
   "$BIN" roles grant schemathesis "$role" --by schemathesis >/dev/null
 done
@@ -85,9 +95,9 @@ set +e
 "$VENV/bin/schemathesis" run api/icahub-openapi.yaml \
   --url "http://127.0.0.1:$PORT" \
   -H "Authorization: Bearer $KEY" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,missing_required_header,ignored_auth \
   --max-examples "$MAX_EXAMPLES" \
-  ${SEED:+--seed "$SEED"} \
+  --seed "$SEED" \
   --workers 2 \
   --request-timeout 10 \
   --generation-database none \
