@@ -60,11 +60,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The hub's environment: a fresh embedded store, keys required, nothing inherited that would
-# point it at Table Storage or make it think it runs under the Functions host.
-unset FUNCTIONS_CUSTOMHANDLER_PORT AzureWebJobsStorage ICAHUB_TABLES_CONNECTION_STRING
+# The hub's environment: a fresh embedded store, keys required, and nothing inherited (no sinks,
+# no hook credentials, no Table Storage, not the Functions host) but the log level.
+log_level=${ICAHUB_LOG:-warn}
+while read -r name; do unset "$name"; done < <(compgen -e | grep -E '^ICAHUB_' || true)
+unset FUNCTIONS_CUSTOMHANDLER_PORT AzureWebJobsStorage
 export ICAHUB_STORAGE=embedded ICAHUB_DATA_DIR="$WORK/data" ICAHUB_AUTH=required
-export ICAHUB_LOG=${ICAHUB_LOG:-warn}
+export ICAHUB_LOG=$log_level
 
 # The key and its roles go into the store before the hub opens it.
 KEY=$("$BIN" keys issue --identity schemathesis --by schemathesis 2>"$WORK/cli.log") || {
@@ -78,17 +80,20 @@ done
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$BIN" serve --port "$PORT" 2>"$WORK/hub.log" &
 HUB_PID=$!
-for _ in $(seq 1 200); do
-  if python3 -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:$PORT/api/healthz', timeout=1)" 2>/dev/null; then
+up=
+for _ in $(seq 1 100); do
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/api/healthz', timeout=1)" 2>/dev/null; then
+    up=1
     break
   fi
-  if ! kill -0 "$HUB_PID" 2>/dev/null; then
-    echo "schemathesis.sh: icahub serve exited:" >&2
-    cat "$WORK/hub.log" >&2
-    exit 1
-  fi
-  sleep 0.05
+  kill -0 "$HUB_PID" 2>/dev/null || break
+  sleep 0.1
 done
+if [ -z "$up" ]; then
+  echo "schemathesis.sh: icahub serve did not answer on port $PORT:" >&2
+  cat "$WORK/hub.log" >&2
+  exit 1
+fi
 
 echo "==> schemathesis $SCHEMATHESIS_VERSION against http://127.0.0.1:$PORT ($MAX_EXAMPLES examples per operation)"
 set +e
