@@ -2,7 +2,7 @@
 //! `POST .../approval/{id}/sign` (approvers; the rules are in [`crate::domain::approval`]) and
 //! `POST .../approval/{id}/override` (admin, emergency, with a reason).
 
-use super::{auth, ctx, with_app};
+use super::{auth, ctx, with_app, Segment};
 use crate::approvals::{Origin, Signer};
 use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
@@ -81,13 +81,13 @@ pub fn create(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 
 /// `GET /api/v1/azdev/approval/{id}`.
 pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "approval" / String)
+    warp::path!("api" / "v1" / "azdev" / "approval" / Segment)
         .and(warp::get())
         .and(auth::caller(app.clone(), RouteGroup::Read))
         .and(ctx())
         .and(with_app(app))
         .then(
-            |id: String, _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
+            |Segment(id), _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = crate::approvals::get(&app, &id)
                     .await
                     .map(|v| (StatusCode::OK, v));
@@ -98,7 +98,7 @@ pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
 
 /// `POST /api/v1/azdev/approval/{id}/sign`.
 pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "approval" / String / "sign")
+    warp::path!("api" / "v1" / "azdev" / "approval" / Segment / "sign")
         .and(warp::post())
         .and(auth::caller_and_body(
             app.clone(),
@@ -108,7 +108,7 @@ pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
         .and(ctx())
         .and(with_app(app))
         .then(
-            |id: String, caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
+            |Segment(id), caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
                     let input = crate::domain::approval::parse_sign(&v).map_err(bad)?;
@@ -127,7 +127,7 @@ pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
 pub fn emergency_override(
     app: Arc<App>,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "approval" / String / "override")
+    warp::path!("api" / "v1" / "azdev" / "approval" / Segment / "override")
         .and(warp::post())
         .and(auth::caller_and_body(
             app.clone(),
@@ -137,7 +137,7 @@ pub fn emergency_override(
         .and(ctx())
         .and(with_app(app))
         .then(
-            |id: String, caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
+            |Segment(id), caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
                     let reason = match v.get("reason") {

@@ -63,7 +63,14 @@ pub fn caller_and_body(
             let app = app.clone();
             async move { authenticate(&app, group, h.as_deref(), &headers).await }
         })
-        .and(super::body_filter(limit, body == Body::Json))
+        .and(super::body_filter(
+            limit,
+            if body == Body::Json {
+                super::Accept::Json
+            } else {
+                super::Accept::JsonOrNone
+            },
+        ))
         .and_then(move |pending: Pending, bytes: Bytes| {
             let app = after_body.clone();
             async move {

@@ -1,7 +1,7 @@
 //! The incident read API: `GET /api/v1/azdev/incident/{id}` and
 //! `GET /api/v1/azdev/incidents?status=&severity=&since=&limit=`.
 
-use super::{ctx, with_app};
+use super::{ctx, with_app, Segment};
 use crate::domain::alert::Severity;
 use crate::domain::incident::IncidentStatus;
 use crate::error::{json_response, ApiError};
@@ -20,7 +20,7 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
 pub fn get_one(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "incident" / String)
+    warp::path!("api" / "v1" / "azdev" / "incident" / Segment)
         .and(warp::get())
         .and(super::auth::caller(
             app.clone(),
@@ -29,7 +29,7 @@ pub fn get_one(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reje
         .and(ctx())
         .and(with_app(app))
         .then(
-            |id: String, _caller, ctx: RequestCtx, app: Arc<App>| async move {
+            |Segment(id), _caller, ctx: RequestCtx, app: Arc<App>| async move {
                 match app.store.incident(&id).await {
                     Ok(Some(inc)) => json_response(StatusCode::OK, &json!(inc), &ctx.request_id),
                     Ok(None) => ApiError::NotFound(format!("no incident with id {id:?}"))

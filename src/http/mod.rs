@@ -129,6 +129,46 @@ pub fn ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone
     })
 }
 
+/// A path parameter, percent-decoded: `warp::path!` hands a segment over exactly as it was sent,
+/// so without this `GET run/a%20b` would look for the run `a%20b`, not the run `a b` that
+/// `POST run/start` stored. Bytes that are not UTF-8 once decoded become U+FFFD (and so name
+/// nothing: a 404 from the handler, not a `no_route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment(pub String);
+
+impl std::str::FromStr for Segment {
+    type Err = Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Segment(percent_decode(s)))
+    }
+}
+
+/// `%XX` escapes to bytes, then UTF-8 (lossy); a `%` not followed by two hex digits stays as it is.
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let (b, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn is_json_content_type(ct: &str) -> bool {
     let essence = ct
         .split(';')
@@ -143,7 +183,7 @@ fn is_json_content_type(ct: &str) -> bool {
 /// The raw body of a JSON request: 415 unless the content type is JSON, 413 past `limit` (checked
 /// on `Content-Length` before reading, and again while reading a chunked body).
 pub fn json_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    body_filter(limit, true)
+    body_filter(limit, Accept::Json)
 }
 
 /// Like [`json_body`], but a request without `Content-Type` is accepted too (the Azure DevOps
@@ -151,12 +191,26 @@ pub fn json_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Reject
 pub fn optional_json_body(
     limit: usize,
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    body_filter(limit, false)
+    body_filter(limit, Accept::JsonOrNone)
 }
 
-fn body_filter(
+/// The raw body whatever its content type, 413 past `limit` like [`json_body`] (for the
+/// Functions host's timer invocations, which are not a client's API calls).
+pub fn any_body(limit: usize) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    body_filter(limit, Accept::Any)
+}
+
+/// Which `Content-Type` a body filter takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    Json,
+    JsonOrNone,
+    Any,
+}
+
+pub(crate) fn body_filter(
     limit: usize,
-    content_type_required: bool,
+    accept: Accept,
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<String>("content-length"))
@@ -164,13 +218,14 @@ fn body_filter(
         .and_then(
             move |ct: Option<String>, cl: Option<String>, body| async move {
                 match ct.as_deref() {
+                    _ if accept == Accept::Any => {}
                     Some(ct) if is_json_content_type(ct) => {}
                     Some(ct) => {
                         return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
                             format!("Content-Type must be application/json, got {ct:?}"),
                         )))
                     }
-                    None if !content_type_required => {}
+                    None if accept == Accept::JsonOrNone => {}
                     None => {
                         return Err(warp::reject::custom(ApiError::UnsupportedMediaType(
                             "Content-Type must be application/json, and none was sent".into(),
@@ -285,7 +340,17 @@ pub async fn accept(
 
 #[cfg(test)]
 mod tests {
-    use super::is_json_content_type;
+    use super::{is_json_content_type, percent_decode};
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("APR-2026-000001"), "APR-2026-000001");
+        assert_eq!(percent_decode("a%20b%2F%C3%A9"), "a b/é");
+        assert_eq!(percent_decode("a%2fb"), "a/b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%FF"), "\u{fffd}");
+    }
 
     #[test]
     fn json_content_types() {

@@ -1,7 +1,7 @@
 //! The run ledger API: `POST /api/v1/azdev/run/start|event|finish` and
 //! `GET /api/v1/azdev/run/{run_id}`. Writes need the devops (or admin) role.
 
-use super::{auth, ctx, with_app};
+use super::{auth, ctx, with_app, Segment};
 use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
 use crate::domain::identity::Role;
@@ -116,13 +116,13 @@ pub fn finish(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
 }
 
 pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
-    warp::path!("api" / "v1" / "azdev" / "run" / String)
+    warp::path!("api" / "v1" / "azdev" / "run" / Segment)
         .and(warp::get())
         .and(auth::caller(app.clone(), RouteGroup::Read))
         .and(ctx())
         .and(with_app(app))
         .then(
-            |run_id: String, _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
+            |Segment(run_id), _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
                 match crate::runs::get(&app, &run_id).await {
                     Ok(v) => json_response(StatusCode::OK, &v, &ctx.request_id),
                     Err(e) => e.into_response(&ctx.request_id),

@@ -14,14 +14,16 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+/// The largest invocation envelope taken (a timer's is a few hundred bytes); larger is 413.
+pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
+
 /// A drain stops taking new rows after this, well inside the one-minute schedule.
 pub const DRAIN_BUDGET: Duration = Duration::from_secs(45);
 
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("dispatch")
         .and(warp::post())
-        .and(warp::body::content_length_limit(1024 * 1024))
-        .and(warp::body::bytes())
+        .and(super::any_body(MAX_ENVELOPE_BYTES))
         .and(with_app(app))
         .then(handle)
 }
