@@ -240,6 +240,88 @@ pub fn verify_partition(partition: &str, st: &PartitionState) -> Vec<Finding> {
     out
 }
 
+/// The partition of checkpoints: `cp|<time>` documents over every chain head, and `latest`.
+pub const CHECKPOINTS: &str = "auditcp";
+
+/// Write a checkpoint over every partition's chain head, unless one was written less than
+/// `every` ago (several instances: one wins each period). The checkpoint is itself a record (on
+/// the `auditcp` chain) and is forwarded to the control plane, which anchors the heads outside
+/// the store. Returns the checkpoint's key when one was written.
+pub async fn checkpoint(
+    store: &dyn crate::storage::Store,
+    routing: &crate::domain::routing::Routing,
+    every: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, crate::storage::StoreError> {
+    use crate::storage::{DocCommit, DocWrite, Expect};
+    let latest = store.doc_get(CHECKPOINTS, "latest").await?;
+    if let Some(d) = &latest {
+        let at = d.value["at"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc));
+        if at.is_some_and(|at| now - at < every) {
+            return Ok(None);
+        }
+    }
+    let heads: serde_json::Map<String, Value> = store
+        .audit_heads()
+        .await?
+        .into_iter()
+        .filter(|(p, _, _)| p != CHECKPOINTS)
+        .map(|(p, seq, hash)| (p, json!({"seq": seq, "hash": hash})))
+        .collect();
+    let digest = sha256_hex(&Value::Object(heads.clone()).to_string());
+    let key = format!("cp|{}", ts(now));
+    let body = json!({"at": ts(now), "partitions": heads.len(), "heads": heads, "digest": digest});
+    let c = DocCommit {
+        partition: CHECKPOINTS.into(),
+        writes: vec![
+            DocWrite {
+                key: key.clone(),
+                value: body.clone(),
+                expect: Expect::Absent,
+            },
+            DocWrite {
+                key: "latest".into(),
+                value: json!({"at": ts(now), "key": key, "digest": digest}),
+                expect: match latest {
+                    Some(d) => Expect::Version(d.version),
+                    None => Expect::Absent,
+                },
+            },
+        ],
+        outbox: routing.ledger_drafts("audit.checkpoint", &key, body),
+        record_id: key.clone(),
+        now,
+    };
+    Ok(store.doc_commit(&c).await?.then_some(key))
+}
+
+/// The timer's part: a checkpoint when the configured period has passed (errors logged).
+pub async fn periodic_checkpoint(app: &crate::startup::App) -> Option<String> {
+    let every = app.config.audit_checkpoint_every?;
+    let every = chrono::Duration::from_std(every).ok()?;
+    match checkpoint(
+        app.store.as_ref(),
+        &app.config.routing,
+        every,
+        app.clock.now(),
+    )
+    .await
+    {
+        Ok(Some(key)) => {
+            app.dispatcher.kick(CHECKPOINTS.to_string());
+            Some(key)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit checkpoint failed; the next tick retries");
+            None
+        }
+    }
+}
+
 /// What [`verify`] read and found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
@@ -260,11 +342,49 @@ pub async fn verify(
         partitions: partitions.len(),
         ..Default::default()
     };
+    // What the checkpoints say each chain contained: (checkpoint, seq, hash) per partition.
+    let mut pinned: BTreeMap<String, Vec<(String, u64, String)>> = BTreeMap::new();
+    for d in store.doc_list(CHECKPOINTS, "cp|").await? {
+        if let Some(heads) = d.value["heads"].as_object() {
+            for (p, h) in heads {
+                if let (Some(seq), Some(hash)) = (h["seq"].as_u64(), h["hash"].as_str()) {
+                    pinned.entry(p.clone()).or_default().push((
+                        d.key.clone(),
+                        seq,
+                        hash.to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    for (p, pins) in &pinned {
+        if partitions.binary_search(p).is_err() {
+            let (cp, seq, _) = &pins[pins.len() - 1];
+            report.findings.push(Finding {
+                problem: "removed".into(),
+                partition: p.clone(),
+                id: format!("partition {p}"),
+                detail: format!(
+                    "the whole partition is gone; checkpoint {cp} saw its chain at entry {seq}"
+                ),
+            });
+        }
+    }
     for (i, p) in partitions.iter().enumerate() {
         let st = store.audit_state(p).await?;
         report.entries += st.entries.len() as u64;
         report.records += st.records.len() as u64;
         report.findings.extend(verify_partition(p, &st));
+        for (cp, seq, hash) in pinned.get(p).map(Vec::as_slice).unwrap_or_default() {
+            if !st.entries.iter().any(|e| e.seq == *seq && &e.hash == hash) {
+                report.findings.push(Finding {
+                    problem: "checkpoint_mismatch".into(),
+                    partition: p.clone(),
+                    id: format!("seq {seq}"),
+                    detail: format!("checkpoint {cp} saw entry {seq} with another hash, or the entry is gone: the chain was rewritten or cut"),
+                });
+            }
+        }
         progress(i + 1, partitions.len());
     }
     Ok(report)

@@ -75,6 +75,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_ENTRA_AUDIENCES", "unset", "Comma-separated accepted token audiences: the app registration's identifier URI and/or client id (required with the tenant)"),
     ("ICAHUB_ENTRA_AUTHORITY", "https://login.microsoftonline.com", "Where the tenant's OpenID configuration and signing keys are fetched (sovereign clouds)"),
     ("ICAHUB_ENTRA_ROLE_MAP", "ActionGroupsSecureWebhook → alert_sender; app roles named like icahub roles map to them", "JSON object of app role to icahub role(s), e.g. {\"Deployers\": [\"devops\"]}"),
+    ("ICAHUB_AUDIT_CHECKPOINT_SECS", "3600", "How often the timer writes an audit checkpoint over every chain head (forwarded to the control plane); 0 = never"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
@@ -111,6 +112,8 @@ pub struct Config {
     pub dispatch_interval: Option<Duration>,
     /// Require an identity (API key) on the API. Off only for local development.
     pub auth_required: bool,
+    /// How often an audit checkpoint is written (None: never).
+    pub audit_checkpoint_every: Option<Duration>,
     /// Microsoft Entra ID tokens, when configured.
     pub entra: Option<crate::entra::EntraConfig>,
     /// Standard Webhooks senders and their secrets (`ICAHUB_WEBHOOK_SECRETS`).
@@ -439,6 +442,9 @@ impl Config {
             crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
         let mattermost = MattermostActions::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
 
+        let cp = secs("ICAHUB_AUDIT_CHECKPOINT_SECS", 3600)?;
+        let audit_checkpoint_every = (!cp.is_zero()).then_some(cp);
+
         Ok(Config {
             port,
             under_functions_host,
@@ -450,6 +456,7 @@ impl Config {
             lease,
             dispatch_interval,
             auth_required,
+            audit_checkpoint_every,
             entra,
             webhooks,
             auth_methods,
@@ -473,6 +480,7 @@ impl Config {
             lease: Duration::from_secs(60),
             dispatch_interval: None,
             auth_required: true,
+            audit_checkpoint_every: None,
             entra: None,
             webhooks: Default::default(),
             auth_methods: Default::default(),

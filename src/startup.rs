@@ -86,6 +86,7 @@ pub async fn drain_periodically(app: Arc<App>, every: Duration) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        crate::audit::periodic_checkpoint(&app).await;
         if let Err(e) = crate::approvals::sweep(&app, app.clock.now()).await {
             tracing::warn!(error = %e, "approval sweep failed; will retry");
         }

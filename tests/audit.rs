@@ -431,3 +431,86 @@ async fn auditors_query_the_trail_page_by_page() {
         assert_eq!(r.expect_error(400)["field"], field);
     }
 }
+
+#[tokio::test]
+async fn checkpoints_catch_a_partition_deleted_whole_and_a_chain_cut_with_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = TestHub::start(Config::embedded(dir.path())).await;
+    let db = dir.path().join("icahub.db");
+    hub.keep(dir);
+    some_records(&hub).await;
+    let store = hub.app.store.clone();
+    let routing = icahub::domain::routing::Routing::default();
+    let key = icahub::audit::checkpoint(
+        store.as_ref(),
+        &routing,
+        chrono::Duration::hours(1),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(key.is_some());
+    // Within the hour: no second checkpoint.
+    assert!(icahub::audit::checkpoint(
+        store.as_ref(),
+        &routing,
+        chrono::Duration::hours(1),
+        chrono::Utc::now()
+    )
+    .await
+    .unwrap()
+    .is_none());
+    assert!(verify(store.as_ref(), &|_, _| {})
+        .await
+        .unwrap()
+        .findings
+        .is_empty());
+
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let run: String = c
+        .query_row(
+            "SELECT partition FROM docs WHERE key = 'run' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // The security partition deleted whole, chain and head included.
+    let approval_p: String = c
+        .query_row(
+            "SELECT partition FROM docs WHERE key = 'approval' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for t in ["docs", "audit", "audit_heads"] {
+        c.execute(
+            &format!("DELETE FROM {t} WHERE partition = ?1"),
+            [&approval_p],
+        )
+        .unwrap();
+    }
+    c.execute("DELETE FROM outbox WHERE stream = ?1", [&approval_p])
+        .unwrap();
+    // The run's last entry cut off, and the head moved back to match.
+    c.execute_batch(&format!(
+        "DELETE FROM audit WHERE partition = '{run}' AND seq = (SELECT max(seq) FROM audit WHERE partition = '{run}');
+         UPDATE audit_heads SET seq = seq - 1, hash = (SELECT hash FROM audit WHERE partition = '{run}' ORDER BY seq DESC LIMIT 1) WHERE partition = '{run}';"
+    ))
+    .unwrap();
+    drop(c);
+    let f = verify(store.as_ref(), &|_, _| {}).await.unwrap().findings;
+    assert!(
+        f.iter()
+            .any(|x| x.problem == "removed" && x.id == format!("partition {approval_p}")),
+        "{f:#?}"
+    );
+    assert!(
+        f.iter()
+            .any(|x| x.problem == "checkpoint_mismatch" && x.partition == run),
+        "{f:#?}"
+    );
+    assert!(
+        !f.iter().any(|x| x.problem == "head_mismatch"),
+        "the head was fixed up: {f:#?}"
+    );
+}

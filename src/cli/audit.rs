@@ -65,6 +65,9 @@ pub enum AuditCommand {
     /// Check an export against its manifest: its SHA-256, its record count, and that every entry
     /// still matches its own hash.
     VerifyExport { file: PathBuf, manifest: PathBuf },
+    /// Write a checkpoint now: every chain's head, recorded on the `auditcp` chain and sent to
+    /// the control plane (the timer does this every ICAHUB_AUDIT_CHECKPOINT_SECS).
+    Checkpoint,
     /// Write one calendar year's trail as `icahub-audit-<YEAR>.ndjson` plus its manifest, ready
     /// for immutable (WORM) blob storage.
     Archive {
@@ -159,6 +162,22 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 out.display(),
                 manifest_path(&out).display()
             );
+            Ok(())
+        }
+        AuditCommand::Checkpoint => {
+            let config = Config::from_env(None)?;
+            let store = crate::startup::open_store(&config).await?;
+            match crate::audit::checkpoint(
+                store.as_ref(),
+                &config.routing,
+                chrono::Duration::zero(),
+                Utc::now(),
+            )
+            .await?
+            {
+                Some(key) => println!("wrote checkpoint {key}"),
+                None => bail!("another checkpoint was written at the same moment; try again"),
+            }
             Ok(())
         }
         AuditCommand::Archive { year, out_dir } => {

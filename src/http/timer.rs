@@ -45,6 +45,7 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
         }
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
+    let checkpoint = crate::audit::periodic_checkpoint(&app).await;
     // Approvals first: expiries and reminders write outbox rows this drain then delivers.
     let sweep = match crate::approvals::sweep(&app, app.clock.now()).await {
         Ok(r) => format!(
@@ -74,7 +75,14 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
             // No `$return` binding: ReturnValue stays null (the host would try to base64-decode a
             // string there).
             let resp = InvocationResponse {
-                logs: vec![sweep, line],
+                logs: [
+                    Some(sweep),
+                    Some(line),
+                    checkpoint.map(|k| format!("audit checkpoint {k}")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
                 ..Default::default()
             };
             json_response(

@@ -28,6 +28,7 @@ pub fn path_for(row: &OutboxRow) -> Result<Vec<String>, SendError> {
         "run.event" => vec!["run".into(), "event".into()],
         "run.finish" => vec!["run".into(), "finish".into()],
         "approval.created" => vec!["approval".into()],
+        "audit.checkpoint" => vec!["audit".into(), "checkpoint".into()],
         "approval.signed" | "approval.expired" | "approval.overridden" => {
             let id = row
                 .payload

@@ -267,6 +267,8 @@ pub trait Store: Send + Sync + 'static {
     /// One partition's chain (in stored order), its recorded head and its current records'
     /// bodies, rebuilt from stored data, for the verifier.
     async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState>;
+    /// Every partition's chain head: (partition, seq, hash).
+    async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>>;
     /// Chain entries after `after` = (partition, seq), ordered by (partition, seq), at most
     /// `limit`: the export reads the whole trail page by page in constant memory.
     async fn audit_page(

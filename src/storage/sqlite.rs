@@ -1127,6 +1127,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT partition, seq, hash FROM audit_heads ORDER BY partition")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
+                .map_err(db_err)
+        })
+        .await
+    }
+
     async fn audit_state(&self, partition: &str) -> Result<PartitionState> {
         let p = partition.to_string();
         self.read(move |c| {

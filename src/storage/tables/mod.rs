@@ -394,6 +394,20 @@ impl Store for TableStore {
         Ok(out.into_iter().collect())
     }
 
+    async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>> {
+        let rows = self
+            .query(&self.streams, format!("RowKey eq {}", lit(rows::HEAD)))
+            .await?;
+        let mut out = Vec::new();
+        for m in &rows {
+            if let Some((seq, hash)) = rows::audit_head_of(m)? {
+                out.push((rows::get_str(m, "PartitionKey")?, seq, hash));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState> {
         use crate::audit::{event_body, incident_body, kind};
         let mut st = crate::audit::PartitionState::default();
