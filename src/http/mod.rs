@@ -31,43 +31,33 @@ use warp::{Filter, Rejection};
 
 /// Every route of the hub, with the JSON error mapping and the access log.
 pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
-    let routes = health::readiness()
-        .or(health::healthz(app.clone()))
-        .unify()
-        .or(alerts::route(app.clone()))
-        .unify()
-        .or(alertmanager::route(app.clone()))
-        .unify()
-        .or(incidents::get_one(app.clone()))
-        .unify()
-        .or(incidents::list(app.clone()))
-        .unify()
-        .or(runs::start(app.clone()))
-        .unify()
-        .or(runs::event(app.clone()))
-        .unify()
-        .or(runs::finish(app.clone()))
-        .unify()
-        .or(runs::get(app.clone()))
-        .unify()
-        .or(approvals::create(app.clone()))
-        .unify()
-        .or(approvals::get(app.clone()))
-        .unify()
-        .or(approvals::sign(app.clone()))
-        .unify()
-        .or(approvals::emergency_override(app.clone()))
-        .unify()
-        .or(azdo::route(app.clone()))
-        .unify()
-        .or(azdo_check::route(app.clone()))
-        .unify()
-        .or(mattermost::actions(app.clone()))
-        .unify()
-        .or(audit::query(app.clone()))
-        .unify()
-        .or(timer::route(app.clone()))
-        .unify()
+    // Each route is boxed: one long chain of concrete filter types overflows the compiler's
+    // trait resolution in release builds, and boxing keeps compile times down.
+    let all: Vec<BoxedFilter<(Response,)>> = vec![
+        health::readiness().boxed(),
+        health::healthz(app.clone()).boxed(),
+        alerts::route(app.clone()).boxed(),
+        alertmanager::route(app.clone()).boxed(),
+        incidents::get_one(app.clone()).boxed(),
+        incidents::list(app.clone()).boxed(),
+        runs::start(app.clone()).boxed(),
+        runs::event(app.clone()).boxed(),
+        runs::finish(app.clone()).boxed(),
+        runs::get(app.clone()).boxed(),
+        approvals::create(app.clone()).boxed(),
+        approvals::get(app.clone()).boxed(),
+        approvals::sign(app.clone()).boxed(),
+        approvals::emergency_override(app.clone()).boxed(),
+        azdo::route(app.clone()).boxed(),
+        azdo_check::route(app.clone()).boxed(),
+        mattermost::actions(app.clone()).boxed(),
+        audit::query(app.clone()).boxed(),
+        timer::route(app.clone()).boxed(),
+    ];
+    let routes = all
+        .into_iter()
+        .reduce(|a, b| a.or(b).unify().boxed())
+        .expect("at least one route")
         .recover(crate::error::recover)
         .unify();
     // A signed message the hub failed (5xx) is forgotten by the replay cache, so the sender's
