@@ -49,7 +49,9 @@ fn hook_caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Reject
         let app = app.clone();
         async move {
             authenticate(&app, &headers).await.map_err(|e| {
-                tracing::info!(target: "icahub::auth", route = "azdo_hooks", status = e.status().as_u16(), error = %e, "refused");
+                if e.status().is_client_error() {
+                    super::auth::refused(&app, "azdo_hook_credentials", &e.to_string());
+                }
                 warp::reject::custom(e)
             })
         }
