@@ -12,7 +12,8 @@
 use super::{auth, ctx, optional_json_body, with_app};
 use crate::approvals::Origin;
 use crate::domain::alert::PayloadError;
-use crate::domain::check::CheckCallback;
+use crate::domain::approval::{ApprovalRequest, Policy};
+use crate::domain::check::{CheckCallback, PlanHosts};
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
@@ -74,6 +75,21 @@ fn request_body(body: &[u8], check: &CheckCallback) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// Everything this route reads from the request, before any store call: the check's headers
+/// (validated against `hosts`) and the approval request in the body. Pure, so it can be fuzzed
+/// and tested on its own (`fuzz/`, `tests/fuzz_regressions.rs`).
+pub fn parse_check(
+    headers: &HeaderMap,
+    body: &[u8],
+    hosts: &PlanHosts,
+    policy: &Policy,
+) -> Result<(CheckCallback, ApprovalRequest), ApiError> {
+    let check = CheckCallback::from_headers(|name| header(headers, name), hosts).map_err(bad)?;
+    let v = request_body(body, &check)?;
+    let req = crate::domain::approval::parse_request(&v, policy).map_err(bad)?;
+    Ok((check, req))
+}
+
 #[tracing::instrument(skip_all, fields(route = "azdo_check", request_id = %ctx.request_id, caller = %caller.name))]
 async fn handle(
     caller: Caller,
@@ -90,12 +106,12 @@ async fn handle(
                 caller.name
             )));
         }
-        let check =
-            CheckCallback::from_headers(|name| header(&headers, name), &app.config.azdo_plan_hosts)
-                .map_err(bad)?;
-        let v = request_body(&body, &check)?;
-        let req = crate::domain::approval::parse_request(&v, &app.config.approvals.policy)
-            .map_err(bad)?;
+        let (check, req) = parse_check(
+            &headers,
+            &body,
+            &app.config.azdo_plan_hosts,
+            &app.config.approvals.policy,
+        )?;
         let now = app.clock.now();
         let origin = Origin {
             source: Some("azdo_check".into()),
