@@ -92,3 +92,28 @@ fn the_seeds_run_clean() {
         }
     }
 }
+
+fn run(target: &str, file: &str) -> entries::Outcome {
+    let f = entries::target(target).expect("a known target");
+    let data = std::fs::read(fixtures().join(target).join(file)).expect("the stored input");
+    f(&data)
+}
+
+#[test]
+fn a_check_that_could_never_be_called_back_is_refused_naming_plan_url() {
+    // Accepted (200) before, then every TaskCompleted failed to build its URL, so the pipeline
+    // waited for the check's timeout; `%2e%2e` sent the callback to another path of the host.
+    for file in [
+        "plan-url-port-out-of-range",
+        "plan-url-bracket-in-host",
+        "plan-url-bad-punycode-label",
+        "plan-url-encoded-dot-dot",
+    ] {
+        let e = run("azdo_check", file).expect_err(file);
+        assert!(e.starts_with("PlanUrl "), "{file}: {e}");
+        assert!(
+            !e.contains("eyJ0eXAi"),
+            "{file}: the AuthToken is never echoed"
+        );
+    }
+}

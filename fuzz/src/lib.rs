@@ -22,13 +22,14 @@ use icahub::domain::action_token::{self, TokenError, TokenKeys};
 use icahub::domain::alert::NormalizedAlert;
 use icahub::domain::approval::{self, Policy};
 use icahub::domain::azdo::{self, Parsed};
-use icahub::domain::check::PlanHosts;
+use icahub::domain::check::{normalize_plan_url, PlanHosts};
 use icahub::domain::run;
 use icahub::entra::{self, EntraConfig};
 use icahub::error::ApiError;
 use icahub::functions_host::InvocationRequest;
 use icahub::ingest::{self, RequestCtx};
 use icahub::mattermost::Callback;
+use icahub::sinks::azure_devops;
 use icahub::sinks::signature::{self, SigningKey};
 use sha2::Sha256;
 use std::sync::OnceLock;
@@ -184,6 +185,27 @@ pub fn azdo_check(data: &[u8]) -> Outcome {
                 serde_json::from_value(stored).expect("the check reads back");
             assert!(back == check);
             assert!(!req.run_id.is_empty() && !req.deployment_target.is_empty());
+            // An accepted check can be answered: the sink builds its callback from what is stored.
+            let (url, host) = normalize_plan_url(&check.plan_url).expect("a stored PlanUrl");
+            assert_eq!(url, check.plan_url, "the stored PlanUrl is normalized");
+            assert!(hosts.allows(&host));
+            let events =
+                azure_devops::events_url(&check, azure_devops::DEFAULT_API_VERSION, &hosts)
+                    .expect("an accepted check can be called back");
+            // ... at the PlanUrl's own path (no segment resolved away as a `..`).
+            let plan_segments = check.plan_url.split('/').filter(|s| !s.is_empty()).count() - 2;
+            let segments = events.path_segments().map_or(0, Iterator::count);
+            assert_eq!(
+                segments,
+                plan_segments + 8,
+                "{events} from {}",
+                check.plan_url
+            );
+            let bearer = format!("Bearer {}", check.auth_token);
+            assert!(
+                HeaderValue::from_str(&bearer).is_ok(),
+                "the AuthToken is a header value"
+            );
             Ok(())
         }
         Err(e) => {

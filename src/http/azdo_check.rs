@@ -18,6 +18,8 @@ use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
 use crate::ingest::{decode_json, RequestCtx};
+use crate::sinks::azure_devops::{events_url, DEFAULT_API_VERSION};
+use crate::sinks::SendError;
 use crate::startup::App;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -85,6 +87,18 @@ pub fn parse_check(
     policy: &Policy,
 ) -> Result<(CheckCallback, ApprovalRequest), ApiError> {
     let check = CheckCallback::from_headers(|name| header(headers, name), hosts).map_err(bad)?;
+    // The decision goes back to this URL: a check we could never answer is refused now rather
+    // than left waiting for its timeout (a host no URL parser accepts, such as `xn--.…`).
+    if let Err(e) = events_url(&check, DEFAULT_API_VERSION, hosts) {
+        let why = match e {
+            SendError::Permanent { error } => error,
+            other => other.to_string(),
+        };
+        return Err(bad(PayloadError::new(
+            "header:PlanUrl",
+            format!("PlanUrl cannot be called back: {why}"),
+        )));
+    }
     let v = request_body(body, &check)?;
     let req = crate::domain::approval::parse_request(&v, policy).map_err(bad)?;
     Ok((check, req))
