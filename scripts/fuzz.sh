@@ -9,7 +9,7 @@
 # corpus grows in fuzz/corpus/<target>/ (only the seed-* files are in git); a crash, timeout or
 # OOM is written to fuzz/artifacts/<target>/ and the run's log to fuzz/artifacts/<target>.log.
 # Keep a crashing input as a regression test in tests/fixtures/fuzz/<target>/ (see README).
-# Exits 1 when anything was found.
+# ICAHUB_FUZZ_ARGS adds libFuzzer options (say `-max_len=65536`). Exits 1 when anything was found.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ for t in "${targets[@]}"; do
   # -timeout: one input taking 10 s is a hang; -rss_limit_mb: an OOM is a finding too.
   cargo "+$toolchain" fuzz run "$t" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    >"$log" 2>&1 || true
+    ${ICAHUB_FUZZ_ARGS:-} >"$log" 2>&1 || true
   n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   if [ -z "$n" ]; then # a crash may end the run before the final stats
     n=$(grep -oE '^#[0-9]+' "$log" | tail -1 | tr -d '#')
