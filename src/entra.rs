@@ -321,28 +321,29 @@ impl EntraVerifier {
 
     /// Verify `token`; the caller it names, with its mapped roles.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| {
-            // `alg: none` (and algorithms the library does not know) fail to parse: name the
-            // algorithm rather than the parser's complaint.
-            match raw_alg(token) {
-                Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
-                _ => TokenError::Malformed(e.to_string()),
-            }
-        })?;
-        if header.alg != Algorithm::RS256 {
-            return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
-        }
-        let kid = header
-            .kid
-            .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))?;
+        let kid = check_header(token)?;
         let (key, issuer) = self.key(&kid).await?;
+        self.config.validate(token, &key, &issuer)
+    }
+}
+
+impl EntraConfig {
+    /// Check a token against the tenant's signing key for its `kid` and the issuer the OpenID
+    /// configuration names: signature, `aud`, `iss`, `exp`/`nbf`, `tid`, then map its roles.
+    /// Pure (the key is passed in), so it can be fuzzed and tested offline.
+    pub fn validate(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        issuer: &str,
+    ) -> Result<Caller, TokenError> {
         let mut v = Validation::new(Algorithm::RS256);
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
-        v.set_audience(&self.config.audiences);
-        v.set_issuer(&self.config.issuers(&issuer));
+        v.set_audience(&self.audiences);
+        v.set_issuer(&self.issuers(issuer));
         v.set_required_spec_claims(&["exp", "aud", "iss"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             TokenError::Invalid(match e.kind() {
                 K::ExpiredSignature => "expired".into(),
@@ -358,11 +359,11 @@ impl EntraVerifier {
         if !c
             .tid
             .as_deref()
-            .is_some_and(|t| t.eq_ignore_ascii_case(&self.config.tenant_id))
+            .is_some_and(|t| t.eq_ignore_ascii_case(&self.tenant_id))
         {
             return Err(TokenError::Invalid("wrong tenant (tid)".into()));
         }
-        let roles = self.config.map_roles(&c.roles);
+        let roles = self.map_roles(&c.roles);
         if roles.is_empty() {
             return Err(TokenError::NoRole(c.roles));
         }
@@ -375,6 +376,25 @@ impl EntraVerifier {
             .unwrap_or_else(|| "entra:unknown".into());
         Ok(Caller { name, roles })
     }
+}
+
+/// The `kid` of a token whose header names RS256; anything else is refused before any key is
+/// looked up (`alg: none`, HMAC algorithms, no `kid`, not a JWT). Pure.
+pub fn check_header(token: &str) -> Result<String, TokenError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| {
+        // `alg: none` (and algorithms the library does not know) fail to parse: name the
+        // algorithm rather than the parser's complaint.
+        match raw_alg(token) {
+            Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
+            _ => TokenError::Malformed(e.to_string()),
+        }
+    })?;
+    if header.alg != Algorithm::RS256 {
+        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+    }
+    header
+        .kid
+        .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))
 }
 
 /// The `alg` of a token's header, read without trusting anything else.

@@ -35,6 +35,15 @@ pub struct TimerInfo {
 }
 
 impl InvocationRequest {
+    /// Read the envelope the host POSTs: an empty (or whitespace) body is an envelope without
+    /// bindings; anything else must be a JSON object of this shape.
+    pub fn from_body(body: &[u8]) -> Result<InvocationRequest, serde_json::Error> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(InvocationRequest::default());
+        }
+        serde_json::from_slice(body)
+    }
+
     /// The first input binding that looks like a timer, if any.
     pub fn timer(&self) -> Option<TimerInfo> {
         self.data.values().find_map(|v| {

@@ -202,23 +202,35 @@ pub fn normalize_plan_url(raw: &str) -> Result<(String, String), String> {
         if !(port.is_empty() || port.strip_prefix(':').is_some_and(is_port)) {
             return Err("has a malformed port".into());
         }
+        if v6[..end].parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("has a malformed IPv6 host".into());
+        }
         format!("[{}]", &v6[..end])
     } else {
-        match authority.split_once(':') {
+        let host = match authority.split_once(':') {
             Some((h, port)) if is_port(port) => h.to_string(),
             Some(_) => return Err("has a malformed port".into()),
             None => authority.clone(),
-        }
-    };
-    if host.is_empty()
-        || !host
+        };
+        // Brackets and colons belong to the IPv6 form only.
+        if !host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-    {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err("has a malformed host".into());
+        }
+        host
+    };
+    if host.is_empty() {
         return Err("has a malformed host".into());
     }
+    // URL parsers treat `%2e` as `.`, so `%2e%2e` is a `..` too.
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if segments.iter().any(|s| *s == "." || *s == "..") {
+    if segments
+        .iter()
+        .map(|s| s.to_ascii_lowercase().replace("%2e", "."))
+        .any(|s| s == "." || s == "..")
+    {
         return Err("must not contain . or .. segments".into());
     }
     let mut url = format!("{scheme}://{authority}/");
@@ -230,7 +242,10 @@ pub fn normalize_plan_url(raw: &str) -> Result<(String, String), String> {
 }
 
 fn is_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok()
 }
 
 /// The hosts a check's `PlanUrl` may name (`ICAHUB_AZDO_PLAN_HOSTS`): the hub sends the job's
@@ -403,6 +418,11 @@ mod tests {
             "https:///x",
             "https://h:port/",
             "https://h/../x",
+            // Found by fuzzing (tests/fixtures/fuzz/azdo_check): no URL parser takes these.
+            "https://dev.azure.com:99999/fabrikam/",
+            "https://x[.dev.azure.com/fabrikam/",
+            "https://[fabrikam.dev.azure.com]/x/",
+            "https://dev.azure.com/fabrikam/%2E%2e/",
         ] {
             assert!(normalize_plan_url(bad).is_err(), "{bad}");
         }

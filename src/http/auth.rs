@@ -235,7 +235,8 @@ async fn key_caller(app: &Arc<App>, header: &str) -> Result<Caller, Rejection> {
 }
 
 /// A bearer token that looks like a JWT (three dot-separated parts), not an icahub key.
-fn bearer_jwt(header: &str) -> Option<&str> {
+/// Public for the fuzz targets (`fuzz/`), like [`presented_key`].
+pub fn bearer_jwt(header: &str) -> Option<&str> {
     let (scheme, rest) = header.trim().split_once(' ')?;
     let rest = rest.trim();
     (scheme.eq_ignore_ascii_case("bearer")
@@ -309,8 +310,8 @@ pub fn refused(app: &Arc<App>, kind: &'static str, detail: &str) {
     });
 }
 
-/// The key from a Bearer token or a Basic password.
-fn presented_key(header: &str) -> Option<String> {
+/// The key from a Bearer token or a Basic password (`Authorization` header value).
+pub fn presented_key(header: &str) -> Option<String> {
     let (scheme, rest) = header.trim().split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {

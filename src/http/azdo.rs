@@ -71,8 +71,8 @@ fn same(presented: &[u8], expected: &[u8]) -> bool {
     a.as_slice().ct_eq(b.as_slice()).into()
 }
 
-/// User name and password of `Authorization: Basic …`.
-fn basic_credentials(header: &str) -> Option<(String, String)> {
+/// User name and password of `Authorization: Basic …`. Public for the fuzz targets (`fuzz/`).
+pub fn basic_credentials(header: &str) -> Option<(String, String)> {
     let (scheme, rest) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -86,7 +86,7 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
 }
 
 /// An API key: a Bearer token or a Basic password.
-fn api_key(header: &str) -> Option<String> {
+pub fn api_key(header: &str) -> Option<String> {
     if let Some((_, password)) = basic_credentials(header) {
         return Some(password);
     }

@@ -13,11 +13,14 @@ use super::{auth, ctx, with_app};
 use crate::approvals::Origin;
 use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
-use crate::domain::check::CheckCallback;
+use crate::domain::approval::{ApprovalRequest, Policy};
+use crate::domain::check::{CheckCallback, PlanHosts};
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
 use crate::ingest::{decode_json, RequestCtx};
+use crate::sinks::azure_devops::{events_url, DEFAULT_API_VERSION};
+use crate::sinks::SendError;
 use crate::startup::App;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -78,6 +81,33 @@ fn request_body(body: &[u8], check: &CheckCallback) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// Everything this route reads from the request, before any store call: the check's headers
+/// (validated against `hosts`) and the approval request in the body. Pure, so it can be fuzzed
+/// and tested on its own (`fuzz/`, `tests/fuzz_regressions.rs`).
+pub fn parse_check(
+    headers: &HeaderMap,
+    body: &[u8],
+    hosts: &PlanHosts,
+    policy: &Policy,
+) -> Result<(CheckCallback, ApprovalRequest), ApiError> {
+    let check = CheckCallback::from_headers(|name| header(headers, name), hosts).map_err(bad)?;
+    // The decision goes back to this URL: a check we could never answer is refused now rather
+    // than left waiting for its timeout (a host no URL parser accepts, such as `xn--.…`).
+    if let Err(e) = events_url(&check, DEFAULT_API_VERSION, hosts) {
+        let why = match e {
+            SendError::Permanent { error } => error,
+            other => other.to_string(),
+        };
+        return Err(bad(PayloadError::new(
+            "header:PlanUrl",
+            format!("PlanUrl cannot be called back: {why}"),
+        )));
+    }
+    let v = request_body(body, &check)?;
+    let req = crate::domain::approval::parse_request(&v, policy).map_err(bad)?;
+    Ok((check, req))
+}
+
 #[tracing::instrument(skip_all, fields(route = "azdo_check", request_id = %ctx.request_id, caller = %caller.name))]
 async fn handle(
     caller: Caller,
@@ -94,12 +124,12 @@ async fn handle(
                 caller.name
             )));
         }
-        let check =
-            CheckCallback::from_headers(|name| header(&headers, name), &app.config.azdo_plan_hosts)
-                .map_err(bad)?;
-        let v = request_body(&body, &check)?;
-        let req = crate::domain::approval::parse_request(&v, &app.config.approvals.policy)
-            .map_err(bad)?;
+        let (check, req) = parse_check(
+            &headers,
+            &body,
+            &app.config.azdo_plan_hosts,
+            &app.config.approvals.policy,
+        )?;
         let now = app.clock.now();
         let origin = Origin {
             source: Some("azdo_check".into()),

@@ -30,18 +30,14 @@ pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reject
 
 async fn handle(body: Bytes, app: Arc<App>) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let envelope: InvocationRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        InvocationRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(e) => e,
-            Err(e) => {
-                return ApiError::bad_request(
-                    Some("$".into()),
-                    format!("not a Functions host invocation envelope: {e}"),
-                )
-                .into_response(&request_id)
-            }
+    let envelope = match InvocationRequest::from_body(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return ApiError::bad_request(
+                Some("$".into()),
+                format!("not a Functions host invocation envelope: {e}"),
+            )
+            .into_response(&request_id)
         }
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
