@@ -128,3 +128,12 @@ fn thousands_of_signature_entries_cost_one_body_hash_per_key() {
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
 }
+
+#[test]
+fn a_signed_token_without_kid_is_refused() {
+    // The target once checked the claims whatever the header said, and asserted that a token
+    // whose claims pass had a usable header: this one (RS256, signed with the tenant's key, `kid`
+    // mutated into `cty`) does not. The hub refuses it before any key is chosen.
+    let e = run("entra_token", "crash-signed-token-without-kid").expect_err("refused");
+    assert!(e.contains("no kid"), "{e}");
+}
