@@ -139,18 +139,6 @@ pub fn partition_of(id: &str) -> Option<String> {
     parse_approval_id(id).map(|(y, s)| format!("apr{y}{s:06}"))
 }
 
-pub(crate) fn audit_write(now: DateTime<Utc>, entry: Value) -> DocWrite {
-    DocWrite {
-        key: format!(
-            "audit|{}|{}",
-            now.format("%Y%m%dT%H%M%S%.6fZ"),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ),
-        value: entry,
-        expect: Expect::Absent,
-    }
-}
-
 fn expect_of(doc: &Option<crate::storage::Doc>) -> Expect {
     match doc {
         Some(d) => Expect::Version(d.version.clone()),
@@ -373,7 +361,7 @@ async fn save(
                 None => Expect::Absent,
             },
         },
-        audit_write(now, audit),
+        crate::audit::note(now, audit),
     ];
     let outbox = drafts(app, kind, record_id, next, now);
     let any = !outbox.is_empty();
@@ -433,7 +421,7 @@ async fn mark_final(store: &dyn Store, a: &Approval) {
 /// Record a refused attempt on the approval's own trail (best effort: the refusal stands).
 async fn audit_refusal(app: &App, id: &str, entry: Value, now: DateTime<Utc>) {
     let Some(p) = partition_of(id) else { return };
-    let c = commit_of(p, vec![audit_write(now, entry)], Vec::new(), id, now);
+    let c = commit_of(p, vec![crate::audit::note(now, entry)], Vec::new(), id, now);
     if let Err(e) = app.store.doc_commit(&c).await {
         tracing::warn!(error = %e, approval_id = id, "could not audit a refused attempt");
     }
@@ -544,7 +532,7 @@ async fn acquire_lock(app: &App, a: &Approval, now: DateTime<Utc>) -> Result<(),
                     value: serde_json::to_value(&new).unwrap_or_default(),
                     expect: expect_of(&doc),
                 },
-                audit_write(
+                crate::audit::note(
                     now,
                     json!({"action": "lock.acquired", "target": a.deployment_target, "approval_id": a.id, "run_id": a.run_id, "previous": lock, "at": now}),
                 ),
@@ -584,7 +572,7 @@ async fn release_lock(app: &App, target: &str, id: &str, now: DateTime<Utc>) {
                     value: serde_json::to_value(&free).unwrap_or_default(),
                     expect: Expect::Version(doc.version),
                 },
-                audit_write(
+                crate::audit::note(
                     now,
                     json!({"action": "lock.released", "target": target, "approval_id": id, "at": now}),
                 ),
@@ -684,7 +672,7 @@ pub async fn set_budget(
                     value: serde_json::to_value(&b).unwrap_or_default(),
                     expect: expect_of(&doc),
                 },
-                audit_write(
+                crate::audit::note(
                     now,
                     json!({"action": "budget.set", "project": b.project, "before": before, "after": b, "by": by, "at": now}),
                 ),
@@ -982,7 +970,7 @@ pub async fn attach_check(
                     value: serde_json::to_value(&next).unwrap_or_default(),
                     expect: Expect::Version(version),
                 },
-                audit_write(now, audit),
+                crate::audit::note(now, audit),
             ],
             outbox,
             &record_id,

@@ -18,6 +18,21 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+/// An audit note (`audit|<time>|<random>`): a document recording who did what (a role change, a
+/// refused attempt), written in the same commit as the change it describes and chained like
+/// every document.
+pub fn note(now: DateTime<Utc>, entry: Value) -> crate::storage::DocWrite {
+    crate::storage::DocWrite {
+        key: format!(
+            "audit|{}|{}",
+            now.format("%Y%m%dT%H%M%S%.6fZ"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        value: entry,
+        expect: crate::storage::Expect::Absent,
+    }
+}
+
 /// The `prev` of a partition's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -60,18 +75,20 @@ pub fn link_hash(
     kind: &str,
     key: &str,
     at: &str,
-    body: &Value,
+    body_text: &str,
 ) -> String {
     let mut h = Sha256::new();
     for part in [prev, partition, &seq.to_string(), kind, key, at] {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
-    h.update(body.to_string().as_bytes());
+    h.update(body_text.as_bytes());
     hex::encode(h.finalize())
 }
 
-/// The next entry after `prev` (`None`: the partition's first).
+/// The next entry after `prev` (`None`: the partition's first), and its body's canonical JSON
+/// (what was hashed, and what the backend stores). `body_text` is that JSON when the caller
+/// already has it (a document's stored text), so the write path serializes each record once.
 pub fn next_entry(
     prev: Option<(u64, &str)>,
     partition: &str,
@@ -79,14 +96,16 @@ pub fn next_entry(
     key: &str,
     at: DateTime<Utc>,
     body: Value,
-) -> AuditEntry {
+    body_text: Option<String>,
+) -> (AuditEntry, String) {
     let (seq, prev) = match prev {
         Some((s, h)) => (s + 1, h.to_string()),
         None => (1, GENESIS.to_string()),
     };
     let at = ts(at);
-    let hash = link_hash(&prev, partition, seq, kind, key, &at, &body);
-    AuditEntry {
+    let text = body_text.unwrap_or_else(|| body.to_string());
+    let hash = link_hash(&prev, partition, seq, kind, key, &at, &text);
+    let entry = AuditEntry {
         partition: partition.into(),
         seq,
         kind: kind.into(),
@@ -95,7 +114,8 @@ pub fn next_entry(
         body,
         prev,
         hash,
-    }
+    };
+    (entry, text)
 }
 
 impl AuditEntry {
@@ -108,7 +128,7 @@ impl AuditEntry {
             &self.kind,
             &self.key,
             &self.at,
-            &self.body,
+            &self.body.to_string(),
         ) == self.hash
     }
 }
@@ -503,13 +523,14 @@ mod tests {
         for i in 0..n {
             let key = format!("k{}", i % 3);
             let body = json!({"v": i});
-            let e = next_entry(
+            let (e, _) = next_entry(
                 prev.as_ref().map(|(s, h)| (*s, h.as_str())),
                 "p",
                 kind::DOC,
                 &key,
                 Utc::now(),
                 body.clone(),
+                None,
             );
             prev = Some((e.seq, e.hash.clone()));
             st.records.insert((kind::DOC.into(), key), body);

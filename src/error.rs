@@ -44,6 +44,22 @@ pub enum ApiError {
 
 impl warp::reject::Reject for ApiError {}
 
+/// A payload that does not parse: 400 naming the JSON path (or the header, whose name the
+/// problem already says) at fault.
+impl From<crate::domain::alert::PayloadError> for ApiError {
+    fn from(e: crate::domain::alert::PayloadError) -> Self {
+        ApiError::BadRequest {
+            code: "invalid_field",
+            message: if e.field.starts_with("header:") {
+                e.problem
+            } else {
+                format!("{}: {}", e.field, e.problem)
+            },
+            field: Some(e.field),
+        }
+    }
+}
+
 impl ApiError {
     pub fn bad_request(field: Option<String>, message: impl Into<String>) -> Self {
         ApiError::BadRequest {

@@ -41,19 +41,6 @@ impl Caller {
     }
 }
 
-fn audit_write(now: DateTime<Utc>, entry: serde_json::Value) -> DocWrite {
-    let key = format!(
-        "audit|{}|{}",
-        now.format("%Y%m%dT%H%M%S%.6fZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    DocWrite {
-        key,
-        value: entry,
-        expect: Expect::Absent,
-    }
-}
-
 fn commit(partition: &str, writes: Vec<DocWrite>, now: DateTime<Utc>) -> DocCommit {
     DocCommit {
         partition: partition.into(),
@@ -93,7 +80,7 @@ pub async fn issue_key(
             value: serde_json::to_value(&record).unwrap_or_default(),
             expect: Expect::Absent,
         },
-        audit_write(
+        crate::audit::note(
             now,
             json!({"action": "key.issued", "key_id": record.id, "identity": identity, "by": by, "at": now}),
         ),
@@ -146,7 +133,7 @@ pub async fn revoke_key(
                 value: serde_json::to_value(&rec).unwrap_or_default(),
                 expect: Expect::Version(doc.version),
             },
-            audit_write(
+            crate::audit::note(
                 now,
                 json!({"action": "key.revoked", "key_id": id, "identity": rec.identity, "by": by, "at": now}),
             ),
@@ -239,7 +226,7 @@ pub async fn set_role(
                 value: serde_json::to_value(&rec).unwrap_or_default(),
                 expect,
             },
-            audit_write(
+            crate::audit::note(
                 now,
                 json!({"action": action, "identity": name, "role": role, "by": by, "at": now}),
             ),
@@ -343,7 +330,7 @@ pub async fn link_mattermost(
             value: serde_json::to_value(&rec).unwrap_or_default(),
             expect,
         });
-        writes.push(audit_write(
+        writes.push(crate::audit::note(
             now,
             json!({"action": "mattermost.linked", "identity": name, "mattermost_user": user.describe(),
                    "previous": previous.map(|p| p.describe()), "by": by, "at": now}),
@@ -400,7 +387,7 @@ pub async fn unlink_mattermost(
             value: serde_json::to_value(&rec).unwrap_or_default(),
             expect,
         });
-        writes.push(audit_write(
+        writes.push(crate::audit::note(
             now,
             json!({"action": "mattermost.unlinked", "identity": name,
                    "mattermost_users": links.iter().map(|l| l.describe()).collect::<Vec<_>>(), "by": by, "at": now}),

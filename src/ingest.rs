@@ -1,7 +1,7 @@
 //! The path every alert takes: decode the raw body, parse it into normalized alerts, store the
 //! delivery durably, and say what happened. The HTTP handlers are thin wrappers around this.
 
-use crate::domain::alert::{PayloadError, Source};
+use crate::domain::alert::Source;
 use crate::domain::incident::stream_key;
 use crate::domain::{alertmanager, azure_monitor};
 use crate::error::ApiError;
@@ -53,14 +53,6 @@ pub fn decode_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
     Ok((value, text))
 }
 
-fn payload_error(e: PayloadError) -> ApiError {
-    ApiError::BadRequest {
-        code: "invalid_field",
-        message: format!("{}: {}", e.field, e.problem),
-        field: Some(e.field),
-    }
-}
-
 pub fn store_error(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "storage failed");
     let message = match e {
@@ -80,7 +72,7 @@ pub fn azure_monitor_delivery(
     now: DateTime<Utc>,
 ) -> Result<Delivery, ApiError> {
     let (value, text) = decode_json(body)?;
-    let alert = azure_monitor::parse(&value, body).map_err(payload_error)?;
+    let alert = azure_monitor::parse(&value, body).map_err(ApiError::from)?;
     Ok(Delivery {
         request_id: ctx.request_id.clone(),
         invocation_id: ctx.invocation_id.clone(),
@@ -102,7 +94,7 @@ pub fn alertmanager_delivery(
     now: DateTime<Utc>,
 ) -> Result<Delivery, ApiError> {
     let (value, text) = decode_json(body)?;
-    let parsed = alertmanager::parse(&value).map_err(payload_error)?;
+    let parsed = alertmanager::parse(&value).map_err(ApiError::from)?;
     let single = parsed.len() == 1;
     Ok(Delivery {
         request_id: ctx.request_id.clone(),

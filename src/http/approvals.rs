@@ -5,7 +5,6 @@
 use super::{auth, ctx, with_app, Segment};
 use crate::approvals::{Origin, Signer};
 use crate::auth_methods::RouteGroup;
-use crate::domain::alert::PayloadError;
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
@@ -17,14 +16,6 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
-
-fn bad(e: PayloadError) -> ApiError {
-    ApiError::BadRequest {
-        code: "invalid_field",
-        message: format!("{}: {}", e.field, e.problem),
-        field: Some(e.field),
-    }
-}
 
 fn answer(result: Result<(StatusCode, Value), ApiError>, ctx: &RequestCtx) -> Response {
     match result {
@@ -59,7 +50,7 @@ pub fn create(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                     let (v, _) = decode_json(&body)?;
                     let req =
                         crate::domain::approval::parse_request(&v, &app.config.approvals.policy)
-                            .map_err(bad)?;
+                            .map_err(ApiError::from)?;
                     let now = app.clock.now();
                     let (new, v) =
                         crate::approvals::create(&app, &caller, req, Origin::default(), now)
@@ -111,7 +102,7 @@ pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
             |Segment(id), caller: Caller, body: Bytes, ctx: RequestCtx, app: Arc<App>| async move {
                 let result = async {
                     let (v, _) = decode_json(&body)?;
-                    let input = crate::domain::approval::parse_sign(&v).map_err(bad)?;
+                    let input = crate::domain::approval::parse_sign(&v).map_err(ApiError::from)?;
                     let now = app.clock.now();
                     let v = crate::approvals::sign(&app, &Signer::api(&caller), &id, &input, now)
                         .await?;

@@ -291,15 +291,7 @@ pub fn refused(app: &Arc<App>, kind: &'static str, detail: &str) {
     tokio::spawn(async move {
         let c = crate::storage::DocCommit {
             partition: SECURITY.into(),
-            writes: vec![crate::storage::DocWrite {
-                key: format!(
-                    "audit|{}|{}",
-                    now.format("%Y%m%dT%H%M%S%.6fZ"),
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                ),
-                value: entry,
-                expect: crate::storage::Expect::Absent,
-            }],
+            writes: vec![crate::audit::note(now, entry)],
             outbox: Vec::new(),
             record_id: "security".into(),
             now,

@@ -10,7 +10,6 @@
 
 use super::{ctx, json_body, with_app};
 use crate::config::AzdoHookAuth;
-use crate::domain::alert::PayloadError;
 use crate::domain::azdo::{self, Hook, Parsed};
 use crate::domain::identity::Role;
 use crate::domain::run::{RunEventIn, RunFinish};
@@ -185,14 +184,6 @@ async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError
     }
 }
 
-fn bad(e: PayloadError) -> ApiError {
-    ApiError::BadRequest {
-        code: "invalid_field",
-        message: format!("{}: {}", e.field, e.problem),
-        field: Some(e.field),
-    }
-}
-
 #[tracing::instrument(skip_all, fields(route = "azdo_hooks", request_id = %ctx.request_id, caller = %caller.name))]
 async fn handle(caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>) -> Response {
     match accept(&app, &caller, &body).await {
@@ -210,7 +201,7 @@ async fn handle(caller: Caller, ctx: RequestCtx, body: Bytes, app: Arc<App>) -> 
 async fn accept(app: &App, caller: &Caller, body: &[u8]) -> Result<(StatusCode, Value), ApiError> {
     let (v, _) = decode_json(body)?;
     let now = app.clock.now();
-    match azdo::parse(&v, now).map_err(bad)? {
+    match azdo::parse(&v, now).map_err(ApiError::from)? {
         Parsed::Ignored { event_type, reason } => {
             tracing::info!(event_type = %clip(&event_type), reason = %reason, "service hook ignored");
             Ok((

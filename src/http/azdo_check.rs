@@ -43,19 +43,6 @@ pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reject
         .then(handle)
 }
 
-fn bad(e: PayloadError) -> ApiError {
-    ApiError::BadRequest {
-        code: "invalid_field",
-        // Header problems name their header already.
-        message: if e.field.starts_with("header:") {
-            e.problem
-        } else {
-            format!("{}: {}", e.field, e.problem)
-        },
-        field: Some(e.field),
-    }
-}
-
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name.to_ascii_lowercase().as_str())
@@ -90,7 +77,8 @@ pub fn parse_check(
     hosts: &PlanHosts,
     policy: &Policy,
 ) -> Result<(CheckCallback, ApprovalRequest), ApiError> {
-    let check = CheckCallback::from_headers(|name| header(headers, name), hosts).map_err(bad)?;
+    let check =
+        CheckCallback::from_headers(|name| header(headers, name), hosts).map_err(ApiError::from)?;
     // The decision goes back to this URL: a check we could never answer is refused now rather
     // than left waiting for its timeout (a host no URL parser accepts, such as `xn--.…`).
     if let Err(e) = events_url(&check, DEFAULT_API_VERSION, hosts) {
@@ -98,13 +86,13 @@ pub fn parse_check(
             SendError::Permanent { error } => error,
             other => other.to_string(),
         };
-        return Err(bad(PayloadError::new(
+        return Err(ApiError::from(PayloadError::new(
             "header:PlanUrl",
             format!("PlanUrl cannot be called back: {why}"),
         )));
     }
     let v = request_body(body, &check)?;
-    let req = crate::domain::approval::parse_request(&v, policy).map_err(bad)?;
+    let req = crate::domain::approval::parse_request(&v, policy).map_err(ApiError::from)?;
     Ok((check, req))
 }
 

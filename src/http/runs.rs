@@ -3,7 +3,6 @@
 
 use super::{auth, ctx, with_app, Segment};
 use crate::auth_methods::RouteGroup;
-use crate::domain::alert::PayloadError;
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
@@ -20,14 +19,6 @@ enum Op {
     Start,
     Event,
     Finish,
-}
-
-fn bad(e: PayloadError) -> ApiError {
-    ApiError::BadRequest {
-        code: "invalid_field",
-        message: format!("{}: {}", e.field, e.problem),
-        field: Some(e.field),
-    }
 }
 
 fn write_route(
@@ -75,7 +66,7 @@ async fn handle(
     let now = app.clock.now();
     match op {
         Op::Start => {
-            let s = crate::domain::run::parse_start(&v).map_err(bad)?;
+            let s = crate::domain::run::parse_start(&v).map_err(ApiError::from)?;
             let (new, answer) = crate::runs::start(app, caller, s, now).await?;
             Ok((
                 if new {
@@ -87,14 +78,14 @@ async fn handle(
             ))
         }
         Op::Event => {
-            let e = crate::domain::run::parse_event(&v).map_err(bad)?;
+            let e = crate::domain::run::parse_event(&v).map_err(ApiError::from)?;
             Ok((
                 StatusCode::CREATED,
                 crate::runs::event(app, caller, e, now).await?,
             ))
         }
         Op::Finish => {
-            let f = crate::domain::run::parse_finish(&v).map_err(bad)?;
+            let f = crate::domain::run::parse_finish(&v).map_err(ApiError::from)?;
             Ok((
                 StatusCode::OK,
                 crate::runs::finish(app, caller, f, now).await?,

@@ -172,7 +172,7 @@ async fn audit(
     for p in partitions {
         let c = DocCommit {
             partition: p,
-            writes: vec![approvals::audit_write(now, entry.clone())],
+            writes: vec![crate::audit::note(now, entry.clone())],
             outbox: Vec::new(),
             record_id: "mattermost-refusal".into(),
             now,

@@ -429,12 +429,14 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
                 received_at: d.received_at,
                 raw: raw.to_string(),
             }),
+            None,
         )];
         for inc in p.closed.iter().chain(p.incident.iter()) {
             records.push((
                 audit::kind::INCIDENT,
                 inc.id.clone(),
                 audit::incident_body(inc),
+                None,
             ));
         }
         audit_append(tx, &stream, records, now)?;
@@ -703,11 +705,14 @@ fn insert_outbox(
     Ok(seq)
 }
 
+/// A record to chain: kind, key, body, and the body's JSON when already serialized.
+type AuditRecord<'a> = (&'a str, String, serde_json::Value, Option<String>);
+
 /// Append entries for these records to `partition`'s chain (inside the caller's transaction).
 fn audit_append(
     c: &Connection,
     partition: &str,
-    records: Vec<(&str, String, serde_json::Value)>,
+    records: Vec<AuditRecord<'_>>,
     at: DateTime<Utc>,
 ) -> Result<()> {
     if records.is_empty() {
@@ -720,14 +725,15 @@ fn audit_append(
                 .optional()
         })
         .map_err(db_err)?;
-    for (kind, key, body) in records {
-        let e = audit::next_entry(
+    for (kind, key, body, text) in records {
+        let (e, text) = audit::next_entry(
             head.as_ref().map(|(s, h)| (*s, h.as_str())),
             partition,
             kind,
             &key,
             at,
             body,
+            text,
         );
         c.prepare_cached(
             "INSERT INTO audit (partition, seq, kind, key, at, body, prev, hash) \
@@ -740,7 +746,7 @@ fn audit_append(
                 e.kind,
                 e.key,
                 e.at,
-                e.body.to_string(),
+                text,
                 e.prev,
                 e.hash
             ])
@@ -766,6 +772,7 @@ fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
             commit.partition
         )));
     }
+    let mut records = Vec::with_capacity(commit.writes.len());
     for w in &commit.writes {
         let current: Option<i64> = c
             .prepare_cached("SELECT version FROM docs WHERE partition = ?1 AND key = ?2")
@@ -793,17 +800,15 @@ fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
         )
         .and_then(|mut s| s.execute(params![commit.partition, w.key, value]))
         .map_err(db_err)?;
+        // The chain entry's body is the document: its stored text is the text hashed.
+        records.push((
+            audit::kind::DOC,
+            w.key.clone(),
+            w.value.clone(),
+            Some(value),
+        ));
     }
-    audit_append(
-        c,
-        &commit.partition,
-        commit
-            .writes
-            .iter()
-            .map(|w| (audit::kind::DOC, w.key.clone(), w.value.clone()))
-            .collect(),
-        commit.now,
-    )?;
+    audit_append(c, &commit.partition, records, commit.now)?;
     if !commit.outbox.is_empty() {
         let seq0: u64 = c
             .prepare_cached("SELECT outbox_seq FROM streams WHERE stream = ?1")

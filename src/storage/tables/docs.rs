@@ -222,16 +222,17 @@ impl TableStore {
         let mut audit = Vec::with_capacity(commit.writes.len());
         let mut prev = audit_head;
         for w in &commit.writes {
-            let e = crate::audit::next_entry(
+            let (e, text) = crate::audit::next_entry(
                 prev.as_ref().map(|(s, h)| (*s, h.as_str())),
                 p,
                 crate::audit::kind::DOC,
                 &w.key,
                 commit.now,
                 w.value.clone(),
+                None,
             );
             prev = Some((e.seq, e.hash.clone()));
-            audit.push(rows::audit_entity(&e)?);
+            audit.push(rows::audit_entity(&e, &text)?);
         }
         let mut head = match etag {
             // Merged, not replaced: the incident sequence and open incident stay as they are.

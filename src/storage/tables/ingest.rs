@@ -162,16 +162,17 @@ impl TableStore {
                 ));
             }
             for (kind, key, body) in records {
-                let e = crate::audit::next_entry(
+                let (e, text) = crate::audit::next_entry(
                     prev.as_ref().map(|(s, h)| (*s, h.as_str())),
                     &stream,
                     kind,
                     &key,
                     now,
                     body,
+                    None,
                 );
                 prev = Some((e.seq, e.hash.clone()));
-                audit.push(rows::audit_entity(&e)?);
+                audit.push(rows::audit_entity(&e, &text)?);
             }
             let mut head = rows::head_entity(
                 &stream,

@@ -374,13 +374,17 @@ pub(crate) fn audit_key(seq: u64) -> String {
     format!("audit|{seq:012}")
 }
 
-pub(crate) fn audit_entity(e: &crate::audit::AuditEntry) -> Result<Entity, StoreError> {
+/// `body_text`: the entry's body as hashed (see [`crate::audit::next_entry`]).
+pub(crate) fn audit_entity(
+    e: &crate::audit::AuditEntry,
+    body_text: &str,
+) -> Result<Entity, StoreError> {
     let mut m = new_entity(&e.partition, &audit_key(e.seq), "audit");
     put_i64(&mut m, "Seq", e.seq);
     put_str(&mut m, "AuditKind", &e.kind);
     put_text(&mut m, "Key", &e.key)?;
     put_str(&mut m, "At", &e.at);
-    put_text(&mut m, "Body", &e.body.to_string())?;
+    put_text(&mut m, "Body", body_text)?;
     put_str(&mut m, "Prev", &e.prev);
     put_str(&mut m, "Hash", &e.hash);
     Ok(m)
