@@ -189,22 +189,7 @@ pub async fn set_role(
     let key = format!("id|{name}");
     for _ in 0..10 {
         let doc = store.doc_get(IDENTITIES, &key).await?;
-        let (mut rec, expect) = match &doc {
-            Some(d) => (
-                serde_json::from_value::<IdentityRecord>(d.value.clone())
-                    .map_err(|e| StoreError::Corrupt(format!("identity {name}: {e}")))?,
-                Expect::Version(d.version.clone()),
-            ),
-            None => (
-                IdentityRecord {
-                    name: name.into(),
-                    roles: Vec::new(),
-                    mattermost_user: None,
-                    mattermost_user_id: None,
-                },
-                Expect::Absent,
-            ),
-        };
+        let (mut rec, expect) = read_identity(&doc, name)?;
         let had = rec.roles.contains(&role);
         if had == grant {
             return Ok(false);
@@ -241,6 +226,7 @@ pub async fn set_role(
 // ---------------------------------------------------------------------------------------------
 // Mattermost users
 
+/// The identity record in `doc` and the expectation to write it back, or a new record.
 fn read_identity(
     doc: &Option<crate::storage::Doc>,
     name: &str,
