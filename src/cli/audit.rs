@@ -271,7 +271,12 @@ pub async fn export(
     if format == Format::Json {
         w.write_all(b"[\n")?;
     }
+    // The total is not known up front: a counter with its rate, not a bar.
     let pb = bar(0, "exporting");
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} exporting: {pos} entries read ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     let mut heads: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut count: u64 = 0;
     let mut after: Option<(String, u64)> = None;
