@@ -376,6 +376,9 @@ async fn save(
         ))
         .await
         .map_err(store_err)?;
+    if ok {
+        app.metrics.approval(next.status.as_str());
+    }
     if ok && any {
         app.dispatcher.kick(partition);
     }

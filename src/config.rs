@@ -32,6 +32,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_STORAGE", "auto", "`auto` (Table Storage when a connection string is set, else embedded), `embedded` or `tables`"),
     ("ICAHUB_TABLES_CONNECTION_STRING", "unset", "Azure Table Storage connection string (`UseDevelopmentStorage=true` or a full one)"),
     ("AzureWebJobsStorage", "unset", "Used for Table Storage when ICAHUB_TABLES_CONNECTION_STRING is not set"),
+    ("ICAHUB_TABLES_ENDPOINT", "unset", "Table service URL (https://<account>.table.core.windows.net): Table Storage with the app's managed identity, no key (instead of a connection string)"),
+    ("ICAHUB_TABLES_CLIENT_ID", "unset (system-assigned identity)", "Client id of the user-assigned managed identity used with ICAHUB_TABLES_ENDPOINT"),
     ("ICAHUB_TABLE_PREFIX", "icahub", "Prefix of the hub's table names (letters and digits)"),
     ("ICAHUB_DATA_DIR", "./data", "Directory of the embedded store"),
     ("ICAHUB_MAX_BODY_BYTES", "524288", "Largest accepted request body; larger gets 413 (at most 900000 so a body fits one Table entity)"),
@@ -42,7 +44,15 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_MATTERMOST_ACTION_SECRETS", "unset", "Comma-separated secrets (32+ characters each) signing the approval buttons' tokens: the first signs, any verifies (rotation); buttons need this and ICAHUB_PUBLIC_URL"),
     ("ICAHUB_MATTERMOST_URL", "unset", "Mattermost server URL, for opening the rejection dialog (with ICAHUB_MATTERMOST_TOKEN)"),
     ("ICAHUB_MATTERMOST_TOKEN", "unset", "Mattermost bot or personal access token used with ICAHUB_MATTERMOST_URL"),
+    ("ICAHUB_MATTERMOST_WEBHOOKS", "unset", "More Mattermost incoming webhooks for routing rules, as a JSON object of name to URL (secrets: the URL is the credential)"),
+    ("ICAHUB_MATTERMOST_USERNAME", "icahub", "Post as this user name (the Mattermost server must allow overrides)"),
+    ("ICAHUB_MATTERMOST_ICON_URL", "unset", "Post with this icon"),
     ("ICAHUB_PAGERDUTY_ROUTING_KEY", "unset", "PagerDuty Events v2 routing key; when set, critical and high incidents get PagerDuty outbox rows"),
+    ("ICAHUB_PAGERDUTY_ROUTING_KEYS", "unset", "More PagerDuty routing keys for routing rules, as a JSON object of name to 32-character key"),
+    ("ICAHUB_PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue", "PagerDuty Events API v2 endpoint"),
+    ("ICAHUB_PAGERDUTY_RATE_PER_MINUTE", "100", "Client-side limit of events per minute and routing key (PagerDuty allows about 120)"),
+    ("ICAHUB_CONTROL_PLANE_TOKEN", "unset", "Bearer token for the control plane (a secret)"),
+    ("ICAHUB_CONTROL_PLANE_SIGNING_SECRETS", "unset", "Comma-separated whsec_… secrets; each control-plane request carries one Standard Webhooks signature per secret (rotation)"),
     ("ICAHUB_AZDO_PLAN_HOSTS", "dev.azure.com,*.dev.azure.com,*.visualstudio.com", "Hosts an Azure DevOps check's PlanUrl may name (the hub sends the job's token there): names, *.suffix, or * for any"),
     ("ICAHUB_AZDO_API_VERSION", "2.0-preview.1", "api-version of the check callback (distributedtask plan events)"),
     ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see the README); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
@@ -76,6 +86,9 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_ENTRA_AUTHORITY", "https://login.microsoftonline.com", "Where the tenant's OpenID configuration and signing keys are fetched (sovereign clouds)"),
     ("ICAHUB_ENTRA_ROLE_MAP", "ActionGroupsSecureWebhook → alert_sender; app roles named like icahub roles map to them", "JSON object of app role to icahub role(s), e.g. {\"Deployers\": [\"devops\"]}"),
     ("ICAHUB_AUDIT_CHECKPOINT_SECS", "3600", "How often the timer writes an audit checkpoint over every chain head (forwarded to the control plane); 0 = never"),
+    ("IDENTITY_ENDPOINT", "set by the platform", "App Service / Functions managed identity endpoint (with IDENTITY_HEADER), used with ICAHUB_TABLES_ENDPOINT; IMDS when unset"),
+    ("IDENTITY_HEADER", "set by the platform", "The secret header value for IDENTITY_ENDPOINT"),
+    ("ICAHUB_BENCH_KEY", "unset", "`icahub bench` only: the API key it sends (instead of --key)"),
     ("ICAHUB_LOG", "info", "Log filter (tracing EnvFilter syntax, e.g. `info,icahub=debug`); RUST_LOG also works"),
     ("ICAHUB_LOG_FORMAT", "json under the Functions host, else text", "`json` or `text`"),
 ];
@@ -94,6 +107,24 @@ pub enum StorageConfig {
         connection_string: Secret,
         table_prefix: String,
     },
+    /// Table Storage with a managed identity's tokens (no key): `ICAHUB_TABLES_ENDPOINT`.
+    TablesIdentity {
+        /// The table service URL, `https://<account>.table.core.windows.net`.
+        endpoint: String,
+        /// A user-assigned identity's client id (`None`: the system-assigned identity).
+        client_id: Option<String>,
+        table_prefix: String,
+    },
+}
+
+impl StorageConfig {
+    /// `embedded` or `azure_tables`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StorageConfig::Embedded { .. } => "embedded",
+            StorageConfig::Tables { .. } | StorageConfig::TablesIdentity { .. } => "azure_tables",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -322,18 +353,57 @@ impl Config {
         }
         let mode = get("ICAHUB_STORAGE").unwrap_or_else(|| "auto".into());
         let dir = PathBuf::from(get("ICAHUB_DATA_DIR").unwrap_or_else(|| "./data".into()));
-        let storage = match (mode.as_str(), conn) {
-            ("auto" | "tables", Some(c)) => StorageConfig::Tables {
+        let endpoint = get("ICAHUB_TABLES_ENDPOINT");
+        let client_id = get("ICAHUB_TABLES_CLIENT_ID");
+        if client_id.is_some() && endpoint.is_none() {
+            return Err(ConfigError(
+                "ICAHUB_TABLES_CLIENT_ID is set but ICAHUB_TABLES_ENDPOINT, the table service it \
+                 is for, is not"
+                    .into(),
+            ));
+        }
+        if endpoint.is_some() && get("ICAHUB_TABLES_CONNECTION_STRING").is_some() {
+            return Err(ConfigError(
+                "set ICAHUB_TABLES_ENDPOINT (managed identity) or ICAHUB_TABLES_CONNECTION_STRING \
+                 (key or SAS), not both"
+                    .into(),
+            ));
+        }
+        if let Some(id) = &client_id {
+            if uuid::Uuid::parse_str(id).is_err() {
+                return Err(ConfigError(format!(
+                    "ICAHUB_TABLES_CLIENT_ID={id:?} is not a client id (a GUID)"
+                )));
+            }
+        }
+        let storage = match (mode.as_str(), endpoint, conn) {
+            ("auto" | "tables", Some(e), _) => {
+                let ok = e.starts_with("https://") || e.starts_with("http://");
+                if !ok || e.contains('?') {
+                    return Err(ConfigError(format!(
+                        "ICAHUB_TABLES_ENDPOINT={e:?} must be the table service URL, e.g. \
+                         https://<account>.table.core.windows.net (no query, no key)"
+                    )));
+                }
+                StorageConfig::TablesIdentity {
+                    endpoint: e,
+                    client_id,
+                    table_prefix,
+                }
+            }
+            ("auto" | "tables", None, Some(c)) => StorageConfig::Tables {
                 connection_string: Secret::new(c),
                 table_prefix,
             },
-            ("tables", None) => {
+            ("tables", None, None) => {
                 return Err(ConfigError(
-                    "ICAHUB_STORAGE=tables needs ICAHUB_TABLES_CONNECTION_STRING or AzureWebJobsStorage".into(),
+                    "ICAHUB_STORAGE=tables needs ICAHUB_TABLES_ENDPOINT (managed identity), \
+                     ICAHUB_TABLES_CONNECTION_STRING or AzureWebJobsStorage"
+                        .into(),
                 ))
             }
-            ("auto" | "embedded", _) => StorageConfig::Embedded { dir },
-            (other, _) => {
+            ("auto" | "embedded", _, _) => StorageConfig::Embedded { dir },
+            (other, _, _) => {
                 return Err(ConfigError(format!(
                     "ICAHUB_STORAGE={other:?} must be auto, embedded or tables"
                 )))
@@ -342,7 +412,8 @@ impl Config {
         if under_functions_host && matches!(storage, StorageConfig::Embedded { .. }) {
             return Err(ConfigError(
                 "running under the Azure Functions host needs Azure Table Storage: set \
-                 ICAHUB_TABLES_CONNECTION_STRING or AzureWebJobsStorage. The embedded store keeps \
+                 ICAHUB_TABLES_ENDPOINT (managed identity), ICAHUB_TABLES_CONNECTION_STRING or \
+                 AzureWebJobsStorage. The embedded store keeps \
                  data on the instance's local disk, which instances do not share and the platform \
                  may discard."
                     .into(),

@@ -2,7 +2,7 @@
 //! delivery durably, and say what happened. The HTTP handlers are thin wrappers around this.
 
 use crate::domain::alert::Source;
-use crate::domain::incident::stream_key;
+use crate::domain::incident::{stream_key, IncidentAction};
 use crate::domain::{alertmanager, azure_monitor};
 use crate::error::ApiError;
 use crate::startup::App;
@@ -122,7 +122,19 @@ pub async fn store(app: &App, delivery: &Delivery) -> Result<Vec<EventOutcome>, 
     )
     .await
     {
-        Ok(r) => r.map_err(store_error),
+        Ok(Ok(outcomes)) => {
+            let source = delivery.source.as_str();
+            for o in outcomes.iter().filter(|o| !o.duplicate) {
+                app.metrics.event_ingested(source);
+                match o.action {
+                    IncidentAction::Opened => app.metrics.incident_opened(source),
+                    IncidentAction::Resolved => app.metrics.incident_resolved(source),
+                    IncidentAction::Attached | IncidentAction::None => {}
+                }
+            }
+            Ok(outcomes)
+        }
+        Ok(Err(e)) => Err(store_error(e)),
         Err(_) => Err(ApiError::Unavailable {
             message: "storage did not confirm the write in time; retry (a repeat is deduplicated)"
                 .into(),

@@ -35,6 +35,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod mattermost;
+pub mod metrics;
 pub mod runs;
 pub mod sinks;
 pub mod startup;

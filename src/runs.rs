@@ -76,10 +76,15 @@ fn ledger_commit(
 
 /// Commit, mapping storage failures to 503; `false` when the run changed meanwhile.
 async fn commit(app: &App, c: &DocCommit) -> Result<bool, ApiError> {
-    app.store
+    let written = app
+        .store
         .doc_commit(c)
         .await
-        .map_err(crate::ingest::store_error)
+        .map_err(crate::ingest::store_error)?;
+    if written {
+        app.metrics.event_ingested("run_ledger");
+    }
+    Ok(written)
 }
 
 fn start_answer(r: &RunRecord) -> Value {

@@ -24,6 +24,8 @@ pub struct App {
     pub entra: Option<crate::entra::EntraVerifier>,
     /// The `webhook-id`s of signed requests accepted lately (replay protection, this process).
     pub replay: crate::http::verify::ReplayCache,
+    /// Counters and the sinks' last results (`GET /api/metrics`, `GET /api/readyz`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -40,6 +42,19 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             TableStore::connect(connection_string.expose(), table_prefix)
                 .await
                 .context("connecting to Azure Table Storage")?,
+        ),
+        StorageConfig::TablesIdentity {
+            endpoint,
+            client_id,
+            table_prefix,
+        } => Arc::new(
+            TableStore::connect_managed_identity(endpoint, client_id.as_deref(), table_prefix)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to Azure Table Storage at {endpoint} with the managed identity"
+                    )
+                })?,
         ),
     })
 }
@@ -59,12 +74,14 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<App>> {
         let store = open_store(&config).await?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             sinks,
             config.retry.clone(),
             clock.clone(),
             config.lease,
+            metrics.clone(),
         ));
         let entra = config.entra.clone().map(crate::entra::EntraVerifier::new);
         Ok(Arc::new(App {
@@ -76,6 +93,7 @@ impl App {
             approval_ids: Default::default(),
             entra,
             replay: Default::default(),
+            metrics,
         }))
     }
 }

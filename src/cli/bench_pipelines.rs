@@ -151,7 +151,8 @@ pub async fn run(args: BenchArgs, runs: usize) -> anyhow::Result<()> {
     let config = crate::config::Config::from_env(None)?;
     let backend = match &config.storage {
         crate::config::StorageConfig::Embedded { dir } => format!("embedded ({})", dir.display()),
-        crate::config::StorageConfig::Tables { table_prefix, .. } => {
+        crate::config::StorageConfig::Tables { table_prefix, .. }
+        | crate::config::StorageConfig::TablesIdentity { table_prefix, .. } => {
             format!("azure_tables (prefix {table_prefix})")
         }
     };

@@ -5,8 +5,10 @@ pub mod bench;
 pub mod bench_audit;
 pub mod bench_pipelines;
 pub mod budget;
+pub mod doctor;
 pub mod keys;
 pub mod outbox;
+pub mod package;
 pub mod roles;
 pub mod serve;
 
@@ -44,6 +46,10 @@ pub enum Command {
     Budget(budget::BudgetArgs),
     /// Verify the hash-chained audit trail, export it with a manifest, check an export.
     Audit(audit::AuditArgs),
+    /// Check the configuration, storage access and each sink's reachability; say what is wrong.
+    Doctor(doctor::DoctorArgs),
+    /// Build the zip the Azure Functions host runs (host.json, functions/, the binary).
+    Package(package::PackageArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,5 +61,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Roles(args) => roles::run(args).await,
         Command::Budget(args) => budget::run(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
+        Command::Package(args) => package::run(args).await,
     }
 }

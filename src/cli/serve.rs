@@ -1,6 +1,6 @@
 //! `icahub serve`: load the configuration, open storage, listen, and stop gracefully on SIGTERM.
 
-use crate::config::{Config, StorageConfig};
+use crate::config::Config;
 use crate::startup::{bind, serve, shutdown_signal, App};
 use clap::Args;
 
@@ -21,10 +21,7 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::from_env(Some(args.port))?;
-    let storage_desc = match &config.storage {
-        StorageConfig::Embedded { .. } => "embedded",
-        StorageConfig::Tables { .. } => "azure_tables",
-    };
+    let storage_desc = config.storage.backend();
     let listener = bind(&args.host, config.port).await?;
     let app = App::build(config).await?;
     let addr = listener.local_addr()?;

@@ -58,6 +58,7 @@ pub struct Dispatcher {
     /// This dispatcher's name in leases.
     owner: String,
     lease: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dispatcher {
@@ -67,6 +68,7 @@ impl Dispatcher {
         policy: RetryPolicy,
         clock: Arc<dyn Clock>,
         lease: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "icahub".into());
         Dispatcher {
@@ -76,7 +78,16 @@ impl Dispatcher {
             clock,
             owner: format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             lease,
+            metrics,
         }
+    }
+
+    /// The sinks configured on this instance.
+    pub fn configured_sinks(&self) -> Vec<crate::domain::routing::Sink> {
+        crate::domain::routing::Sink::ALL
+            .into_iter()
+            .filter(|s| self.sinks.get(*s).is_some())
+            .collect()
     }
 
     pub fn owner(&self) -> &str {
@@ -216,6 +227,13 @@ impl Dispatcher {
                 }
             }
         };
+        let (outcome, error) = match &settle {
+            Settle::Delivered { .. } => ("delivered", None),
+            Settle::Retry { error, .. } => ("retry", Some(error.as_str())),
+            Settle::Dead { error } => ("dead", Some(error.as_str())),
+            Settle::Defer { .. } => ("deferred", None),
+        };
+        self.metrics.delivery(leased.sink, outcome, error, now);
         match &settle {
             Settle::Dead { error } => {
                 tracing::warn!(error = %error, attempts = leased.attempts + 1, "dead letter")

@@ -2,6 +2,7 @@
 //! Paths are the public ones the Functions host forwards (`/api/...`). Handlers take the raw body
 //! bytes; parsing happens in [`crate::ingest`] and [`crate::domain`].
 
+pub mod access;
 pub mod alertmanager;
 pub mod alerts;
 pub mod approvals;
@@ -36,6 +37,8 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let all: Vec<BoxedFilter<(Response,)>> = vec![
         health::readiness().boxed(),
         health::healthz(app.clone()).boxed(),
+        health::readyz(app.clone()).boxed(),
+        health::metrics(app.clone()).boxed(),
         alerts::route(app.clone()).boxed(),
         alertmanager::route(app.clone()).boxed(),
         incidents::get_one(app.clone()).boxed(),
@@ -62,37 +65,37 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify();
     // A signed message the hub failed (5xx) is forgotten by the replay cache, so the sender's
     // retry, which keeps its webhook-id, is not refused as a replay.
-    warp::header::headers_cloned()
+    warp::any()
+        .map(std::time::Instant::now)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
         .and(routes)
-        .map(move |headers: warp::http::HeaderMap, resp: Response| {
-            if resp.status().is_server_error() {
-                verify::release_failed(&app.replay, &headers);
-            }
-            resp
-        })
-        .with(warp::log::custom(access_log))
-        .map(warp::Reply::into_response)
+        .map(
+            move |started: std::time::Instant,
+                  method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  headers: warp::http::HeaderMap,
+                  resp: Response| {
+                if resp.status().is_server_error() {
+                    verify::release_failed(&app.replay, &headers);
+                }
+                let elapsed = started.elapsed();
+                let route = access::route_of(path.as_str());
+                let status = resp.status().as_u16();
+                app.metrics.http(route, method.as_str(), status, elapsed);
+                access::log(
+                    method.as_str(),
+                    route,
+                    status,
+                    elapsed,
+                    &headers,
+                    resp.headers(),
+                );
+                resp
+            },
+        )
         .boxed()
-}
-
-fn access_log(info: warp::log::Info<'_>) {
-    let header = |name: &str| {
-        info.request_headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    tracing::info!(
-        target: "icahub::access",
-        method = %info.method(),
-        path = info.path(),
-        status = info.status().as_u16(),
-        latency_us = info.elapsed().as_micros() as u64,
-        request_id = header("x-request-id"),
-        invocation_id = header(INVOCATION_ID_HEADER),
-        "request"
-    );
 }
 
 pub fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {

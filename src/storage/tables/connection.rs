@@ -150,6 +150,39 @@ pub(crate) fn parse(connection_string: &str) -> Result<Endpoint, StoreError> {
     })
 }
 
+/// The endpoint of a table service reached with tokens (`ICAHUB_TABLES_ENDPOINT`): an http(s)
+/// URL without a query; the account name is its first host label.
+pub(crate) fn token_endpoint(
+    url: &str,
+    credential: Arc<dyn azure_core::auth::TokenCredential>,
+) -> Result<Endpoint, StoreError> {
+    let parsed = azure_core::Url::parse(url.trim())
+        .map_err(|_| StoreError::Config(format!("ICAHUB_TABLES_ENDPOINT={url:?} is not a URL")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+        return Err(StoreError::Config(format!(
+            "ICAHUB_TABLES_ENDPOINT={url:?} must be an http(s) URL without a query, e.g. \
+             https://<account>.table.core.windows.net"
+        )));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    // Azurite and other path-style endpoints carry the account as the first path segment.
+    let account = match parsed
+        .path_segments()
+        .and_then(|mut p| p.next())
+        .filter(|s| !s.is_empty())
+    {
+        Some(first) if host.parse::<std::net::IpAddr>().is_ok() || host == "localhost" => {
+            first.to_string()
+        }
+        _ => host.split('.').next().unwrap_or("account").to_string(),
+    };
+    Ok(Endpoint {
+        url: url.trim().trim_end_matches('/').to_string(),
+        account,
+        credentials: StorageCredentials::token_credential(credential),
+    })
+}
+
 fn url_of(s: &str, key: &str) -> Result<azure_core::Url, StoreError> {
     let url =
         azure_core::Url::parse(s.trim()).map_err(|_| config(format!("`{key}` is not a URL")))?;

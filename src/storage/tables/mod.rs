@@ -34,6 +34,7 @@
 
 mod connection;
 mod docs;
+pub mod identity;
 mod ingest;
 mod outbox;
 mod rows;
@@ -52,6 +53,20 @@ use connection::{map_err, status_of};
 use futures::StreamExt;
 use rows::{lit, valid_key, Entity};
 use std::collections::BTreeMap;
+
+/// `table_prefix` must be alphanumeric and start with a letter (or be empty).
+fn check_prefix(table_prefix: &str) -> Result<()> {
+    if !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+        || table_prefix.starts_with(|c: char| c.is_ascii_digit())
+        || table_prefix.len() > 55
+    {
+        return Err(StoreError::Config(format!(
+            "table prefix {table_prefix:?} must be at most 55 ASCII letters and digits, \
+             starting with a letter"
+        )));
+    }
+    Ok(())
+}
 
 /// Azure Table Storage implementation of [`Store`]. Cheap to clone; safe to share.
 #[derive(Debug, Clone)]
@@ -74,16 +89,30 @@ impl TableStore {
     /// [`StoreError::Config`] for a bad connection string or rejected credentials, and
     /// [`StoreError::Unavailable`] when the service cannot be reached.
     pub async fn connect(connection_string: &str, table_prefix: &str) -> Result<TableStore> {
-        if !table_prefix.chars().all(|c| c.is_ascii_alphanumeric())
-            || table_prefix.starts_with(|c: char| c.is_ascii_digit())
-            || table_prefix.len() > 55
-        {
-            return Err(StoreError::Config(format!(
-                "table prefix {table_prefix:?} must be at most 55 ASCII letters and digits, \
-                 starting with a letter"
-            )));
-        }
+        check_prefix(table_prefix)?;
         let endpoint = connection::parse(connection_string)?;
+        TableStore::open(endpoint, table_prefix).await
+    }
+
+    /// Connect with a managed identity's tokens instead of a key (`ICAHUB_TABLES_ENDPOINT`,
+    /// `ICAHUB_TABLES_CLIENT_ID`): `table_endpoint` is the table service URL,
+    /// `https://<account>.table.core.windows.net`; `client_id` names a user-assigned identity
+    /// (`None`: the system-assigned one). The identity needs "Storage Table Data Contributor".
+    pub async fn connect_managed_identity(
+        table_endpoint: &str,
+        client_id: Option<&str>,
+        table_prefix: &str,
+    ) -> Result<TableStore> {
+        check_prefix(table_prefix)?;
+        let credential = identity::ManagedIdentityCredential::from_lookup(
+            &|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
+            client_id.map(str::to_string),
+        );
+        let endpoint = connection::token_endpoint(table_endpoint, std::sync::Arc::new(credential))?;
+        TableStore::open(endpoint, table_prefix).await
+    }
+
+    async fn open(endpoint: connection::Endpoint, table_prefix: &str) -> Result<TableStore> {
         let service = connection::client(&endpoint)?;
         let streams = service.table_client(format!("{table_prefix}streams"));
         let requests = service.table_client(format!("{table_prefix}requests"));

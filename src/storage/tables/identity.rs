@@ -1,0 +1,198 @@
+//! Managed identity tokens for Table Storage (no account key): the hub asks the platform's
+//! identity endpoint for a `https://storage.azure.com/` token and sends it as `Authorization:
+//! Bearer`. Written here because `azure_identity` 0.21 cannot name a user-assigned identity on
+//! App Service / Azure Functions (its client-id option is crate-private).
+//!
+//! Two endpoints, as Microsoft documents them:
+//! - App Service and Azure Functions (Flex Consumption included): `IDENTITY_ENDPOINT` with the
+//!   `X-IDENTITY-HEADER: $IDENTITY_HEADER` secret, `api-version=2019-08-01`, `client_id=` for a
+//!   user-assigned identity; the answer's `expires_on` is Unix seconds (a string).
+//! - Elsewhere (VMs, AKS node identity): IMDS at `169.254.169.254` with `Metadata: true`.
+//!
+//! Tokens are cached and fetched again five minutes before they expire; the token is never
+//! logged (the `Debug` output shows neither it nor the header secret).
+
+use azure_core::auth::{AccessToken, TokenCredential};
+use azure_core::error::{Error, ErrorKind};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+const APP_SERVICE_API_VERSION: &str = "2019-08-01";
+const IMDS_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+const IMDS_API_VERSION: &str = "2018-02-01";
+/// Fetch a new token this long before the cached one expires.
+const REFRESH_MARGIN: time::Duration = time::Duration::minutes(5);
+
+/// Where the token comes from.
+#[derive(Clone)]
+enum Source {
+    AppService { endpoint: String, secret: String },
+    Imds,
+}
+
+pub struct ManagedIdentityCredential {
+    http: reqwest::Client,
+    source: Source,
+    client_id: Option<String>,
+    cache: tokio::sync::Mutex<Option<AccessToken>>,
+}
+
+impl std::fmt::Debug for ManagedIdentityCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagedIdentityCredential")
+            .field(
+                "source",
+                &match &self.source {
+                    Source::AppService { endpoint, .. } => endpoint.as_str(),
+                    Source::Imds => "imds",
+                },
+            )
+            .field("client_id", &self.client_id)
+            .finish()
+    }
+}
+
+impl ManagedIdentityCredential {
+    /// From the environment the platform sets (`IDENTITY_ENDPOINT` and `IDENTITY_HEADER` on App
+    /// Service and Functions, else IMDS); `client_id` names a user-assigned identity.
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>, client_id: Option<String>) -> Self {
+        let source = match (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER")) {
+            (Some(endpoint), Some(secret)) => Source::AppService { endpoint, secret },
+            _ => Source::Imds,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the TLS backend initializes");
+        ManagedIdentityCredential {
+            http,
+            source,
+            client_id,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn fetch(&self, resource: &str) -> azure_core::Result<AccessToken> {
+        let cred = |m: String| Error::message(ErrorKind::Credential, m);
+        let mut query: Vec<(&str, &str)> = vec![("resource", resource)];
+        if let Some(id) = &self.client_id {
+            query.push(("client_id", id));
+        }
+        let req = match &self.source {
+            Source::AppService { endpoint, secret } => {
+                query.push(("api-version", APP_SERVICE_API_VERSION));
+                self.http
+                    .get(endpoint)
+                    .header("X-IDENTITY-HEADER", secret)
+                    .query(&query)
+            }
+            Source::Imds => {
+                query.push(("api-version", IMDS_API_VERSION));
+                self.http
+                    .get(IMDS_URL)
+                    .header("Metadata", "true")
+                    .query(&query)
+            }
+        };
+        let resp = req.send().await.map_err(|e| {
+            cred(format!(
+                "the managed identity endpoint did not answer ({}); is a managed identity assigned to this app?",
+                e.without_url()
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        if status != 200 {
+            let hint = if status == 400 || status == 404 {
+                match &self.client_id {
+                    Some(id) => format!(
+                        "; is the user-assigned identity with client id {id} assigned to this app?"
+                    ),
+                    None => "; is a system-assigned identity enabled on this app?".into(),
+                }
+            } else {
+                String::new()
+            };
+            return Err(cred(format!(
+                "the managed identity endpoint answered HTTP {status}{hint}"
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|_| cred("the managed identity endpoint answered with no JSON".into()))?;
+        let token = v["access_token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| cred("the managed identity answer has no access_token".into()))?;
+        // `expires_on` is Unix seconds, as a string (App Service) or a number; fall back to
+        // `expires_in` (seconds from now).
+        let now = OffsetDateTime::now_utc();
+        let expires_on = match &v["expires_on"] {
+            serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+            serde_json::Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+        .or_else(|| {
+            let secs = match &v["expires_in"] {
+                serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+                serde_json::Value::Number(n) => n.as_i64(),
+                _ => None,
+            }?;
+            Some(now + time::Duration::seconds(secs))
+        })
+        .unwrap_or(now + time::Duration::minutes(10));
+        Ok(AccessToken::new(token.to_string(), expires_on))
+    }
+}
+
+/// `https://storage.azure.com/.default` → `https://storage.azure.com/` (the endpoint wants a
+/// resource, not a scope).
+fn resource_of(scopes: &[&str]) -> azure_core::Result<String> {
+    match scopes {
+        [one] => Ok(match one.strip_suffix(".default") {
+            Some(r) => r.to_string(),
+            None => one.to_string(),
+        }),
+        _ => Err(Error::message(
+            ErrorKind::Credential,
+            "a managed identity token is for exactly one resource",
+        )),
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenCredential for ManagedIdentityCredential {
+    async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
+        let resource = resource_of(scopes)?;
+        let mut cache = self.cache.lock().await;
+        if let Some(t) = cache.as_ref() {
+            if t.expires_on - REFRESH_MARGIN > OffsetDateTime::now_utc() {
+                return Ok(t.clone());
+            }
+        }
+        let token = self.fetch(&resource).await?;
+        *cache = Some(token.clone());
+        Ok(token)
+    }
+
+    async fn clear_cache(&self) -> azure_core::Result<()> {
+        *self.cache.lock().await = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_of;
+
+    #[test]
+    fn scopes_become_resources() {
+        assert_eq!(
+            resource_of(&["https://storage.azure.com/.default"]).unwrap(),
+            "https://storage.azure.com/"
+        );
+        assert!(resource_of(&[]).is_err());
+    }
+}
