@@ -61,6 +61,9 @@ impl Reply {
     }
 }
 
+/// The personal access token the fake Mattermost accepts on `GET /api/v4/users/me`.
+pub const MATTERMOST_TOKEN: &str = "mmtoken1234567890abcdefgh";
+
 /// `Ok(success answer)` or `Err((reason, error answer))`.
 type Check = dyn Fn(&Recorded) -> Result<Reply, (String, Reply)> + Send + Sync;
 
@@ -394,6 +397,27 @@ fn check_actions(a: &serde_json::Map<String, Value>) -> Result<(), String> {
 fn check_mattermost(r: &Recorded) -> Result<Reply, (String, Reply)> {
     if r.path == "/api/v4/actions/dialogs/open" {
         return check_dialog_open(r);
+    }
+    // Read-only calls `icahub doctor` makes (they post nothing).
+    if r.method == "GET" && r.path == "/api/v4/system/ping" {
+        return Ok(Reply::json(200, &serde_json::json!({"status": "OK"})));
+    }
+    if r.method == "GET" && r.path == "/api/v4/users/me" {
+        return match r.header("authorization") {
+            Some(a) if a == format!("Bearer {MATTERMOST_TOKEN}") => Ok(Reply::json(
+                200,
+                &serde_json::json!({"id": "bot1", "username": "icahub-bot"}),
+            )),
+            _ => Err((
+                "users/me without the token".into(),
+                Reply::json(
+                    401,
+                    &serde_json::json!({"id": "api.context.session_expired.app_error",
+                        "message": "Invalid or expired session, please login again.",
+                        "status_code": 401}),
+                ),
+            )),
+        };
     }
     let key = r.path.strip_prefix("/hooks/").unwrap_or("");
     if r.method != "POST" || key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {

@@ -1,0 +1,493 @@
+//! Operating the hub: `GET /api/metrics` counts what an operator would graph, `GET /api/readyz`
+//! reports storage and sinks and answers fast even when storage hangs, and the access log is one
+//! JSON line per request with no secret in it.
+
+mod support;
+
+use icahub::config::{Config, Secret, StorageConfig};
+use icahub::sinks::Sinks;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::hub::{free_port, TestHub};
+use support::receiver::{Receiver, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ALERT: &str = "/api/v1/azdev/alert";
+const PD_KEY: &str = "R0123456789abcdefghijklmnopqrstu";
+
+fn alert(rule: &str, fired: bool) -> String {
+    let mut v = support::fixture_json("azmon-common-metric-static-fired.json");
+    let e = &mut v["data"]["essentials"];
+    e["alertRule"] = json!(rule);
+    e["severity"] = json!("Sev1");
+    e["monitorCondition"] = json!(if fired { "Fired" } else { "Resolved" });
+    e["alertId"] = json!(format!("/alerts/{rule}-{fired}"));
+    v.to_string()
+}
+
+/// `name{labels}` → value, for every sample line of a text exposition. Panics on a line that is
+/// not a comment or `series value`.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample line: {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number in {line:?}"));
+        out.insert(series.to_string(), v);
+    }
+    out
+}
+
+async fn metrics(hub: &TestHub) -> BTreeMap<String, f64> {
+    let r = hub
+        .client
+        .get(hub.url("/api/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    parse_metrics(&r.text().await.unwrap())
+}
+
+fn get(m: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {:#?}", m.keys().collect::<Vec<_>>()))
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_events_incidents_deliveries_outbox_and_approvals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = Receiver::mattermost().await;
+    let pd = Receiver::pagerduty().await;
+    pd.down(Reply::new(503, "maintenance"));
+    let env: HashMap<String, String> = [
+        ("ICAHUB_STORAGE", "embedded".to_string()),
+        ("ICAHUB_DATA_DIR", dir.path().display().to_string()),
+        ("ICAHUB_MATTERMOST_WEBHOOK_URL", mm.url("/hooks/abc123")),
+        ("ICAHUB_PAGERDUTY_ROUTING_KEY", PD_KEY.to_string()),
+        ("ICAHUB_PAGERDUTY_EVENTS_URL", pd.url("/v2/enqueue")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config = Config::from_lookup(|k| env.get(k).cloned(), Some(0)).unwrap();
+    let sinks = Sinks::from_lookup(&|k| env.get(k).cloned()).unwrap();
+    let hub = TestHub::start_with(config, sinks, Arc::new(icahub::clock::SystemClock)).await;
+
+    assert_eq!(hub.post_json(ALERT, alert("cpu", true)).await.status, 202);
+    assert_eq!(hub.post_json(ALERT, alert("cpu", true)).await.status, 202); // duplicate
+    assert_eq!(hub.post_json(ALERT, alert("cpu", false)).await.status, 202);
+    wait_for("two Mattermost messages", || {
+        mm.requests().iter().filter(|r| r.method == "POST").count() == 2
+    })
+    .await;
+    wait_for("a PagerDuty attempt", || !pd.requests().is_empty()).await;
+    assert_eq!(
+        hub.get("/api/v1/azdev/incident/INC-0000000000000000-9")
+            .await
+            .status,
+        404
+    );
+
+    // An approval request (a state change the approvals counter sees).
+    let start = json!({"pipeline_name": "payments-deploy", "run_id": "run-m1", "branch": "main",
+                       "commit": "9f2c1e7", "triggered_by": "carol"});
+    assert_eq!(
+        hub.post_json("/api/v1/azdev/run/start", start.to_string())
+            .await
+            .status,
+        201
+    );
+    let req = json!({"run_id": "run-m1", "deployment_target": "staging", "estimated_cost": 10.0,
+                     "checklist": ["tests green"]});
+    let r = hub
+        .post_json("/api/v1/azdev/approval", req.to_string())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    // The approval request is posted to Mattermost too.
+    wait_for("three Mattermost messages", || {
+        mm.requests().iter().filter(|r| r.method == "POST").count() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let m = metrics(&hub).await;
+    let alert_202 = r#"{method="POST",route="/api/v1/azdev/alert",status="202"}"#;
+    assert_eq!(
+        get(&m, &format!("icahub_http_requests_total{alert_202}")),
+        3.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"icahub_http_request_duration_seconds_count{route="/api/v1/azdev/alert",status="202"}"#
+        ),
+        3.0
+    );
+    // The incident id is a parameter: the series is the template, never the raw path.
+    assert_eq!(
+        get(
+            &m,
+            r#"icahub_http_requests_total{method="GET",route="/api/v1/azdev/incident/{id}",status="404"}"#
+        ),
+        1.0
+    );
+    assert!(m.keys().all(|k| !k.contains("INC-0000000000000000-9")));
+    assert_eq!(
+        get(
+            &m,
+            r#"icahub_events_ingested_total{source="azure_monitor"}"#
+        ),
+        2.0,
+        "the duplicate is not an event"
+    );
+    assert_eq!(
+        get(&m, r#"icahub_events_ingested_total{source="run_ledger"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"icahub_incidents_opened_total{source="azure_monitor"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"icahub_incidents_resolved_total{source="azure_monitor"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"icahub_deliveries_total{outcome="delivered",sink="mattermost"}"#
+        ),
+        3.0
+    );
+    assert!(get(&m, r#"icahub_delivery_failures_total{sink="pagerduty"}"#) >= 1.0);
+    // PagerDuty is down: its trigger (and the resolve behind it) wait in the outbox.
+    assert_eq!(get(&m, r#"icahub_outbox_depth{sink="pagerduty"}"#), 2.0);
+    assert!(get(&m, r#"icahub_outbox_oldest_age_seconds{sink="pagerduty"}"#) >= 0.0);
+    assert_eq!(get(&m, r#"icahub_outbox_depth{sink="mattermost"}"#), 0.0);
+    assert_eq!(
+        get(&m, r#"icahub_outbox_dead_letters{sink="pagerduty"}"#),
+        0.0
+    );
+    assert_eq!(get(&m, r#"icahub_approvals_total{status="pending"}"#), 1.0);
+    assert_eq!(get(&m, "icahub_outbox_snapshot_age_seconds"), 0.0);
+
+    // readyz: storage fine, PagerDuty's last attempt failed → degraded, still 200.
+    let r = hub.get("/api/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "degraded");
+    assert_eq!(r.json["storage"]["ok"], true);
+    assert_eq!(r.json["storage"]["backend"], "embedded");
+    assert_eq!(
+        r.json["sinks"]["mattermost"]["last"]["outcome"],
+        "delivered"
+    );
+    assert_eq!(r.json["sinks"]["pagerduty"]["last"]["outcome"], "retry");
+    assert!(r.json["sinks"]["pagerduty"]["last"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("503"));
+    assert_eq!(r.json["failing_sinks"], json!(["pagerduty"]));
+    assert!(
+        r.json["sinks"].get("control_plane").is_none(),
+        "not configured"
+    );
+}
+
+/// A TCP proxy that can turn into a black hole: connections stay open, nothing comes back.
+struct Proxy {
+    port: u16,
+    hole: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hole = Arc::new(AtomicBool::new(false));
+        let h = hole.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let h = h.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let h2 = h.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            if !h2.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    });
+                    let mut buf = vec![0u8; 16384];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !h.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Keep the client's side open while the hole lasts.
+                    while h.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                });
+            }
+        });
+        Proxy { port, hole }
+    }
+}
+
+#[tokio::test]
+async fn readyz_and_metrics_answer_fast_when_storage_hangs() {
+    let azurite = support::azurite::shared();
+    let proxy = Proxy::start(azurite.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::embedded(dir.path());
+    c.storage = StorageConfig::Tables {
+        connection_string: Secret::new(format!(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};TableEndpoint=http://127.0.0.1:{}/devstoreaccount1;",
+            support::azurite::ACCOUNT_KEY,
+            proxy.port
+        )),
+        table_prefix: support::azurite::unique_prefix("ready"),
+    };
+    let hub = TestHub::start(c).await;
+    let r = hub.get("/api/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "ready");
+    assert_eq!(r.json["storage"]["backend"], "azure_tables");
+
+    proxy.hole.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let r = hub.get("/api/readyz").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json["status"], "unavailable");
+    assert_eq!(r.json["storage"]["ok"], false);
+    assert!(took < Duration::from_millis(3000), "readyz took {took:?}");
+
+    let started = Instant::now();
+    let r = hub
+        .client
+        .get(hub.url("/api/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = parse_metrics(&r.text().await.unwrap());
+    assert!(
+        started.elapsed() < Duration::from_millis(4000),
+        "metrics took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&m, "icahub_outbox_read_errors_total"), 1.0);
+
+    let started = Instant::now();
+    assert_eq!(hub.get("/api/healthz").await.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    proxy.hole.store(false, Ordering::SeqCst);
+}
+
+/// Issue an API key with every role in the embedded store at `dir` via the CLI.
+fn issue_key(dir: &std::path::Path) -> String {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"))
+            .args(args)
+            .env("ICAHUB_DATA_DIR", dir)
+            .env("ICAHUB_STORAGE", "embedded")
+            .env("ICAHUB_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let key = run(&["keys", "issue", "--identity", "ops"])
+        .trim()
+        .to_string();
+    run(&["roles", "grant", "ops", "admin"]);
+    key
+}
+
+#[tokio::test]
+async fn the_access_log_is_one_json_line_per_request_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = issue_key(dir.path());
+    let mm = Receiver::mattermost().await;
+    let hook_secret = "SecretHookKey0987654321";
+    let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let action_secret = "ActionSecretActionSecretActionSecret42";
+    let log = dir.path().join("hub.log");
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"))
+        .args(["serve", "--port", &port.to_string()])
+        .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .env_remove("AzureWebJobsStorage")
+        .env_remove("ICAHUB_TABLES_CONNECTION_STRING")
+        .env("ICAHUB_DATA_DIR", dir.path())
+        .env("ICAHUB_STORAGE", "embedded")
+        .env("ICAHUB_LOG", "debug")
+        .env("ICAHUB_LOG_FORMAT", "json")
+        .env(
+            "ICAHUB_MATTERMOST_WEBHOOK_URL",
+            mm.url(&format!("/hooks/{hook_secret}")),
+        )
+        .env("ICAHUB_PAGERDUTY_ROUTING_KEY", PD_KEY)
+        .env(
+            "ICAHUB_PAGERDUTY_EVENTS_URL",
+            "http://127.0.0.1:9/v2/enqueue",
+        )
+        .env("ICAHUB_WEBHOOK_SECRETS", format!("ci={whsec}"))
+        .env("ICAHUB_PUBLIC_URL", "https://hub.example.com")
+        .env("ICAHUB_MATTERMOST_ACTION_SECRETS", action_secret)
+        .env("ICAHUB_CONTROL_PLANE_URL", "http://127.0.0.1:9")
+        .env("ICAHUB_CONTROL_PLANE_TOKEN", "cp-token-do-not-log-123")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..400 {
+        if client.get(format!("{base}/")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "the hub did not start");
+
+    let r = client
+        .post(format!("{base}{ALERT}?code=FunctionKeySecret555"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-log-1")
+        .header("x-azure-functions-invocationid", "inv-7f3c")
+        .body(alert("disk", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = client
+        .post(format!("{base}{ALERT}"))
+        .bearer_auth("icak_WrongKeyThatMustNotBeLogged")
+        .header("content-type", "application/json")
+        .body(alert("disk", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client
+        .get(format!("{base}/api/v1/azdev/run/run-404"))
+        .basic_auth("icahub", Some(&key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    wait_for("the Mattermost message", || !mm.requests().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "icahub::access")
+        .collect();
+    let first = access
+        .iter()
+        .find(|l| l["request_id"] == "req-log-1")
+        .unwrap_or_else(|| panic!("no access line for req-log-1: {text}"));
+    assert_eq!(first["route"], ALERT);
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["status"], 202);
+    assert_eq!(first["invocation_id"], "inv-7f3c");
+    assert!(first["latency_ms"].as_f64().is_some_and(|l| l >= 0.0));
+    assert_eq!(
+        access
+            .iter()
+            .filter(|l| l["request_id"] == "req-log-1")
+            .count(),
+        1,
+        "one line per request"
+    );
+    assert!(access
+        .iter()
+        .any(|l| l["status"] == 401 && l["route"] == ALERT));
+    let third = access
+        .iter()
+        .find(|l| l["status"] == 404)
+        .expect("the 404 is logged");
+    assert_eq!(third["route"], "/api/v1/azdev/run/{run_id}");
+    assert_eq!(
+        third["request_id"],
+        generated.as_str(),
+        "the id the hub answered with"
+    );
+
+    for secret in [
+        key.as_str(),
+        &key[5..],
+        "FunctionKeySecret555",
+        "icak_WrongKeyThatMustNotBeLogged",
+        hook_secret,
+        whsec,
+        &whsec[6..],
+        action_secret,
+        PD_KEY,
+        "cp-token-do-not-log-123",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the log shows a secret ({secret}):\n{text}"
+        );
+    }
+}
