@@ -2,7 +2,7 @@
 //! in plain words what is wrong. Nothing is posted to a sink: Mattermost is asked for its
 //! `/api/v4/system/ping` (and `/api/v4/users/me` with the token), PagerDuty's Events API has no
 //! test call, so its host is reached with a GET and the routing keys are checked for shape, and
-//! the control plane gets a GET of its base URL with the token.
+//! the control plane gets a GET (refused as a method, after authentication) with the token.
 //!
 //! Secrets never appear in the output: webhooks are named, not shown (their URL is the secret),
 //! and network errors are printed without their URL.
@@ -252,7 +252,7 @@ async fn check_storage(config: &Config, timeout: Duration) -> Vec<Finding> {
         "storage",
         Level::Ok,
         format!(
-            "reachable and writable: {} ({} ms)",
+            "reachable (its tables exist or were created): {} ({} ms)",
             store.location(),
             started.elapsed().as_millis()
         ),
@@ -451,7 +451,9 @@ async fn check_control_plane(
         return Vec::new();
     };
     let base = base.trim_end_matches('/').to_string();
-    let mut req = http.get(format!("{base}/"));
+    // A GET of a route the hub POSTs to: the API authenticates it (401/403 on a bad token) and
+    // then refuses the method (405), so nothing is recorded.
+    let mut req = http.get(format!("{base}/api/v1/azdev/run/start"));
     if let Some(t) = get("ICAHUB_CONTROL_PLANE_TOKEN") {
         req = req.bearer_auth(t);
     }
@@ -462,6 +464,14 @@ async fn check_control_plane(
             format!(
                 "{base} refused the credentials (HTTP {}): check ICAHUB_CONTROL_PLANE_TOKEN",
                 r.status().as_u16()
+            ),
+        )],
+        Ok(r) if r.status().as_u16() == 404 => vec![finding(
+            "control_plane",
+            Level::Warn,
+            format!(
+                "{base} answered 404 for /api/v1/azdev/run/start: is ICAHUB_CONTROL_PLANE_URL \
+                 the base URL of the ICA REST API?"
             ),
         )],
         Ok(r) if r.status().is_server_error() => vec![finding(

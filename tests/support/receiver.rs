@@ -615,13 +615,20 @@ fn check_control_plane(
             Reply::json(status, &json!({"error": reason})),
         ))
     };
-    if r.method != "POST" || !r.path.contains("/api/v1/azdev/") {
+    if !r.path.contains("/api/v1/azdev/") {
         return refuse(404, "no such route");
     }
+    // Authentication first, then the method (as the API's middleware does).
     if let Some(t) = token {
         if r.header("authorization") != Some(&format!("Bearer {t}")) {
             return refuse(401, "bad bearer token");
         }
+    }
+    if r.method != "POST" {
+        return Err((
+            format!("{} is not allowed", r.method),
+            Reply::json(405, &json!({"error": "method not allowed"})),
+        ));
     }
     if !is_json(r) {
         return refuse(415, "content type must be application/json");

@@ -253,7 +253,16 @@ pub(crate) fn map_err(what: &str, e: azure_core::Error) -> StoreError {
             }
         }
         ErrorKind::DataConversion => StoreError::Corrupt(redact(&format!("{what}: {e}"))),
-        ErrorKind::Credential => StoreError::Config(redact(&format!("{what}: credentials: {e}"))),
+        ErrorKind::Credential => {
+            // The policy wraps the credential's own error: show the whole chain.
+            let mut msg = format!("{what}: credentials: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            StoreError::Config(redact(&msg))
+        }
         _ => StoreError::Unavailable(redact(&format!("{what}: {e}"))),
     }
 }
