@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs Azurite (the official Azure Storage
-# emulator, pinned in package-lock.json), checks formatting and lints, runs every test, then the
-# API conformance run (scripts/schemathesis.sh: Schemathesis from PyPI against a running hub).
+# emulator, pinned in package-lock.json), checks formatting and lints, runs every test, then
+# checkov over the Terraform in infra/ (scripts/checkov.sh, from PyPI) and the API conformance
+# run (scripts/schemathesis.sh: Schemathesis from PyPI against a running hub).
 # The Table Storage tests start their own Azurite from node_modules/ and FAIL if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,7 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --all-targets "$@"
+echo "==> checkov (infra/)"
+./scripts/checkov.sh
 echo "==> API conformance (schemathesis)"
 ./scripts/schemathesis.sh
