@@ -34,6 +34,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("AzureWebJobsStorage", "unset", "Used for Table Storage when ICAHUB_TABLES_CONNECTION_STRING is not set"),
     ("ICAHUB_TABLES_ENDPOINT", "unset", "Table service URL (https://<account>.table.core.windows.net): Table Storage with the app's managed identity, no key (instead of a connection string)"),
     ("ICAHUB_TABLES_CLIENT_ID", "unset (system-assigned identity)", "Client id of the user-assigned managed identity used with ICAHUB_TABLES_ENDPOINT"),
+    ("ICAHUB_TABLES_CREDENTIAL", "managed_identity", "With ICAHUB_TABLES_ENDPOINT: `managed_identity` (the app's), or `azure_cli` (the signed-in `az login` user, for operator commands at a workstation)"),
     ("ICAHUB_TABLE_PREFIX", "icahub", "Prefix of the hub's table names (letters and digits)"),
     ("ICAHUB_DATA_DIR", "./data", "Directory of the embedded store"),
     ("ICAHUB_MAX_BODY_BYTES", "524288", "Largest accepted request body; larger gets 413 (at most 900000 so a body fits one Table entity)"),
@@ -113,6 +114,8 @@ pub enum StorageConfig {
         endpoint: String,
         /// A user-assigned identity's client id (`None`: the system-assigned identity).
         client_id: Option<String>,
+        /// Tokens of the signed-in Azure CLI user instead (`ICAHUB_TABLES_CREDENTIAL=azure_cli`).
+        azure_cli: bool,
         table_prefix: String,
     },
 }
@@ -369,6 +372,28 @@ impl Config {
                     .into(),
             ));
         }
+        let azure_cli = match get("ICAHUB_TABLES_CREDENTIAL").as_deref() {
+            None | Some("managed_identity") => false,
+            Some("azure_cli") => true,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "ICAHUB_TABLES_CREDENTIAL={other:?} must be managed_identity or azure_cli"
+                )))
+            }
+        };
+        if azure_cli && client_id.is_some() {
+            return Err(ConfigError(
+                "ICAHUB_TABLES_CREDENTIAL=azure_cli uses the signed-in user: unset \
+                 ICAHUB_TABLES_CLIENT_ID"
+                    .into(),
+            ));
+        }
+        if get("ICAHUB_TABLES_CREDENTIAL").is_some() && endpoint.is_none() {
+            return Err(ConfigError(
+                "ICAHUB_TABLES_CREDENTIAL needs ICAHUB_TABLES_ENDPOINT, the table service URL"
+                    .into(),
+            ));
+        }
         if let Some(id) = &client_id {
             if uuid::Uuid::parse_str(id).is_err() {
                 return Err(ConfigError(format!(
@@ -388,6 +413,7 @@ impl Config {
                 StorageConfig::TablesIdentity {
                     endpoint: e,
                     client_id,
+                    azure_cli,
                     table_prefix,
                 }
             }

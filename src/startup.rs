@@ -45,8 +45,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         ),
         StorageConfig::TablesIdentity {
             endpoint,
+            azure_cli: true,
+            table_prefix,
+            ..
+        } => Arc::new(
+            TableStore::connect_azure_cli(endpoint, table_prefix)
+                .await
+                .with_context(|| {
+                    format!("connecting to Azure Table Storage at {endpoint} as the Azure CLI user")
+                })?,
+        ),
+        StorageConfig::TablesIdentity {
+            endpoint,
             client_id,
             table_prefix,
+            ..
         } => Arc::new(
             TableStore::connect_managed_identity(endpoint, client_id.as_deref(), table_prefix)
                 .await

@@ -61,7 +61,10 @@ fn every_terraform_file_parses() {
     let mut all = Vec::new();
     files(&root().join("infra"), "tf", &mut all);
     files(&root().join("infra"), "tfvars", &mut all);
-    assert!(all.iter().any(|p| p.to_string_lossy().contains("examples")), "{all:?}");
+    assert!(
+        all.iter().any(|p| p.to_string_lossy().contains("examples")),
+        "{all:?}"
+    );
     for p in &all {
         parse(p);
     }
@@ -74,7 +77,11 @@ fn variables_and_outputs_are_documented_and_the_provider_is_azurerm_4() {
     assert!(vars.len() > 10);
     for v in vars {
         let has = |k: &str| v.body.attributes().any(|a| a.key.as_str() == k);
-        assert!(has("description"), "variable {} has no description", label(v, 0));
+        assert!(
+            has("description"),
+            "variable {} has no description",
+            label(v, 0)
+        );
         assert!(has("type"), "variable {} has no type", label(v, 0));
     }
     for o in blocks(&m, "output") {
@@ -124,7 +131,10 @@ fn terraform_settings() -> std::collections::BTreeMap<String, Expression> {
         .find(|a| a.key.as_str() == "app_settings")
         .expect("app_settings");
     let Expression::Object(obj) = &attr.expr else {
-        panic!("app_settings must be a literal object so its keys can be read: {:?}", attr.expr)
+        panic!(
+            "app_settings must be a literal object so its keys can be read: {:?}",
+            attr.expr
+        )
     };
     obj.iter()
         .map(|(k, v)| {
@@ -168,15 +178,43 @@ fn settings_in_code() -> BTreeSet<String> {
 
 /// Read by the hub, deliberately not written by Terraform.
 const NOT_FROM_TERRAFORM: &[(&str, &str)] = &[
-    ("FUNCTIONS_CUSTOMHANDLER_PORT", "set by the Functions host for each worker"),
-    ("IDENTITY_ENDPOINT", "set by the platform (managed identity endpoint)"),
-    ("IDENTITY_HEADER", "set by the platform (managed identity endpoint secret)"),
-    ("ICAHUB_TABLES_CONNECTION_STRING", "key-based access; the deployment uses the managed identity"),
-    ("AzureWebJobsStorage", "key-based access; shared keys are off on the account"),
-    ("ICAHUB_DATA_DIR", "the embedded store, refused under the Functions host"),
-    ("ICAHUB_DISPATCH_INTERVAL_SECS", "only outside the host; the dispatch timer function drains"),
-    ("ICAHUB_ROUTING_FILE", "a file path; the deployment passes ICAHUB_ROUTING inline"),
+    (
+        "FUNCTIONS_CUSTOMHANDLER_PORT",
+        "set by the Functions host for each worker",
+    ),
+    (
+        "IDENTITY_ENDPOINT",
+        "set by the platform (managed identity endpoint)",
+    ),
+    (
+        "IDENTITY_HEADER",
+        "set by the platform (managed identity endpoint secret)",
+    ),
+    (
+        "ICAHUB_TABLES_CONNECTION_STRING",
+        "key-based access; the deployment uses the managed identity",
+    ),
+    (
+        "AzureWebJobsStorage",
+        "key-based access; shared keys are off on the account",
+    ),
+    (
+        "ICAHUB_DATA_DIR",
+        "the embedded store, refused under the Functions host",
+    ),
+    (
+        "ICAHUB_DISPATCH_INTERVAL_SECS",
+        "only outside the host; the dispatch timer function drains",
+    ),
+    (
+        "ICAHUB_ROUTING_FILE",
+        "a file path; the deployment passes ICAHUB_ROUTING inline",
+    ),
     ("ICAHUB_BENCH_KEY", "`icahub bench` only"),
+    (
+        "ICAHUB_TABLES_CREDENTIAL",
+        "operators' workstations (azure_cli); the app uses the default",
+    ),
 ];
 
 /// Written by Terraform for the Functions host and platform, not read by the hub.
@@ -204,9 +242,15 @@ fn terraform_sets_exactly_the_settings_the_hub_reads() {
         "read in src/ but missing from config::VARS (and so from the README table): {undocumented:?}"
     );
 
-    let skip: BTreeSet<String> = NOT_FROM_TERRAFORM.iter().map(|(n, _)| n.to_string()).collect();
+    let skip: BTreeSet<String> = NOT_FROM_TERRAFORM
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     for s in &skip {
-        assert!(vars.contains(s), "{s} is excused but the hub does not read it");
+        assert!(
+            vars.contains(s),
+            "{s} is excused but the hub does not read it"
+        );
     }
     let expected: BTreeSet<String> = vars.difference(&skip).cloned().collect();
     let all = terraform_settings();
@@ -241,7 +285,10 @@ fn secrets_are_key_vault_references() {
         .iter()
         .map(|(p, _)| std::fs::read_to_string(p).unwrap())
         .collect();
-    assert!(text.contains("@Microsoft.KeyVault(SecretUri="), "no Key Vault references");
+    assert!(
+        text.contains("@Microsoft.KeyVault(SecretUri="),
+        "no Key Vault references"
+    );
     let m = root_module();
     let app = blocks(&m, "resource")
         .find(|r| label(r, 0) == "azurerm_function_app_flex_consumption")
@@ -251,7 +298,9 @@ fn secrets_are_key_vault_references() {
         .attributes()
         .find(|a| a.key.as_str() == "app_settings")
         .unwrap();
-    let Expression::Object(obj) = &settings.expr else { unreachable!() };
+    let Expression::Object(obj) = &settings.expr else {
+        unreachable!()
+    };
     for (k, v) in obj.iter() {
         let key = match k {
             ObjectKey::Identifier(i) => i.as_str().to_string(),

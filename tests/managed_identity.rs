@@ -280,3 +280,74 @@ fn settings_that_cannot_work_are_refused_at_start() {
         assert!(err.contains(needle), "{envs:?}: {err}");
     }
 }
+
+/// A stand-in `az` on PATH: prints a token for the storage resource, or fails like a CLI
+/// nobody signed in to.
+fn fake_az(dir: &std::path::Path, signed_in: bool) {
+    let script = if signed_in {
+        format!(
+            "#!/bin/sh\n[ \"$1 $2 $3 $4\" = \"account get-access-token --resource https://storage.azure.com/\" ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\n\
+             echo '{{\"accessToken\": \"{TOKEN}\", \"expires_on\": {}, \"tokenType\": \"Bearer\"}}'\n",
+            chrono::Utc::now().timestamp() + 3600
+        )
+    } else {
+        "#!/bin/sh\necho \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1\n"
+            .to_string()
+    };
+    let p = dir.join("az");
+    std::fs::write(&p, script).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_reach_the_tables_as_the_azure_cli_user() {
+    let (_identity, tables, seen) = fakes().await;
+    let bin = tempfile::tempdir().unwrap();
+    fake_az(bin.path(), true);
+    let envs = vec![
+        (
+            "ICAHUB_TABLES_ENDPOINT",
+            format!("{tables}/devstoreaccount1"),
+        ),
+        ("ICAHUB_TABLES_CREDENTIAL", "azure_cli".to_string()),
+        ("PATH", format!("{}:/usr/bin:/bin", bin.path().display())),
+    ];
+    let (ok, f) = tokio::task::spawn_blocking(move || doctor(envs))
+        .await
+        .unwrap();
+    assert!(ok, "{f:#?}");
+    assert!(storage_finding(&f)["message"]
+        .as_str()
+        .unwrap()
+        .contains("icahubstreams"));
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.token_requests.is_empty(),
+        "no managed identity involved"
+    );
+    assert!(!seen.table_requests.is_empty());
+    for (_, _, auth) in &seen.table_requests {
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+    }
+    drop(seen);
+
+    fake_az(bin.path(), false);
+    let envs = vec![
+        (
+            "ICAHUB_TABLES_ENDPOINT",
+            format!("{tables}/devstoreaccount1"),
+        ),
+        ("ICAHUB_TABLES_CREDENTIAL", "azure_cli".to_string()),
+        ("PATH", format!("{}:/usr/bin:/bin", bin.path().display())),
+    ];
+    let (ok, f) = tokio::task::spawn_blocking(move || doctor(envs))
+        .await
+        .unwrap();
+    assert!(!ok);
+    let msg = storage_finding(&f)["message"].as_str().unwrap();
+    assert!(msg.contains("az login"), "{msg}");
+}

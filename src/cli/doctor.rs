@@ -208,8 +208,17 @@ fn describe_storage(s: &StorageConfig) -> String {
         }
         StorageConfig::TablesIdentity {
             endpoint,
+            azure_cli: true,
+            table_prefix,
+            ..
+        } => format!(
+            "Azure Table Storage at {endpoint} as the signed-in Azure CLI user (prefix {table_prefix})"
+        ),
+        StorageConfig::TablesIdentity {
+            endpoint,
             client_id,
             table_prefix,
+            ..
         } => format!(
             "Azure Table Storage at {endpoint} with the {} managed identity (prefix {table_prefix})",
             match client_id {

@@ -9,6 +9,9 @@
 //!   user-assigned identity; the answer's `expires_on` is Unix seconds (a string).
 //! - Elsewhere (VMs, AKS node identity): IMDS at `169.254.169.254` with `Metadata: true`.
 //!
+//! For operators at a workstation (`ICAHUB_TABLES_CREDENTIAL=azure_cli`) the token is the signed-in
+//! Azure CLI user's: `az account get-access-token --resource https://storage.azure.com/`.
+//!
 //! Tokens are cached and fetched again five minutes before they expire; the token is never
 //! logged (the `Debug` output shows neither it nor the header secret).
 
@@ -28,6 +31,7 @@ const REFRESH_MARGIN: time::Duration = time::Duration::minutes(5);
 enum Source {
     AppService { endpoint: String, secret: String },
     Imds,
+    AzureCli,
 }
 
 pub struct ManagedIdentityCredential {
@@ -45,6 +49,7 @@ impl std::fmt::Debug for ManagedIdentityCredential {
                 &match &self.source {
                     Source::AppService { endpoint, .. } => endpoint.as_str(),
                     Source::Imds => "imds",
+                    Source::AzureCli => "azure_cli",
                 },
             )
             .field("client_id", &self.client_id)
@@ -74,7 +79,60 @@ impl ManagedIdentityCredential {
         }
     }
 
+    /// The signed-in Azure CLI user's tokens (`az login`), for operator commands.
+    pub fn azure_cli() -> Self {
+        let mut c = ManagedIdentityCredential::from_lookup(&|_| None, None);
+        c.source = Source::AzureCli;
+        c
+    }
+
+    async fn fetch_cli(&self, resource: &str) -> azure_core::Result<AccessToken> {
+        let cred = |m: String| Error::message(ErrorKind::Credential, m);
+        let out = tokio::process::Command::new("az")
+            .args([
+                "account",
+                "get-access-token",
+                "--resource",
+                resource,
+                "--output",
+                "json",
+            ])
+            .output()
+            .await
+            .map_err(|e| {
+                cred(format!(
+                    "cannot run the Azure CLI (`az`): {e}; install it or use another credential"
+                ))
+            })?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let first = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim();
+            return Err(cred(format!(
+                "`az account get-access-token` failed ({first}); run `az login` first"
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|_| cred("`az account get-access-token` printed no JSON".into()))?;
+        let token = v["accessToken"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| cred("`az account get-access-token` gave no accessToken".into()))?;
+        let expires_on = v["expires_on"]
+            .as_i64()
+            .or_else(|| v["expires_on"].as_str().and_then(|s| s.parse().ok()))
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+            .unwrap_or_else(|| OffsetDateTime::now_utc() + time::Duration::minutes(10));
+        Ok(AccessToken::new(token.to_string(), expires_on))
+    }
+
     async fn fetch(&self, resource: &str) -> azure_core::Result<AccessToken> {
+        if matches!(self.source, Source::AzureCli) {
+            return self.fetch_cli(resource).await;
+        }
         let cred = |m: String| Error::message(ErrorKind::Credential, m);
         let mut query: Vec<(&str, &str)> = vec![("resource", resource)];
         if let Some(id) = &self.client_id {
@@ -88,7 +146,7 @@ impl ManagedIdentityCredential {
                     .header("X-IDENTITY-HEADER", secret)
                     .query(&query)
             }
-            Source::Imds => {
+            Source::Imds | Source::AzureCli => {
                 query.push(("api-version", IMDS_API_VERSION));
                 self.http
                     .get(IMDS_URL)

@@ -103,11 +103,27 @@ impl TableStore {
         client_id: Option<&str>,
         table_prefix: &str,
     ) -> Result<TableStore> {
-        check_prefix(table_prefix)?;
         let credential = identity::ManagedIdentityCredential::from_lookup(
             &|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
             client_id.map(str::to_string),
         );
+        TableStore::connect_with_token(table_endpoint, credential, table_prefix).await
+    }
+
+    /// Like [`TableStore::connect_managed_identity`] with the signed-in Azure CLI user's tokens
+    /// (`ICAHUB_TABLES_CREDENTIAL=azure_cli`): operator commands from a workstation when the
+    /// account allows no shared keys. The user needs "Storage Table Data Contributor".
+    pub async fn connect_azure_cli(table_endpoint: &str, table_prefix: &str) -> Result<TableStore> {
+        let credential = identity::ManagedIdentityCredential::azure_cli();
+        TableStore::connect_with_token(table_endpoint, credential, table_prefix).await
+    }
+
+    async fn connect_with_token(
+        table_endpoint: &str,
+        credential: identity::ManagedIdentityCredential,
+        table_prefix: &str,
+    ) -> Result<TableStore> {
+        check_prefix(table_prefix)?;
         let endpoint = connection::token_endpoint(table_endpoint, std::sync::Arc::new(credential))?;
         TableStore::open(endpoint, table_prefix).await
     }
