@@ -324,16 +324,17 @@ async fn operators_reach_the_tables_as_the_azure_cli_user() {
         .as_str()
         .unwrap()
         .contains("icahubstreams"));
-    let seen = seen.lock().unwrap();
-    assert!(
-        seen.token_requests.is_empty(),
-        "no managed identity involved"
-    );
-    assert!(!seen.table_requests.is_empty());
-    for (_, _, auth) in &seen.table_requests {
-        assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+    {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.token_requests.is_empty(),
+            "no managed identity involved"
+        );
+        assert!(!seen.table_requests.is_empty());
+        for (_, _, auth) in &seen.table_requests {
+            assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+        }
     }
-    drop(seen);
 
     fake_az(bin.path(), false);
     let envs = vec![
