@@ -1,6 +1,7 @@
 //! Operator commands, one file each. `main.rs` parses [`Cli`] and calls [`run`].
 
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod bench_audit;
 pub mod bench_pipelines;
@@ -46,6 +47,10 @@ pub enum Command {
     Budget(budget::BudgetArgs),
     /// Verify the hash-chained audit trail, export it with a manifest, check an export.
     Audit(audit::AuditArgs),
+    /// Copy the whole store to a file (an SQLite snapshot, or Table Storage entities as NDJSON).
+    Backup(backup::BackupArgs),
+    /// Put a backup back into an empty store of the same kind.
+    Restore(backup::RestoreArgs),
     /// Check the configuration, storage access and each sink's reachability; say what is wrong.
     Doctor(doctor::DoctorArgs),
     /// Build the zip the Azure Functions host runs (host.json, functions/, the binary).
@@ -62,6 +67,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Budget(args) => budget::run(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::Package(args) => package::run(args).await,
     }
 }

@@ -254,6 +254,69 @@ impl SqliteStore {
         })
     }
 
+    /// A consistent copy of the whole database at `to` (`VACUUM INTO`: one read transaction, so
+    /// it is a snapshot even while the hub writes). `to` must not exist.
+    pub async fn backup_to(&self, to: &Path) -> Result<()> {
+        let to = to.to_path_buf();
+        self.read(move |c| {
+            c.execute("VACUUM INTO ?1", [to.to_string_lossy().as_ref()])
+                .map(|_| ())
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    /// Put the backup `from` in place as the database of `dir`, which must have none yet (the
+    /// hub stopped or not started). The file is checked first (`PRAGMA integrity_check`, the
+    /// hub's tables present) and copied under a temporary name, synced, then renamed.
+    pub fn restore_into(dir: &Path, from: &Path) -> Result<u64> {
+        let target = dir.join(DB_FILE);
+        if target.exists() {
+            return Err(StoreError::Config(format!(
+                "{} already exists: restore into an empty ICAHUB_DATA_DIR (move the old database \
+                 aside first)",
+                target.display()
+            )));
+        }
+        let bad = |m: String| StoreError::Config(format!("{}: {m}", from.display()));
+        let conn = open_conn(from, true).map_err(|e| bad(format!("not a database: {e}")))?;
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| bad(format!("not a database: {e}")))?;
+        if check != "ok" {
+            return Err(bad(format!("integrity check failed: {check}")));
+        }
+        for table in ["streams", "events", "outbox", "audit", "docs"] {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if n != 1 {
+                return Err(bad(format!("not an icahub database (no table {table})")));
+            }
+        }
+        let audit: i64 = conn
+            .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+            .map_err(db_err)?;
+        drop(conn);
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        let tmp = dir.join(format!("{DB_FILE}.restoring"));
+        let io = |e: std::io::Error| StoreError::Unavailable(format!("restoring: {e}"));
+        std::fs::copy(from, &tmp).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &target).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(audit as u64)
+    }
+
     /// Run `f` on the writer thread inside the next group commit; answers after the COMMIT.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where

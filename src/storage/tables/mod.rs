@@ -32,6 +32,7 @@
 //! `outbox` (dispatch: due, lease, settle, list, redrive), `docs` (documents), `rows` (entity
 //! layout and codecs), `connection` (connection strings, HTTP policy, errors).
 
+pub mod backup;
 mod connection;
 mod docs;
 pub mod identity;

@@ -1,0 +1,186 @@
+//! `icahub backup --out FILE` and `icahub restore --from FILE`: a copy of the whole store, and
+//! putting one back into an empty store of the same kind (docs/operations.md).
+//!
+//! - Embedded store: a consistent SQLite snapshot (`VACUUM INTO`), safe while the hub runs.
+//! - Table Storage: every entity of the hub's two tables as NDJSON with a trailer (see
+//!   [`crate::storage::tables::backup`]); per-entity consistent, so take it while the hub is
+//!   quiet and check the restored store with `icahub audit verify`.
+
+use crate::config::{Config, StorageConfig};
+use crate::storage::sqlite::SqliteStore;
+use crate::storage::tables::TableStore;
+use anyhow::{bail, Context};
+use clap::Args;
+use sha2::{Digest, Sha256};
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The store is the one the environment configures (as for `serve`). \
+Examples:\n  icahub backup --out backups/icahub-$(date +%F).db          # embedded\n  \
+ICAHUB_TABLES_ENDPOINT=https://<account>.table.core.windows.net ICAHUB_TABLES_CREDENTIAL=azure_cli \\\n    \
+icahub backup --out icahub-tables-$(date +%F).ndjson"
+)]
+pub struct BackupArgs {
+    /// The file to write (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The target must be empty: a fresh ICAHUB_DATA_DIR, or a new \
+ICAHUB_TABLE_PREFIX / account. Afterwards run `icahub audit verify` on it."
+)]
+pub struct RestoreArgs {
+    /// A file written by `icahub backup`.
+    #[arg(long)]
+    pub from: PathBuf,
+}
+
+const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
+
+async fn table_store(storage: &StorageConfig) -> anyhow::Result<Option<TableStore>> {
+    Ok(match storage {
+        StorageConfig::Embedded { .. } => None,
+        StorageConfig::Tables {
+            connection_string,
+            table_prefix,
+        } => Some(TableStore::connect(connection_string.expose(), table_prefix).await?),
+        StorageConfig::TablesIdentity {
+            endpoint,
+            azure_cli: true,
+            table_prefix,
+            ..
+        } => Some(TableStore::connect_azure_cli(endpoint, table_prefix).await?),
+        StorageConfig::TablesIdentity {
+            endpoint,
+            client_id,
+            table_prefix,
+            ..
+        } => Some(
+            TableStore::connect_managed_identity(endpoint, client_id.as_deref(), table_prefix)
+                .await?,
+        ),
+    })
+}
+
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn counter(what: &'static str) -> indicatif::ProgressBar {
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} entities {msg} ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what);
+    bar
+}
+
+pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    if args.out.exists() {
+        bail!("{} exists: choose a new file", args.out.display());
+    }
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let config = Config::from_env(None)?;
+    let tmp = args.out.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    let what = match table_store(&config.storage).await? {
+        None => {
+            let StorageConfig::Embedded { dir } = &config.storage else {
+                unreachable!()
+            };
+            if !dir.join("icahub.db").exists() {
+                bail!("{} holds no icahub.db: nothing to back up", dir.display());
+            }
+            let store = SqliteStore::open(dir)?;
+            store
+                .backup_to(&tmp)
+                .await
+                .context("writing the SQLite snapshot")?;
+            "an SQLite snapshot of the embedded store".to_string()
+        }
+        Some(store) => {
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let bar = counter("read");
+            let n = store.backup_to(&mut w, &|n| bar.set_position(n)).await?;
+            bar.finish_and_clear();
+            let file = w.into_inner().context("flushing the backup")?;
+            file.sync_all().ok();
+            format!("{n} Table Storage entities")
+        }
+    };
+    std::fs::rename(&tmp, &args.out)?;
+    let size = std::fs::metadata(&args.out)?.len();
+    println!(
+        "wrote {} ({what}, {:.1} MB)\nsha256 {}",
+        args.out.display(),
+        size as f64 / 1e6,
+        sha256_of(&args.out)?
+    );
+    Ok(())
+}
+
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let mut magic = [0u8; 16];
+    let mut f = std::fs::File::open(&args.from)
+        .with_context(|| format!("opening {}", args.from.display()))?;
+    let n = f.read(&mut magic)?;
+    drop(f);
+    let sqlite = n == 16 && magic == SQLITE_MAGIC;
+    let config = Config::from_env(None)?;
+    match (sqlite, table_store(&config.storage).await?) {
+        (true, None) => {
+            let StorageConfig::Embedded { dir } = &config.storage else {
+                unreachable!()
+            };
+            let entries = SqliteStore::restore_into(dir, &args.from)?;
+            println!(
+                "restored {} into {} ({entries} audit entries); check it with `icahub audit verify`",
+                args.from.display(),
+                dir.display()
+            );
+        }
+        (false, Some(store)) => {
+            let file = std::fs::File::open(&args.from)?;
+            let mut r = BufReader::new(file);
+            let bar = counter("written");
+            let n = store.restore_from(&mut r, &|n| bar.set_position(n)).await?;
+            bar.finish_and_clear();
+            println!(
+                "restored {n} entities from {}; check them with `icahub audit verify`",
+                args.from.display()
+            );
+        }
+        (true, Some(_)) => bail!(
+            "{} is an embedded-store (SQLite) backup, but the configured store is Table Storage",
+            args.from.display()
+        ),
+        (false, None) => bail!(
+            "{} is not an SQLite database; a Table Storage backup needs Table Storage configured",
+            args.from.display()
+        ),
+    }
+    Ok(())
+}
