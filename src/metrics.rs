@@ -2,9 +2,10 @@
 //!
 //! Counters live in this process (one registry per [`crate::startup::App`], so tests that run
 //! several hubs in one process see their own): sum them across instances in PromQL. The outbox
-//! gauges are read from the store at scrape time, at most every [`OUTBOX_REFRESH`] and for at
-//! most [`OUTBOX_READ_BUDGET`]: a slow store never makes a scrape hang, it serves the last
-//! reading and says how old it is (`icahub_outbox_snapshot_age_seconds`).
+//! gauges are read from the store at scrape time, at most every [`OUTBOX_REFRESH`]; a scrape
+//! waits for the read at most [`OUTBOX_READ_BUDGET`]: a slow store never makes a scrape hang, it
+//! serves the last reading and says how old it is (`icahub_outbox_snapshot_age_seconds`) while
+//! the read finishes in the background.
 
 use crate::domain::routing::Sink;
 use crate::storage::{OutboxFilter, OutboxStatus, Store};
@@ -15,13 +16,15 @@ use prometheus::{
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an outbox reading is reused before a scrape reads the store again.
 pub const OUTBOX_REFRESH: Duration = Duration::from_secs(15);
 /// The longest a scrape waits for the store before serving the last reading.
 pub const OUTBOX_READ_BUDGET: Duration = Duration::from_secs(2);
+/// A background outbox read is given up after this long.
+const OUTBOX_READ_LIMIT: Duration = Duration::from_secs(60);
 /// Content type of the Prometheus text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -67,6 +70,8 @@ pub struct Metrics {
     outbox_read_errors: IntCounter,
     last_results: Mutex<BTreeMap<&'static str, SinkResult>>,
     snapshot: tokio::sync::Mutex<Option<Snapshot>>,
+    /// When the gauges were last read (outside the read's lock, for the age gauge).
+    last_read: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +209,7 @@ impl Metrics {
             registry: r,
             last_results: Mutex::new(BTreeMap::new()),
             snapshot: tokio::sync::Mutex::new(None),
+            last_read: Mutex::new(None),
         };
         for sink in Sink::ALL {
             for g in [
@@ -281,9 +287,38 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    /// The text exposition, with the outbox gauges refreshed from `store` when stale.
-    pub async fn render(&self, store: &dyn Store) -> String {
-        self.refresh_outbox(store).await;
+    /// The text exposition, with the outbox gauges refreshed from `store` when stale. The read
+    /// runs in its own task: a scrape waits for it at most [`OUTBOX_READ_BUDGET`], and a slow
+    /// read still lands for the next scrape instead of being cut off each time.
+    pub async fn render(self: &Arc<Self>, store: Arc<dyn Store>) -> String {
+        // Busy: another scrape's read is running; serve the last reading.
+        let stale = match self.snapshot.try_lock() {
+            Ok(snap) => snap
+                .as_ref()
+                .is_none_or(|s| s.taken.elapsed() >= OUTBOX_REFRESH),
+            Err(_) => false,
+        };
+        if stale {
+            let me = self.clone();
+            let read = tokio::spawn(async move { me.refresh_outbox(store.as_ref()).await });
+            if tokio::time::timeout(OUTBOX_READ_BUDGET, read)
+                .await
+                .is_err()
+            {
+                self.outbox_read_errors.inc();
+                tracing::warn!(
+                    budget_ms = OUTBOX_READ_BUDGET.as_millis() as u64,
+                    "metrics: the outbox read is slow; serving the last reading"
+                );
+            }
+        }
+        let age = self
+            .last_read
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .map_or(-1, |t| t.elapsed().as_secs() as i64);
+        self.outbox_snapshot_age.set(age);
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "metrics encoding failed");
@@ -291,45 +326,42 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Read the outbox once (one read at a time) and set the gauges.
     async fn refresh_outbox(&self, store: &dyn Store) {
         let mut snap = self.snapshot.lock().await;
-        let stale = snap
+        if snap
             .as_ref()
-            .is_none_or(|s| s.taken.elapsed() >= OUTBOX_REFRESH);
-        if stale {
-            match tokio::time::timeout(OUTBOX_READ_BUDGET, read_outbox(store)).await {
-                Ok(Ok(by_sink)) => {
-                    for (sink, o) in &by_sink {
-                        self.outbox_pending
-                            .with_label_values(&[sink])
-                            .set(o.pending);
-                        self.outbox_due.with_label_values(&[sink]).set(o.due);
-                        self.outbox_oldest
-                            .with_label_values(&[sink])
-                            .set(o.oldest_pending_age_secs);
-                        self.outbox_dead.with_label_values(&[sink]).set(o.dead);
-                    }
-                    *snap = Some(Snapshot {
-                        taken: Instant::now(),
-                    });
+            .is_some_and(|s| s.taken.elapsed() < OUTBOX_REFRESH)
+        {
+            return;
+        }
+        match tokio::time::timeout(OUTBOX_READ_LIMIT, read_outbox(store)).await {
+            Ok(Ok(by_sink)) => {
+                for (sink, o) in &by_sink {
+                    self.outbox_pending
+                        .with_label_values(&[sink])
+                        .set(o.pending);
+                    self.outbox_due.with_label_values(&[sink]).set(o.due);
+                    self.outbox_oldest
+                        .with_label_values(&[sink])
+                        .set(o.oldest_pending_age_secs);
+                    self.outbox_dead.with_label_values(&[sink]).set(o.dead);
                 }
-                Ok(Err(e)) => {
-                    self.outbox_read_errors.inc();
-                    tracing::warn!(error = %e, "metrics: reading the outbox failed");
-                }
-                Err(_) => {
-                    self.outbox_read_errors.inc();
-                    tracing::warn!(
-                        budget_ms = OUTBOX_READ_BUDGET.as_millis() as u64,
-                        "metrics: reading the outbox took too long; serving the last reading"
-                    );
+                let now = Instant::now();
+                *snap = Some(Snapshot { taken: now });
+                if let Ok(mut t) = self.last_read.lock() {
+                    *t = Some(now);
                 }
             }
+            Ok(Err(e)) => {
+                self.outbox_read_errors.inc();
+                tracing::warn!(error = %e, "metrics: reading the outbox failed");
+            }
+            Err(_) => {
+                self.outbox_read_errors.inc();
+                tracing::warn!("metrics: reading the outbox did not finish in a minute");
+            }
         }
-        let age = snap
-            .as_ref()
-            .map_or(-1, |s| s.taken.elapsed().as_secs() as i64);
-        self.outbox_snapshot_age.set(age);
     }
 }
 

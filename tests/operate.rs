@@ -323,11 +323,38 @@ async fn readyz_and_metrics_answer_fast_when_storage_hangs() {
         started.elapsed()
     );
     assert_eq!(get(&m, "icahub_outbox_read_errors_total"), 1.0);
+    assert_eq!(
+        get(&m, "icahub_outbox_snapshot_age_seconds"),
+        -1.0,
+        "never read yet"
+    );
 
     let started = Instant::now();
     assert_eq!(hub.get("/api/healthz").await.status, 200);
     assert!(started.elapsed() < Duration::from_millis(500));
+
+    // Storage back: the gauges get a reading again (the slow read was not cut off for good).
     proxy.hole.store(false, Ordering::SeqCst);
+    let mut fresh = false;
+    for _ in 0..60 {
+        let r = hub
+            .client
+            .get(hub.url("/api/metrics"))
+            .send()
+            .await
+            .unwrap();
+        let m = parse_metrics(&r.text().await.unwrap());
+        if get(&m, "icahub_outbox_snapshot_age_seconds") >= 0.0 {
+            fresh = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        fresh,
+        "the outbox gauges never got a reading after storage came back"
+    );
+    assert_eq!(hub.get("/api/readyz").await.status, 200);
 }
 
 /// Issue an API key with every role in the embedded store at `dir` via the CLI.
