@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Args)]
 #[command(
     after_help = "Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.\n\
-Run it where the hub's settings are set, e.g. in the Function App's console, or locally with \
-the same environment."
+Run it with the hub's settings in the environment: locally, or against a deployment from a \
+workstation with ICAHUB_TABLES_CREDENTIAL=azure_cli (docs/deploy.md, step 6)."
 )]
 pub struct DoctorArgs {
     /// Print the findings as JSON.
