@@ -639,6 +639,29 @@ fn outbox_row(c: &Connection, stream: &str, seq: u64) -> Result<Option<OutboxRow
     Ok(rows.pop())
 }
 
+/// The due heads of the outbox (each (stream, sink)'s lowest pending row, due and not leased):
+/// `?1` now, `?2` the limit, and with `one_stream` `?3` the stream. One stream's rows are read
+/// through the stream index, named: left to itself the planner takes the (status,
+/// next_attempt_at) index for the ORDER BY and scans every due pending row, so with a sink down
+/// each fast-path delivery cost O(backlog) and ingest fell from ~4,500/s to ~200/s.
+fn due_sql(one_stream: bool) -> String {
+    let heads = "o.seq = (SELECT MIN(p.seq) FROM outbox p WHERE p.status = 'pending' \
+                 AND p.stream = o.stream AND p.sink = o.sink) \
+                 AND o.next_attempt_at <= ?1 AND (o.lease_until IS NULL OR o.lease_until <= ?1)";
+    if one_stream {
+        format!(
+            "SELECT {OUTBOX_COLS} FROM outbox o INDEXED BY outbox_heads \
+             WHERE o.status = 'pending' AND o.stream = ?3 AND {heads} \
+             ORDER BY o.next_attempt_at, o.seq LIMIT ?2"
+        )
+    } else {
+        format!(
+            "SELECT {OUTBOX_COLS} FROM outbox o WHERE o.status = 'pending' AND {heads} \
+             ORDER BY o.next_attempt_at, o.stream, o.seq LIMIT ?2"
+        )
+    }
+}
+
 fn query_outbox(
     c: &Connection,
     sql: &str,
@@ -1044,16 +1067,9 @@ impl Store for SqliteStore {
         stream: Option<&str>,
     ) -> Result<Vec<OutboxRow>> {
         let stream = stream.map(str::to_string);
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {OUTBOX_COLS} FROM outbox o \
-                 WHERE o.status = 'pending' AND (?3 IS NULL OR o.stream = ?3) \
-                 AND o.seq = (SELECT MIN(p.seq) FROM outbox p WHERE p.status = 'pending' \
-                              AND p.stream = o.stream AND p.sink = o.sink) \
-                 AND o.next_attempt_at <= ?1 AND (o.lease_until IS NULL OR o.lease_until <= ?1) \
-                 ORDER BY o.next_attempt_at, o.stream, o.seq LIMIT ?2"
-            );
-            query_outbox(c, &sql, &[&ts(now), &(limit as i64), &stream])
+        self.read(move |c| match &stream {
+            Some(stream) => query_outbox(c, &due_sql(true), &[&ts(now), &(limit as i64), stream]),
+            None => query_outbox(c, &due_sql(false), &[&ts(now), &(limit as i64)]),
         })
         .await
     }
@@ -1374,6 +1390,23 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_streams_due_rows_are_found_through_the_stream_index() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", due_sql(true)))
+            .unwrap()
+            .query_map(params!["2026-01-01", 10, "s"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan[0].contains("outbox_heads (status=? AND stream=?)"),
+            "{plan:?}"
+        );
+    }
 
     /// Durability is a setting: a SIGKILL test cannot tell an fsync from the page cache, so check
     /// the writer's settings themselves.
