@@ -8,7 +8,7 @@
 //! the read finishes in the background.
 
 use crate::domain::routing::Sink;
-use crate::storage::{OutboxFilter, OutboxStatus, Store};
+use crate::storage::Store;
 use chrono::{DateTime, Utc};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -370,31 +370,24 @@ async fn read_outbox(
     store: &dyn Store,
 ) -> Result<BTreeMap<&'static str, SinkOutbox>, crate::storage::StoreError> {
     let now = Utc::now();
-    let all = |status| OutboxFilter {
-        status: Some(status),
-        sink: None,
-        limit: usize::MAX >> 1,
-    };
-    let pending = store.outbox_list(&all(OutboxStatus::Pending)).await?;
-    let dead = store.outbox_list(&all(OutboxStatus::Dead)).await?;
-    let mut by_sink: BTreeMap<&'static str, SinkOutbox> = Sink::ALL
-        .iter()
-        .map(|s| (s.as_str(), SinkOutbox::default()))
-        .collect();
-    for r in &pending {
-        let s = by_sink.entry(r.sink.as_str()).or_default();
-        s.pending += 1;
-        if r.next_attempt_at <= now {
-            s.due += 1;
-        }
-        s.oldest_pending_age_secs = s
-            .oldest_pending_age_secs
-            .max((now - r.created_at).num_seconds().max(0));
-    }
-    for r in &dead {
-        by_sink.entry(r.sink.as_str()).or_default().dead += 1;
-    }
-    Ok(by_sink)
+    Ok(store
+        .outbox_stats(now)
+        .await?
+        .into_iter()
+        .map(|(sink, s)| {
+            (
+                sink,
+                SinkOutbox {
+                    pending: s.pending as i64,
+                    due: s.due as i64,
+                    oldest_pending_age_secs: s
+                        .oldest_pending
+                        .map_or(0, |t| (now - t).num_seconds().max(0)),
+                    dead: s.dead as i64,
+                },
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -266,26 +266,40 @@ async fn check_storage(config: &Config, timeout: Duration) -> Vec<Finding> {
             started.elapsed().as_millis()
         ),
     )];
-    let dead = store
-        .outbox_list(&crate::storage::OutboxFilter {
-            status: Some(crate::storage::OutboxStatus::Dead),
-            sink: None,
-            limit: 10_000,
-        })
-        .await;
-    match dead {
-        Ok(rows) if rows.is_empty() => {
-            out.push(finding("outbox", Level::Ok, "no dead letters"));
+    match store.outbox_stats(chrono::Utc::now()).await {
+        Ok(stats) => {
+            let dead: u64 = stats.values().map(|s| s.dead).sum();
+            let oldest = stats
+                .iter()
+                .filter_map(|(sink, s)| s.oldest_pending.map(|t| (sink, t)))
+                .min_by_key(|(_, t)| *t);
+            if dead == 0 {
+                out.push(finding("outbox", Level::Ok, "no dead letters"));
+            } else {
+                out.push(finding(
+                    "outbox",
+                    Level::Warn,
+                    format!(
+                        "{dead} dead letter(s): see `icahub outbox list --dead`, fix the cause, \
+                         then `icahub outbox redrive --all-dead`"
+                    ),
+                ));
+            }
+            if let Some((sink, t)) = oldest {
+                let age = (chrono::Utc::now() - t).num_seconds();
+                if age > 900 {
+                    out.push(finding(
+                        "outbox",
+                        Level::Warn,
+                        format!(
+                            "the oldest pending {sink} delivery is {} min old: that sink has \
+                             been failing (`icahub outbox list --sink {sink}` shows the errors)",
+                            age / 60
+                        ),
+                    ));
+                }
+            }
         }
-        Ok(rows) => out.push(finding(
-            "outbox",
-            Level::Warn,
-            format!(
-                "{} dead letter(s): see `icahub outbox list --dead`, fix the cause, then `icahub \
-                 outbox redrive --all-dead`",
-                rows.len()
-            ),
-        )),
         Err(e) => out.push(finding(
             "outbox",
             Level::Warn,

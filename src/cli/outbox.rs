@@ -225,29 +225,22 @@ struct SinkStats {
 
 async fn stats(store: &dyn Store, as_json: bool) -> anyhow::Result<()> {
     let now = Utc::now();
-    let all = |status| OutboxFilter {
-        status: Some(status),
-        sink: None,
-        limit: usize::MAX >> 1,
-    };
-    let pending = store.outbox_list(&all(OutboxStatus::Pending)).await?;
-    let dead = store.outbox_list(&all(OutboxStatus::Dead)).await?;
-    let mut by_sink: BTreeMap<&str, SinkStats> = Sink::ALL
-        .iter()
-        .map(|s| (s.as_str(), SinkStats::default()))
+    let by_sink: BTreeMap<&str, SinkStats> = store
+        .outbox_stats(now)
+        .await?
+        .into_iter()
+        .map(|(sink, s)| {
+            (
+                sink,
+                SinkStats {
+                    pending: s.pending,
+                    due: s.due,
+                    oldest_pending_age_secs: s.oldest_pending.map(|t| (now - t).num_seconds()),
+                    dead: s.dead,
+                },
+            )
+        })
         .collect();
-    for r in &pending {
-        let s = by_sink.entry(r.sink.as_str()).or_default();
-        s.pending += 1;
-        if r.next_attempt_at <= now {
-            s.due += 1;
-        }
-        let age = (now - r.created_at).num_seconds();
-        s.oldest_pending_age_secs = Some(s.oldest_pending_age_secs.map_or(age, |a| a.max(age)));
-    }
-    for r in &dead {
-        by_sink.entry(r.sink.as_str()).or_default().dead += 1;
-    }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&by_sink)?);
         return Ok(());

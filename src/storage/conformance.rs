@@ -625,6 +625,17 @@ pub async fn retry_dead_letter_and_redrive(s: Shared) {
         .await
         .unwrap();
     assert!(not_dead.iter().all(|r| r.stream != stream));
+    // The per-sink figures count it (other tests may share the store: at least this one).
+    let stats = s.outbox_stats(retry_at).await.unwrap();
+    assert_eq!(stats.len(), Sink::ALL.len(), "every sink is present");
+    assert!(stats["mattermost"].dead >= 1, "{stats:?}");
+    assert!(
+        stats["mattermost"].pending >= 1,
+        "the row after it: {stats:?}"
+    );
+    assert!(stats["mattermost"]
+        .oldest_pending
+        .is_some_and(|t| t <= retry_at));
     // Redrive: pending again, due now, attempts reset; redriving a live row does nothing.
     assert!(s.outbox_redrive(&stream, row.seq, retry_at).await.unwrap());
     assert!(!s.outbox_redrive(&stream, row.seq, retry_at).await.unwrap());

@@ -169,6 +169,38 @@ pub enum Settle {
     Defer { next_attempt_at: DateTime<Utc> },
 }
 
+/// One sink's outbox figures ([`Store::outbox_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxStats {
+    pub pending: u64,
+    /// Pending rows whose next attempt is due.
+    pub due: u64,
+    /// When the oldest pending row was created.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    pub dead: u64,
+}
+
+impl OutboxStats {
+    /// Every sink, with nothing counted yet.
+    pub fn empty_per_sink() -> std::collections::BTreeMap<&'static str, OutboxStats> {
+        Sink::ALL
+            .iter()
+            .map(|s| (s.as_str(), OutboxStats::default()))
+            .collect()
+    }
+
+    pub fn add_pending(&mut self, due: bool, created_at: DateTime<Utc>) {
+        self.pending += 1;
+        if due {
+            self.due += 1;
+        }
+        self.oldest_pending = Some(
+            self.oldest_pending
+                .map_or(created_at, |o| o.min(created_at)),
+        );
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutboxFilter {
     pub status: Option<OutboxStatus>,
@@ -251,6 +283,29 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_get(&self, stream: &str, seq: u64) -> Result<Option<OutboxRow>>;
     /// Rows by status and sink, oldest first, at most `filter.limit` (may scan).
     async fn outbox_list(&self, filter: &OutboxFilter) -> Result<Vec<OutboxRow>>;
+    /// Pending, due, oldest pending and dead rows per sink (every sink present). The default
+    /// lists the rows; a backend that can count without reading payloads overrides it.
+    async fn outbox_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<&'static str, OutboxStats>> {
+        let all = |status| OutboxFilter {
+            status: Some(status),
+            sink: None,
+            limit: usize::MAX >> 1,
+        };
+        let mut by_sink = OutboxStats::empty_per_sink();
+        for r in self.outbox_list(&all(OutboxStatus::Pending)).await? {
+            by_sink
+                .entry(r.sink.as_str())
+                .or_default()
+                .add_pending(r.next_attempt_at <= now, r.created_at);
+        }
+        for r in self.outbox_list(&all(OutboxStatus::Dead)).await? {
+            by_sink.entry(r.sink.as_str()).or_default().dead += 1;
+        }
+        Ok(by_sink)
+    }
     /// Put a dead letter back to pending, due now, attempts reset. `false` if it is not dead.
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool>;
 

@@ -1170,6 +1170,48 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::BTreeMap<&'static str, crate::storage::OutboxStats>> {
+        self.read(move |c| {
+            let mut by_sink = crate::storage::OutboxStats::empty_per_sink();
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT sink, status, count(*), sum(next_attempt_at <= ?1), min(created_at) \
+                     FROM outbox WHERE status IN ('pending', 'dead') GROUP BY sink, status",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([ts(now)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (sink, status, n, due, oldest) = row.map_err(db_err)?;
+                let Some(sink) = Sink::parse(&sink) else {
+                    continue;
+                };
+                let e = by_sink.entry(sink.as_str()).or_default();
+                if status == "dead" {
+                    e.dead = n as u64;
+                } else {
+                    e.pending = n as u64;
+                    e.due = due.unwrap_or(0) as u64;
+                    e.oldest_pending = oldest.as_deref().map(parse_ts).transpose()?;
+                }
+            }
+            Ok(by_sink)
+        })
+        .await
+    }
+
     async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>> {
         let (p, k) = (partition.to_string(), key.to_string());
         self.read(move |c| {
