@@ -376,7 +376,8 @@ async fn save(
         ))
         .await
         .map_err(store_err)?;
-    if ok {
+    // Reminders rewrite the approval without changing its state: not a state change.
+    if ok && kind != "approval.reminder" {
         app.metrics.approval(next.status.as_str());
     }
     if ok && any {

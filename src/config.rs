@@ -403,12 +403,28 @@ impl Config {
         }
         let storage = match (mode.as_str(), endpoint, conn) {
             ("auto" | "tables", Some(e), _) => {
-                let ok = e.starts_with("https://") || e.starts_with("http://");
-                if !ok || e.contains('?') {
-                    return Err(ConfigError(format!(
-                        "ICAHUB_TABLES_ENDPOINT={e:?} must be the table service URL, e.g. \
-                         https://<account>.table.core.windows.net (no query, no key)"
-                    )));
+                // Never echo the value: a SAS pasted here by mistake would reach the logs.
+                let parsed = reqwest::Url::parse(&e).ok();
+                let https = parsed.as_ref().is_some_and(|u| u.scheme() == "https");
+                // Plain http only to this machine (Azurite, test stand-ins): the bearer token
+                // would travel in clear text.
+                let local_http = parsed.as_ref().is_some_and(|u| {
+                    u.scheme() == "http"
+                        && matches!(
+                            u.host_str(),
+                            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+                        )
+                });
+                let clean = parsed
+                    .as_ref()
+                    .is_some_and(|u| u.query().is_none() && u.password().is_none());
+                if !(https || local_http) || !clean {
+                    return Err(ConfigError(
+                        "ICAHUB_TABLES_ENDPOINT must be the table service URL, \
+                         https://<account>.table.core.windows.net (no query, no key; plain http \
+                         only to localhost)"
+                            .into(),
+                    ));
                 }
                 StorageConfig::TablesIdentity {
                     endpoint: e,

@@ -211,21 +211,18 @@ impl Metrics {
             snapshot: tokio::sync::Mutex::new(None),
             last_read: Mutex::new(None),
         };
-        for sink in Sink::ALL {
-            for g in [
-                &m.outbox_pending,
-                &m.outbox_due,
-                &m.outbox_oldest,
-                &m.outbox_dead,
-            ] {
-                g.with_label_values(&[sink.as_str()]);
-            }
-        }
+        // The outbox gauges have no series until the first reading: an alert on
+        // `icahub_outbox_dead_letters > 0` must not read "all clear" before anything was read.
         m
     }
 
     /// One answered request. `route` is a template (bounded cardinality), never a raw path.
     pub fn http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        // Any token is a method to HTTP: keep the label to the ones the API knows.
+        let method = match method {
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" => method,
+            _ => "other",
+        };
         let status = status.to_string();
         self.http_requests
             .with_label_values(&[route, method, &status])

@@ -72,6 +72,30 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// Open the configured store only if it exists (creating nothing): for `doctor` and `backup`.
+pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.storage {
+        StorageConfig::Embedded { dir } => {
+            if !dir.join("icahub.db").exists() {
+                anyhow::bail!(
+                    "no embedded store in {} (no icahub.db): set ICAHUB_DATA_DIR, or the Table \
+                     Storage settings, to the store to use",
+                    dir.display()
+                );
+            }
+            Arc::new(
+                SqliteStore::open(dir)
+                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
+            )
+        }
+        other => Arc::new(
+            TableStore::connect_existing(other)
+                .await
+                .context("opening Azure Table Storage")?,
+        ),
+    })
+}
+
 impl App {
     /// The app with sinks configured from the environment and the real clock.
     pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {

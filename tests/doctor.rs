@@ -48,6 +48,8 @@ fn message<'a>(findings: &'a [Value], check: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_setup_passes_and_nothing_is_posted() {
     let dir = tempfile::tempdir().unwrap();
+    // The store exists (doctor never creates one).
+    drop(icahub::storage::sqlite::SqliteStore::open(dir.path()).unwrap());
     let mm = Receiver::mattermost().await;
     let pd = Receiver::pagerduty().await;
     let cp = Receiver::control_plane(Some("cp-token"), vec![]).await;
@@ -113,6 +115,7 @@ async fn each_problem_is_named_and_fails_the_run() {
             "ICAHUB_PAGERDUTY_ROUTING_KEY",
             "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/pd/)".into(),
         ),
+        ("ICAHUB_PAGERDUTY_EVENTS_URL", format!("{dead}/v2/enqueue")),
     ];
     let (ok, f, out) = tokio::task::spawn_blocking(move || doctor(&envs))
         .await
@@ -135,6 +138,10 @@ async fn each_problem_is_named_and_fails_the_run() {
             && !out.contains("wrong-token")
             && !out.contains("stale-token")
     );
+    // No store in that directory: said so, and none was created.
+    assert_eq!(level(&f, "storage"), ["fail"]);
+    assert!(message(&f, "storage").contains("no embedded store"), "{out}");
+    assert!(!dir.path().join("icahub.db").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -301,6 +301,7 @@ fn secrets_are_key_vault_references() {
     let Expression::Object(obj) = &settings.expr else {
         unreachable!()
     };
+    let mut checked = 0;
     for (k, v) in obj.iter() {
         let key = match k {
             ObjectKey::Identifier(i) => i.as_str().to_string(),
@@ -322,11 +323,14 @@ fn secrets_are_key_vault_references() {
         ]
         .contains(&key.as_str());
         if secret {
-            let expr = format!("{v:?}");
+            // As HCL: every secret goes through the Key Vault reference map, never a variable.
+            let expr = hcl::format::to_string(v).unwrap();
             assert!(
-                !expr.contains("var."),
-                "{key} takes a variable directly; it must be a Key Vault reference: {expr}"
+                expr.starts_with("local.secret_ref["),
+                "{key} = {expr}: a secret must be a Key Vault reference (local.secret_ref[...])"
             );
+            checked += 1;
         }
     }
+    assert_eq!(checked, 11, "every secret setting is in app_settings");
 }

@@ -263,6 +263,22 @@ fn settings_that_cannot_work_are_refused_at_start() {
             vec![("ICAHUB_TABLES_ENDPOINT", "acct.table.core.windows.net")],
             "table service URL",
         ),
+        (
+            // The token would travel in clear text.
+            vec![(
+                "ICAHUB_TABLES_ENDPOINT",
+                "http://acct.table.core.windows.net",
+            )],
+            "only to localhost",
+        ),
+        (
+            // A SAS pasted into the endpoint: refused, and never echoed.
+            vec![(
+                "ICAHUB_TABLES_ENDPOINT",
+                "https://acct.table.core.windows.net/?sv=2022-11-02&sig=SECRETSIG123",
+            )],
+            "no query",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_icahub"))
             .arg("serve")
@@ -278,6 +294,7 @@ fn settings_that_cannot_work_are_refused_at_start() {
         assert!(!o.status.success());
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "{envs:?}: {err}");
+        assert!(!err.contains("SECRETSIG123"), "{err}");
     }
 }
 

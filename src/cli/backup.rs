@@ -102,36 +102,28 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let config = Config::from_env(None)?;
-    let tmp = args.out.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
-    let what = match table_store(&config.storage).await? {
-        None => {
-            let StorageConfig::Embedded { dir } = &config.storage else {
-                unreachable!()
-            };
-            if !dir.join("icahub.db").exists() {
-                bail!("{} holds no icahub.db: nothing to back up", dir.display());
-            }
-            let store = SqliteStore::open(dir)?;
-            store
-                .backup_to(&tmp)
-                .await
-                .context("writing the SQLite snapshot")?;
-            "an SQLite snapshot of the embedded store".to_string()
-        }
-        Some(store) => {
-            let file = std::fs::File::create(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            let bar = counter("read");
-            let n = store.backup_to(&mut w, &|n| bar.set_position(n)).await?;
-            bar.finish_and_clear();
-            let file = w.into_inner().context("flushing the backup")?;
-            file.sync_all().ok();
-            format!("{n} Table Storage entities")
+    let tmp = PathBuf::from(format!(
+        "{}.partial-{}",
+        args.out.display(),
+        std::process::id()
+    ));
+    let result = write_backup(&config, &tmp).await;
+    let what = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
     };
-    std::fs::rename(&tmp, &args.out)?;
+    // A link never replaces: a file that appeared at --out meanwhile is kept.
+    let linked = std::fs::hard_link(&tmp, &args.out);
+    let _ = std::fs::remove_file(&tmp);
+    linked.with_context(|| format!("writing {}", args.out.display()))?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
     let size = std::fs::metadata(&args.out)?.len();
     println!(
         "wrote {} ({what}, {:.1} MB)\nsha256 {}",
@@ -140,6 +132,44 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         sha256_of(&args.out)?
     );
     Ok(())
+}
+
+/// Write the configured store's backup to `tmp` (created new); what it holds, in words.
+async fn write_backup(config: &Config, tmp: &Path) -> anyhow::Result<String> {
+    Ok(match &config.storage {
+        StorageConfig::Embedded { dir } => {
+            if !dir.join("icahub.db").exists() {
+                bail!("{} holds no icahub.db: nothing to back up", dir.display());
+            }
+            let store = SqliteStore::open(dir)?;
+            store
+                .backup_to(tmp)
+                .await
+                .context("writing the SQLite snapshot")?;
+            "an SQLite snapshot of the embedded store".to_string()
+        }
+        other => {
+            // Existing tables only: a mistyped prefix is an error, not an empty backup.
+            let store = TableStore::connect_existing(other).await?;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let bar = counter("read");
+            let n = store.backup_to(&mut w, &|n| bar.set_position(n)).await?;
+            bar.finish_and_clear();
+            let file = w.into_inner().context("flushing the backup")?;
+            file.sync_all().context("syncing the backup")?;
+            if n == 0 {
+                eprintln!(
+                    "warning: the tables exist but hold nothing: is this the store you meant?"
+                );
+            }
+            format!("{n} Table Storage entities")
+        }
+    })
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {

@@ -231,7 +231,9 @@ fn describe_storage(s: &StorageConfig) -> String {
 
 async fn check_storage(config: &Config, timeout: Duration) -> Vec<Finding> {
     let started = Instant::now();
-    let store = match tokio::time::timeout(timeout, crate::startup::open_store(config)).await {
+    let store = match tokio::time::timeout(timeout, crate::startup::open_existing_store(config))
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let msg = format!("{e:#}");
@@ -254,19 +256,35 @@ async fn check_storage(config: &Config, timeout: Duration) -> Vec<Finding> {
             )]
         }
     };
-    if let Err(e) = store.ping().await {
-        return vec![finding("storage", Level::Fail, e.to_string())];
+    match tokio::time::timeout(timeout, store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return vec![finding("storage", Level::Fail, e.to_string())],
+        Err(_) => {
+            return vec![finding(
+                "storage",
+                Level::Fail,
+                format!("opened, but a read took over {} s", timeout.as_secs()),
+            )]
+        }
     }
     let mut out = vec![finding(
         "storage",
         Level::Ok,
         format!(
-            "reachable (its tables exist or were created): {} ({} ms)",
+            "reachable: {} ({} ms)",
             store.location(),
             started.elapsed().as_millis()
         ),
     )];
-    match store.outbox_stats(chrono::Utc::now()).await {
+    let stats = tokio::time::timeout(timeout, store.outbox_stats(chrono::Utc::now()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::storage::StoreError::Unavailable(format!(
+                "no answer within {} s",
+                timeout.as_secs()
+            )))
+        });
+    match stats {
         Ok(stats) => {
             let dead: u64 = stats.values().map(|s| s.dead).sum();
             let oldest = stats

@@ -233,7 +233,6 @@ impl Dispatcher {
             Settle::Dead { error } => ("dead", Some(error.as_str())),
             Settle::Defer { .. } => ("deferred", None),
         };
-        self.metrics.delivery(leased.sink, outcome, error, now);
         match &settle {
             Settle::Dead { error } => {
                 tracing::warn!(error = %error, attempts = leased.attempts + 1, "dead letter")
@@ -246,7 +245,9 @@ impl Dispatcher {
             }
             _ => {}
         }
-        if !self.store.outbox_settle(&leased, &settle).await? {
+        if self.store.outbox_settle(&leased, &settle).await? {
+            self.metrics.delivery(leased.sink, outcome, error, now);
+        } else {
             tracing::warn!("lease expired before the outcome was recorded");
             report = DrainReport {
                 lost_leases: 1,

@@ -64,7 +64,7 @@ pub fn readyz(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
             }
             let degraded: Vec<&str> = last
                 .iter()
-                .filter(|(_, r)| matches!(r.outcome, "retry" | "dead"))
+                .filter(|(s, r)| sinks.contains_key(**s) && matches!(r.outcome, "retry" | "dead"))
                 .map(|(s, _)| *s)
                 .collect();
             let body = json!({

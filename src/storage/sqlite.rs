@@ -260,8 +260,11 @@ impl SqliteStore {
         let to = to.to_path_buf();
         self.read(move |c| {
             c.execute("VACUUM INTO ?1", [to.to_string_lossy().as_ref()])
-                .map(|_| ())
-                .map_err(db_err)
+                .map_err(db_err)?;
+            // VACUUM INTO does not sync its output.
+            std::fs::File::open(&to)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StoreError::Unavailable(format!("syncing the backup: {e}")))
         })
         .await
     }
@@ -271,12 +274,22 @@ impl SqliteStore {
     /// hub's tables present) and copied under a temporary name, synced, then renamed.
     pub fn restore_into(dir: &Path, from: &Path) -> Result<u64> {
         let target = dir.join(DB_FILE);
-        if target.exists() {
-            return Err(StoreError::Config(format!(
-                "{} already exists: restore into an empty ICAHUB_DATA_DIR (move the old database \
-                 aside first)",
-                target.display()
-            )));
+        // The WAL and shared-memory files belong to the old database: SQLite would replay an
+        // old WAL onto the restored file, so they must be gone too.
+        for name in [
+            DB_FILE.to_string(),
+            format!("{DB_FILE}-wal"),
+            format!("{DB_FILE}-shm"),
+            format!("{DB_FILE}-journal"),
+        ] {
+            let p = dir.join(&name);
+            if p.exists() {
+                return Err(StoreError::Config(format!(
+                    "{} already exists: restore into an empty ICAHUB_DATA_DIR (stop the hub and \
+                     move icahub.db, icahub.db-wal and icahub.db-shm aside together)",
+                    p.display()
+                )));
+            }
         }
         let bad = |m: String| StoreError::Config(format!("{}: {m}", from.display()));
         let conn = open_conn(from, true).map_err(|e| bad(format!("not a database: {e}")))?;
@@ -304,13 +317,25 @@ impl SqliteStore {
         drop(conn);
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", dir.display())))?;
-        let tmp = dir.join(format!("{DB_FILE}.restoring"));
+        let tmp = dir.join(format!("{DB_FILE}.restoring-{}", std::process::id()));
         let io = |e: std::io::Error| StoreError::Unavailable(format!("restoring: {e}"));
-        std::fs::copy(from, &tmp).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &target).map_err(io)?;
+        let copied = std::fs::copy(from, &tmp)
+            .and_then(|_| std::fs::File::open(&tmp))
+            .and_then(|f| f.sync_all());
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        // A hard link never replaces: if a hub created icahub.db meanwhile, this fails instead
+        // of swapping the file under it.
+        let linked = std::fs::hard_link(&tmp, &target);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(|e| {
+            StoreError::Config(format!(
+                "cannot put the backup in place as {}: {e} (was a hub started meanwhile?)",
+                target.display()
+            ))
+        })?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }

@@ -59,8 +59,9 @@ impl TableStore {
     /// Whether both tables are empty.
     pub async fn is_empty(&self) -> Result<bool> {
         for table in [&self.streams, &self.requests] {
+            // A page may come back empty with a continuation: read on until an entity or the end.
             let mut pages = table.query().top(1).into_stream::<Entity>();
-            if let Some(page) = pages.next().await {
+            while let Some(page) = pages.next().await {
                 if !page.map_err(|e| map_err("query", e))?.entities.is_empty() {
                     return Ok(false);
                 }
@@ -197,7 +198,18 @@ impl TableStore {
                 })
                 .buffer_unordered(8);
             while let Some(r) = results.next().await {
-                done += r?;
+                match r {
+                    Ok(n) => done += n,
+                    Err(e) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "{e}; {done} entities were written before it failed: delete the \
+                             tables {} and {} before restoring again (a restore only goes into \
+                             empty tables)",
+                            self.streams.table_name(),
+                            self.requests.table_name()
+                        )))
+                    }
+                }
                 progress(done);
             }
         }

@@ -157,12 +157,13 @@ pub(crate) fn token_endpoint(
     credential: Arc<dyn azure_core::auth::TokenCredential>,
 ) -> Result<Endpoint, StoreError> {
     let parsed = azure_core::Url::parse(url.trim())
-        .map_err(|_| StoreError::Config(format!("ICAHUB_TABLES_ENDPOINT={url:?} is not a URL")))?;
+        .map_err(|_| StoreError::Config("ICAHUB_TABLES_ENDPOINT is not a URL".into()))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
-        return Err(StoreError::Config(format!(
-            "ICAHUB_TABLES_ENDPOINT={url:?} must be an http(s) URL without a query, e.g. \
+        return Err(StoreError::Config(
+            "ICAHUB_TABLES_ENDPOINT must be an http(s) URL without a query, e.g. \
              https://<account>.table.core.windows.net"
-        )));
+                .into(),
+        ));
     }
     let host = parsed.host_str().unwrap_or_default();
     // Azurite and other path-style endpoints carry the account as the first path segment.

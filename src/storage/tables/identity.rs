@@ -23,8 +23,13 @@ use time::OffsetDateTime;
 const APP_SERVICE_API_VERSION: &str = "2019-08-01";
 const IMDS_URL: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
 const IMDS_API_VERSION: &str = "2018-02-01";
-/// Fetch a new token this long before the cached one expires.
+/// Fetch a new token this long before the cached one expires (or at half its life, if that is
+/// sooner, for short-lived tokens).
 const REFRESH_MARGIN: time::Duration = time::Duration::minutes(5);
+/// A cached token is still used when a refresh fails, until this close to its expiry.
+const EXPIRY_SKEW: time::Duration = time::Duration::seconds(30);
+/// The longest wait for `az account get-access-token`.
+const AZ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the token comes from.
 #[derive(Clone)]
@@ -38,7 +43,8 @@ pub struct ManagedIdentityCredential {
     http: reqwest::Client,
     source: Source,
     client_id: Option<String>,
-    cache: tokio::sync::Mutex<Option<AccessToken>>,
+    /// The token, and when to fetch the next one.
+    cache: tokio::sync::Mutex<Option<(AccessToken, OffsetDateTime)>>,
 }
 
 impl std::fmt::Debug for ManagedIdentityCredential {
@@ -65,10 +71,13 @@ impl ManagedIdentityCredential {
             (Some(endpoint), Some(secret)) => Source::AppService { endpoint, secret },
             _ => Source::Imds,
         };
+        // Never through a proxy: the endpoint is local to the host, and the request carries
+        // the identity header's secret.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .expect("the TLS backend initializes");
         ManagedIdentityCredential {
@@ -88,7 +97,7 @@ impl ManagedIdentityCredential {
 
     async fn fetch_cli(&self, resource: &str) -> azure_core::Result<AccessToken> {
         let cred = |m: String| Error::message(ErrorKind::Credential, m);
-        let out = tokio::process::Command::new("az")
+        let run = tokio::process::Command::new(if cfg!(windows) { "az.cmd" } else { "az" })
             .args([
                 "account",
                 "get-access-token",
@@ -97,8 +106,17 @@ impl ManagedIdentityCredential {
                 "--output",
                 "json",
             ])
-            .output()
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(AZ_TIMEOUT, run)
             .await
+            .map_err(|_| {
+                cred(format!(
+                    "`az account get-access-token` did not finish in {} s",
+                    AZ_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| {
                 cred(format!(
                     "cannot run the Azure CLI (`az`): {e}; install it or use another credential"
@@ -225,14 +243,28 @@ impl TokenCredential for ManagedIdentityCredential {
     async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
         let resource = resource_of(scopes)?;
         let mut cache = self.cache.lock().await;
-        if let Some(t) = cache.as_ref() {
-            if t.expires_on - REFRESH_MARGIN > OffsetDateTime::now_utc() {
+        let now = OffsetDateTime::now_utc();
+        if let Some((t, refresh_at)) = cache.as_ref() {
+            if now < *refresh_at {
                 return Ok(t.clone());
             }
         }
-        let token = self.fetch(&resource).await?;
-        *cache = Some(token.clone());
-        Ok(token)
+        match self.fetch(&resource).await {
+            Ok(token) => {
+                let life = token.expires_on - now;
+                let margin = REFRESH_MARGIN.min(life / 2);
+                *cache = Some((token.clone(), token.expires_on - margin));
+                Ok(token)
+            }
+            // The endpoint failed, but the token we hold still works: use it, try again later.
+            Err(e) => match cache.as_ref() {
+                Some((t, _)) if now + EXPIRY_SKEW < t.expires_on => {
+                    tracing::warn!(error = %e, "managed identity: refresh failed; using the cached token until it expires");
+                    Ok(t.clone())
+                }
+                _ => Err(e),
+            },
+        }
     }
 
     async fn clear_cache(&self) -> azure_core::Result<()> {
@@ -243,7 +275,99 @@ impl TokenCredential for ManagedIdentityCredential {
 
 #[cfg(test)]
 mod tests {
-    use super::resource_of;
+    use super::*;
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use warp::Filter;
+
+    /// An App Service identity endpoint: answers tokens of `life` seconds (0: HTTP 500), counts
+    /// requests.
+    async fn endpoint(life: Arc<AtomicU64>, hits: Arc<AtomicU32>) -> String {
+        let route = warp::any().map(move || {
+            let n = hits.fetch_add(1, Ordering::SeqCst) + 1;
+            let life = life.load(Ordering::SeqCst);
+            if life == 0 {
+                return warp::reply::with_status(
+                    "down".to_string(),
+                    warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+                );
+            }
+            let exp = OffsetDateTime::now_utc().unix_timestamp() + life as i64;
+            warp::reply::with_status(
+                serde_json::json!({"access_token": format!("tok-{n}"), "expires_on": exp.to_string()})
+                    .to_string(),
+                warp::http::StatusCode::OK,
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/msi/token", listener.local_addr().unwrap());
+        tokio::spawn(warp::serve(route).incoming(listener).run());
+        url
+    }
+
+    async fn setup(life: u64) -> (ManagedIdentityCredential, Arc<AtomicU64>, Arc<AtomicU32>) {
+        let (l, h) = (Arc::new(AtomicU64::new(life)), Arc::new(AtomicU32::new(0)));
+        let url = endpoint(l.clone(), h.clone()).await;
+        let get = move |k: &str| match k {
+            "IDENTITY_ENDPOINT" => Some(url.clone()),
+            "IDENTITY_HEADER" => Some("secret".to_string()),
+            _ => None,
+        };
+        (
+            ManagedIdentityCredential::from_lookup(&get, Some("id".into())),
+            l,
+            h,
+        )
+    }
+
+    const SCOPE: &[&str] = &["https://storage.azure.com/.default"];
+
+    #[tokio::test]
+    async fn tokens_are_cached_until_their_refresh_time() {
+        let (c, _, hits) = setup(3600).await;
+        let a = c.get_token(SCOPE).await.unwrap();
+        let b = c.get_token(SCOPE).await.unwrap();
+        assert_eq!(a.token.secret(), b.token.secret());
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Due for refresh: a new token is fetched.
+        c.cache.lock().await.as_mut().unwrap().1 =
+            OffsetDateTime::now_utc() - time::Duration::seconds(1);
+        let d = c.get_token(SCOPE).await.unwrap();
+        assert_eq!(d.token.secret(), "tok-2");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn short_lived_tokens_are_refreshed_at_half_their_life() {
+        let (c, _, _) = setup(60).await;
+        let t = c.get_token(SCOPE).await.unwrap();
+        let refresh_at = c.cache.lock().await.as_ref().unwrap().1;
+        let margin = t.expires_on - refresh_at;
+        assert!(
+            margin <= time::Duration::seconds(31) && margin >= time::Duration::seconds(29),
+            "{margin}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_a_token_that_still_works() {
+        let (c, life, hits) = setup(3600).await;
+        let first = c.get_token(SCOPE).await.unwrap();
+        life.store(0, Ordering::SeqCst); // the endpoint goes down
+        let now = OffsetDateTime::now_utc();
+        c.cache.lock().await.as_mut().unwrap().1 = now - time::Duration::seconds(1);
+        let again = c.get_token(SCOPE).await.unwrap();
+        assert_eq!(again.token.secret(), first.token.secret());
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "it did try");
+        // About to expire: no longer served.
+        {
+            let mut cache = c.cache.lock().await;
+            let (t, _) = cache.as_mut().unwrap();
+            t.expires_on = now + time::Duration::seconds(10);
+        }
+        let e = c.get_token(SCOPE).await.unwrap_err();
+        assert!(e.to_string().contains("HTTP 500"), "{e}");
+    }
 
     #[test]
     fn scopes_become_resources() {

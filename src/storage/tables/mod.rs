@@ -130,11 +130,74 @@ impl TableStore {
     }
 
     async fn open(endpoint: connection::Endpoint, table_prefix: &str) -> Result<TableStore> {
+        TableStore::open_with(endpoint, table_prefix, true).await
+    }
+
+    /// The hub's tables as configured, without creating them: for commands that only read
+    /// (backup, doctor), where a mistyped prefix must be an error, not two new empty tables,
+    /// and a read-only role must be enough.
+    pub async fn connect_existing(storage: &crate::config::StorageConfig) -> Result<TableStore> {
+        use crate::config::StorageConfig;
+        let (endpoint, prefix) = match storage {
+            StorageConfig::Embedded { .. } => {
+                return Err(StoreError::Config(
+                    "the embedded store is configured".into(),
+                ))
+            }
+            StorageConfig::Tables {
+                connection_string,
+                table_prefix,
+            } => (connection::parse(connection_string.expose())?, table_prefix),
+            StorageConfig::TablesIdentity {
+                endpoint,
+                client_id,
+                azure_cli,
+                table_prefix,
+            } => {
+                let credential = if *azure_cli {
+                    identity::ManagedIdentityCredential::azure_cli()
+                } else {
+                    identity::ManagedIdentityCredential::from_lookup(
+                        &|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
+                        client_id.clone(),
+                    )
+                };
+                (
+                    connection::token_endpoint(endpoint, std::sync::Arc::new(credential))?,
+                    table_prefix,
+                )
+            }
+        };
+        check_prefix(prefix)?;
+        TableStore::open_with(endpoint, prefix, false).await
+    }
+
+    async fn open_with(
+        endpoint: connection::Endpoint,
+        table_prefix: &str,
+        create: bool,
+    ) -> Result<TableStore> {
         let service = connection::client(&endpoint)?;
         let streams = service.table_client(format!("{table_prefix}streams"));
         let requests = service.table_client(format!("{table_prefix}requests"));
         for table in [&streams, &requests] {
-            create_table(table).await?;
+            if create {
+                create_table(table).await?;
+            } else {
+                let mut pages = table.query().top(1).into_stream::<rows::Entity>();
+                match pages.next().await {
+                    Some(Err(e)) if status_of(&e) == Some(StatusCode::NotFound) => {
+                        return Err(StoreError::Config(format!(
+                            "table {} does not exist at {}: check ICAHUB_TABLE_PREFIX and the \
+                             account",
+                            table.table_name(),
+                            endpoint.url
+                        )))
+                    }
+                    Some(Err(e)) => return Err(map_err("read", e)),
+                    _ => {}
+                }
+            }
         }
         Ok(TableStore {
             location: format!(
