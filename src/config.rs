@@ -29,7 +29,7 @@ impl fmt::Debug for Secret {
 /// (name, default, meaning) of every environment variable the hub reads.
 pub const VARS: &[(&str, &str, &str)] = &[
     ("FUNCTIONS_CUSTOMHANDLER_PORT", "unset", "Port the Functions host assigns; set only under the host, and then the hub must use Table Storage"),
-    ("ICAHUB_STORAGE", "auto", "`auto` (Table Storage when a connection string is set, else embedded), `embedded` or `tables`"),
+    ("ICAHUB_STORAGE", "auto", "`auto` (Table Storage when ICAHUB_TABLES_ENDPOINT or a connection string is set, else embedded), `embedded` or `tables`"),
     ("ICAHUB_TABLES_CONNECTION_STRING", "unset", "Azure Table Storage connection string (`UseDevelopmentStorage=true` or a full one)"),
     ("AzureWebJobsStorage", "unset", "Used for Table Storage when ICAHUB_TABLES_CONNECTION_STRING is not set"),
     ("ICAHUB_TABLES_ENDPOINT", "unset", "Table service URL (https://<account>.table.core.windows.net): Table Storage with the app's managed identity, no key (instead of a connection string)"),

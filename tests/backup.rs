@@ -139,6 +139,57 @@ async fn a_table_storage_backup_restores_into_new_tables_and_verifies() {
     // Over live data: refused, nothing changed.
     let (ok, out) = cli(&["restore", "--from", &f], &tables_env(&b));
     assert!(!ok && out.contains("already hold data"), "{out}");
+    let again = dir.path().join("again.ndjson");
+    let (ok, out) = cli(
+        &["backup", "--out", &again.display().to_string()],
+        &tables_env(&b),
+    );
+    assert!(ok, "{out}");
+    let entities = |p: &Path| {
+        let t = std::fs::read_to_string(p).unwrap();
+        let mut v: Vec<String> = t.lines().skip(1).map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    let restored_hub_keys = entities(&again).len() - entities(&file).len();
+    assert!(
+        restored_hub_keys > 0,
+        "the restored hub issued its test key"
+    );
+    let (ok, out) = cli(&["restore", "--from", &f], &tables_env(&b));
+    assert!(!ok, "{out}");
+    let again2 = dir.path().join("again2.ndjson");
+    let (ok, out) = cli(
+        &["backup", "--out", &again2.display().to_string()],
+        &tables_env(&b),
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        entities(&again2),
+        entities(&again),
+        "a refused restore changes nothing"
+    );
+
+    // A backup of a prefix that does not exist is an error, not an empty file.
+    let nothing = dir.path().join("nothing.ndjson");
+    let (ok, out) = cli(
+        &["backup", "--out", &nothing.display().to_string()],
+        &tables_env(&support::azurite::unique_prefix("bkz")),
+    );
+    assert!(!ok && out.contains("does not exist"), "{out}");
+    assert!(!nothing.exists());
+
+    // A trailer that disagrees with the lines.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(1);
+    let fewer = dir.path().join("fewer.ndjson");
+    std::fs::write(&fewer, lines.join("\n")).unwrap();
+    let (ok, out) = cli(
+        &["restore", "--from", &fewer.display().to_string()],
+        &tables_env(&support::azurite::unique_prefix("bkd")),
+    );
+    assert!(!ok && out.contains("trailer counts"), "{out}");
 
     // Cut short: refused before writing anything.
     let text = std::fs::read_to_string(&file).unwrap();

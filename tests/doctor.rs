@@ -140,7 +140,10 @@ async fn each_problem_is_named_and_fails_the_run() {
     );
     // No store in that directory: said so, and none was created.
     assert_eq!(level(&f, "storage"), ["fail"]);
-    assert!(message(&f, "storage").contains("no embedded store"), "{out}");
+    assert!(
+        message(&f, "storage").contains("no embedded store"),
+        "{out}"
+    );
     assert!(!dir.path().join("icahub.db").exists());
 }
 

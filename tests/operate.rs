@@ -410,6 +410,15 @@ async fn the_access_log_is_one_json_line_per_request_without_secrets() {
         .env("ICAHUB_MATTERMOST_ACTION_SECRETS", action_secret)
         .env("ICAHUB_CONTROL_PLANE_URL", "http://127.0.0.1:9")
         .env("ICAHUB_CONTROL_PLANE_TOKEN", "cp-token-do-not-log-123")
+        .env(
+            "ICAHUB_CONTROL_PLANE_SIGNING_SECRETS",
+            "whsec_Q1BTaWduaW5nU2VjcmV0MTIzNDU2Nzg5MGFiY2RlZg==",
+        )
+        .env("ICAHUB_MATTERMOST_URL", mm.base.clone())
+        .env("ICAHUB_MATTERMOST_TOKEN", "mm-token-do-not-log-456")
+        .env("ICAHUB_AZDO_HOOK_USERNAME", "azdo")
+        .env("ICAHUB_AZDO_HOOK_PASSWORD", "azdo-password-do-not-log-789")
+        .env("ICAHUB_AZDO_HOOK_SECRET", "azdo-secret-do-not-log-012")
         .stderr(std::fs::File::create(&log).unwrap())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -511,6 +520,10 @@ async fn the_access_log_is_one_json_line_per_request_without_secrets() {
         action_secret,
         PD_KEY,
         "cp-token-do-not-log-123",
+        "Q1BTaWduaW5nU2VjcmV0MTIzNDU2Nzg5MGFiY2RlZg==",
+        "mm-token-do-not-log-456",
+        "azdo-password-do-not-log-789",
+        "azdo-secret-do-not-log-012",
     ] {
         assert!(
             !text.contains(secret),

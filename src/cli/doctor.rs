@@ -100,10 +100,11 @@ pub async fn diagnose(get: &dyn Fn(&str) -> Option<String>, timeout: Duration) -
                     "key_vault",
                     Level::Fail,
                     format!(
-                        "{name} is a Key Vault reference the platform did not resolve: give the \
-                         app's identity the \"Key Vault Secrets User\" role on the vault, set the \
-                         app's key_vault_reference_identity_id to that identity, and check that \
-                         the secret exists (docs/deploy.md)"
+                        "{name} is a Key Vault reference the platform did not resolve: the \
+                         identity that resolves references (infra/: the app's system-assigned \
+                         identity) needs the \"Key Vault Secrets User\" role on the vault, the \
+                         secret must exist, and the app must restart after a role change \
+                         (docs/deploy.md, step 4)"
                     ),
                 ));
             }
