@@ -473,6 +473,13 @@ impl Store for TableStore {
         self.list(filter).await
     }
 
+    async fn outbox_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<&'static str, crate::storage::OutboxStats>> {
+        self.stats(now).await
+    }
+
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
         self.redrive(stream, seq, now).await
     }

@@ -166,7 +166,7 @@ pub(crate) fn get_text(m: &Entity, name: &str) -> Result<Option<String>, StoreEr
         None => opt_str(m, name),
     }
 }
-fn get_time(m: &Entity, name: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn get_time(m: &Entity, name: &str) -> Result<DateTime<Utc>, StoreError> {
     parse_time(m, &get_str(m, name)?)
 }
 fn opt_time(m: &Entity, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
