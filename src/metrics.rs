@@ -39,18 +39,6 @@ pub struct SinkResult {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct SinkOutbox {
-    pending: i64,
-    due: i64,
-    oldest_pending_age_secs: i64,
-    dead: i64,
-}
-
-struct Snapshot {
-    taken: Instant,
-}
-
 pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
@@ -69,7 +57,8 @@ pub struct Metrics {
     outbox_snapshot_age: IntGauge,
     outbox_read_errors: IntCounter,
     last_results: Mutex<BTreeMap<&'static str, SinkResult>>,
-    snapshot: tokio::sync::Mutex<Option<Snapshot>>,
+    /// Held while the outbox is read: one read at a time.
+    reading: tokio::sync::Mutex<()>,
     /// When the gauges were last read (outside the read's lock, for the age gauge).
     last_read: Mutex<Option<Instant>>,
 }
@@ -208,7 +197,7 @@ impl Metrics {
             },
             registry: r,
             last_results: Mutex::new(BTreeMap::new()),
-            snapshot: tokio::sync::Mutex::new(None),
+            reading: tokio::sync::Mutex::new(()),
             last_read: Mutex::new(None),
         };
         // The outbox gauges have no series until the first reading: an alert on
@@ -288,14 +277,8 @@ impl Metrics {
     /// runs in its own task: a scrape waits for it at most [`OUTBOX_READ_BUDGET`], and a slow
     /// read still lands for the next scrape instead of being cut off each time.
     pub async fn render(self: &Arc<Self>, store: Arc<dyn Store>) -> String {
-        // Busy: another scrape's read is running; serve the last reading.
-        let stale = match self.snapshot.try_lock() {
-            Ok(snap) => snap
-                .as_ref()
-                .is_none_or(|s| s.taken.elapsed() >= OUTBOX_REFRESH),
-            Err(_) => false,
-        };
-        if stale {
+        // A read in progress (another scrape's) will land by itself: do not queue another.
+        if self.outbox_is_stale() && self.reading.try_lock().is_ok() {
             let me = self.clone();
             let read = tokio::spawn(async move { me.refresh_outbox(store.as_ref()).await });
             if tokio::time::timeout(OUTBOX_READ_BUDGET, read)
@@ -309,13 +292,10 @@ impl Metrics {
                 );
             }
         }
-        let age = self
-            .last_read
-            .lock()
-            .ok()
-            .and_then(|t| *t)
-            .map_or(-1, |t| t.elapsed().as_secs() as i64);
-        self.outbox_snapshot_age.set(age);
+        self.outbox_snapshot_age.set(
+            self.last_read()
+                .map_or(-1, |t| t.elapsed().as_secs() as i64),
+        );
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "metrics encoding failed");
@@ -324,30 +304,33 @@ impl Metrics {
     }
 
     /// Read the outbox once (one read at a time) and set the gauges.
+    fn last_read(&self) -> Option<Instant> {
+        self.last_read.lock().ok().and_then(|t| *t)
+    }
+
+    fn outbox_is_stale(&self) -> bool {
+        self.last_read()
+            .is_none_or(|t| t.elapsed() >= OUTBOX_REFRESH)
+    }
+
     async fn refresh_outbox(&self, store: &dyn Store) {
-        let mut snap = self.snapshot.lock().await;
-        if snap
-            .as_ref()
-            .is_some_and(|s| s.taken.elapsed() < OUTBOX_REFRESH)
-        {
-            return;
+        let _reading = self.reading.lock().await;
+        if !self.outbox_is_stale() {
+            return; // another read finished while this one waited
         }
-        match tokio::time::timeout(OUTBOX_READ_LIMIT, read_outbox(store)).await {
+        let now = Utc::now();
+        match tokio::time::timeout(OUTBOX_READ_LIMIT, store.outbox_stats(now)).await {
             Ok(Ok(by_sink)) => {
                 for (sink, o) in &by_sink {
-                    self.outbox_pending
-                        .with_label_values(&[sink])
-                        .set(o.pending);
-                    self.outbox_due.with_label_values(&[sink]).set(o.due);
-                    self.outbox_oldest
-                        .with_label_values(&[sink])
-                        .set(o.oldest_pending_age_secs);
-                    self.outbox_dead.with_label_values(&[sink]).set(o.dead);
+                    let gauge =
+                        |g: &IntGaugeVec, v: u64| g.with_label_values(&[sink]).set(v as i64);
+                    gauge(&self.outbox_pending, o.pending);
+                    gauge(&self.outbox_due, o.due);
+                    gauge(&self.outbox_oldest, o.oldest_age_secs(now).unwrap_or(0));
+                    gauge(&self.outbox_dead, o.dead);
                 }
-                let now = Instant::now();
-                *snap = Some(Snapshot { taken: now });
                 if let Ok(mut t) = self.last_read.lock() {
-                    *t = Some(now);
+                    *t = Some(Instant::now());
                 }
             }
             Ok(Err(e)) => {
@@ -360,31 +343,6 @@ impl Metrics {
             }
         }
     }
-}
-
-/// Pending, due, oldest age and dead letters per sink, as `icahub outbox stats` shows them.
-async fn read_outbox(
-    store: &dyn Store,
-) -> Result<BTreeMap<&'static str, SinkOutbox>, crate::storage::StoreError> {
-    let now = Utc::now();
-    Ok(store
-        .outbox_stats(now)
-        .await?
-        .into_iter()
-        .map(|(sink, s)| {
-            (
-                sink,
-                SinkOutbox {
-                    pending: s.pending as i64,
-                    due: s.due as i64,
-                    oldest_pending_age_secs: s
-                        .oldest_pending
-                        .map_or(0, |t| (now - t).num_seconds().max(0)),
-                    dead: s.dead as i64,
-                },
-            )
-        })
-        .collect())
 }
 
 #[cfg(test)]

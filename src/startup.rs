@@ -35,39 +35,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             SqliteStore::open(dir)
                 .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
         ),
-        StorageConfig::Tables {
-            connection_string,
-            table_prefix,
-        } => Arc::new(
-            TableStore::connect(connection_string.expose(), table_prefix)
+        other => Arc::new(
+            TableStore::from_config(other, true)
                 .await
                 .context("connecting to Azure Table Storage")?,
-        ),
-        StorageConfig::TablesIdentity {
-            endpoint,
-            azure_cli: true,
-            table_prefix,
-            ..
-        } => Arc::new(
-            TableStore::connect_azure_cli(endpoint, table_prefix)
-                .await
-                .with_context(|| {
-                    format!("connecting to Azure Table Storage at {endpoint} as the Azure CLI user")
-                })?,
-        ),
-        StorageConfig::TablesIdentity {
-            endpoint,
-            client_id,
-            table_prefix,
-            ..
-        } => Arc::new(
-            TableStore::connect_managed_identity(endpoint, client_id.as_deref(), table_prefix)
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to Azure Table Storage at {endpoint} with the managed identity"
-                    )
-                })?,
         ),
     })
 }
@@ -89,7 +60,7 @@ pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn Stor
             )
         }
         other => Arc::new(
-            TableStore::connect_existing(other)
+            TableStore::from_config(other, false)
                 .await
                 .context("opening Azure Table Storage")?,
         ),

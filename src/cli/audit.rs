@@ -95,7 +95,8 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| format!("{s:?} is not an RFC 3339 time or a YYYY-MM-DD date"))
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+/// A progress bar on a terminal (hidden otherwise).
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -108,6 +109,31 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// A counter with its rate, for work whose total is not known up front: `template` is an
+/// indicatif template such as `"{spinner} exporting: {pos} entries read ({per_sec})"`.
+pub(crate) fn counter(template: &str) -> ProgressBar {
+    let pb = bar(0, "");
+    pb.set_style(
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb
+}
+
+/// The SHA-256 of a file, in hex, read in 1 MiB blocks.
+pub(crate) fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
@@ -272,11 +298,7 @@ pub async fn export(
         w.write_all(b"[\n")?;
     }
     // The total is not known up front: a counter with its rate, not a bar.
-    let pb = bar(0, "exporting");
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} exporting: {pos} entries read ({per_sec})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
+    let pb = counter("{spinner} exporting: {pos} entries read ({per_sec})");
     let mut heads: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut count: u64 = 0;
     let mut after: Option<(String, u64)> = None;
@@ -372,17 +394,7 @@ pub fn verify_export(file: &Path, manifest: &Path) -> anyhow::Result<Vec<String>
     )
     .context("the manifest is not JSON")?;
     let mut problems = Vec::new();
-    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let sha = hex::encode(h.finalize());
+    let sha = sha256_file(file)?;
     if m["sha256"].as_str() != Some(sha.as_str()) {
         problems.push(format!(
             "sha256 differs: the file is {sha}, the manifest says {}",

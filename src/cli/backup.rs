@@ -11,7 +11,6 @@ use crate::storage::sqlite::SqliteStore;
 use crate::storage::tables::TableStore;
 use anyhow::{bail, Context};
 use clap::Args;
-use sha2::{Digest, Sha256};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
@@ -40,59 +39,6 @@ pub struct RestoreArgs {
 }
 
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
-
-async fn table_store(storage: &StorageConfig) -> anyhow::Result<Option<TableStore>> {
-    Ok(match storage {
-        StorageConfig::Embedded { .. } => None,
-        StorageConfig::Tables {
-            connection_string,
-            table_prefix,
-        } => Some(TableStore::connect(connection_string.expose(), table_prefix).await?),
-        StorageConfig::TablesIdentity {
-            endpoint,
-            azure_cli: true,
-            table_prefix,
-            ..
-        } => Some(TableStore::connect_azure_cli(endpoint, table_prefix).await?),
-        StorageConfig::TablesIdentity {
-            endpoint,
-            client_id,
-            table_prefix,
-            ..
-        } => Some(
-            TableStore::connect_managed_identity(endpoint, client_id.as_deref(), table_prefix)
-                .await?,
-        ),
-    })
-}
-
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-fn counter(what: &'static str) -> indicatif::ProgressBar {
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::new_spinner()
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos} entities {msg} ({per_sec})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    bar.set_message(what);
-    bar
-}
 
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     if args.out.exists() {
@@ -129,7 +75,7 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
         "wrote {} ({what}, {:.1} MB)\nsha256 {}",
         args.out.display(),
         size as f64 / 1e6,
-        sha256_of(&args.out)?
+        super::audit::sha256_file(&args.out)?
     );
     Ok(())
 }
@@ -150,14 +96,14 @@ async fn write_backup(config: &Config, tmp: &Path) -> anyhow::Result<String> {
         }
         other => {
             // Existing tables only: a mistyped prefix is an error, not an empty backup.
-            let store = TableStore::connect_existing(other).await?;
+            let store = TableStore::from_config(other, false).await?;
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             let mut w = std::io::BufWriter::new(file);
-            let bar = counter("read");
+            let bar = super::audit::counter("{spinner} backup: {pos} entities read ({per_sec})");
             let n = store.backup_to(&mut w, &|n| bar.set_position(n)).await?;
             bar.finish_and_clear();
             let file = w.into_inner().context("flushing the backup")?;
@@ -180,7 +126,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     drop(f);
     let sqlite = n == 16 && magic == SQLITE_MAGIC;
     let config = Config::from_env(None)?;
-    match (sqlite, table_store(&config.storage).await?) {
+    let tables = match &config.storage {
+        StorageConfig::Embedded { .. } => None,
+        other => Some(TableStore::from_config(other, true).await?),
+    };
+    match (sqlite, tables) {
         (true, None) => {
             let StorageConfig::Embedded { dir } = &config.storage else {
                 unreachable!()
@@ -195,7 +145,8 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         (false, Some(store)) => {
             let file = std::fs::File::open(&args.from)?;
             let mut r = BufReader::new(file);
-            let bar = counter("written");
+            let bar =
+                super::audit::counter("{spinner} restore: {pos} entities written ({per_sec})");
             let n = store.restore_from(&mut r, &|n| bar.set_position(n)).await?;
             bar.finish_and_clear();
             println!(

@@ -235,7 +235,7 @@ async fn stats(store: &dyn Store, as_json: bool) -> anyhow::Result<()> {
                 SinkStats {
                     pending: s.pending,
                     due: s.due,
-                    oldest_pending_age_secs: s.oldest_pending.map(|t| (now - t).num_seconds()),
+                    oldest_pending_age_secs: s.oldest_age_secs(now).map(|a| a as i64),
                     dead: s.dead,
                 },
             )

@@ -40,24 +40,20 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The template `path` matches; literal segments win over `{param}` ones (so `run/start` is not
-/// `run/{run_id}`).
+/// `run/{run_id}`). Runs on every request: no allocation, one pass over the segments per template.
 pub fn route_of(path: &str) -> &'static str {
-    let parts: Vec<&str> = segments(path).collect();
     let mut best: Option<(&'static str, usize)> = None;
     for t in ROUTES {
-        let tparts: Vec<&str> = segments(t).collect();
-        if tparts.len() != parts.len() {
-            continue;
-        }
+        let (mut ts, mut ps) = (segments(t), segments(path));
         let mut literal = 0;
-        let fits = tparts.iter().zip(&parts).all(|(t, p)| {
-            if t.starts_with('{') {
-                true
-            } else {
-                literal += 1;
-                t == p
+        let fits = loop {
+            match (ts.next(), ps.next()) {
+                (None, None) => break true,
+                (Some(t), Some(_)) if t.starts_with('{') => {}
+                (Some(t), Some(p)) if t == p => literal += 1,
+                _ => break false,
             }
-        });
+        };
         if fits && best.is_none_or(|(_, l)| literal > l) {
             best = Some((t, literal));
         }

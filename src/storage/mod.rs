@@ -189,6 +189,12 @@ impl OutboxStats {
             .collect()
     }
 
+    /// Seconds since the oldest pending row was created (`None`: nothing pending).
+    pub fn oldest_age_secs(&self, now: DateTime<Utc>) -> Option<u64> {
+        self.oldest_pending
+            .map(|t| (now - t).num_seconds().max(0) as u64)
+    }
+
     pub fn add_pending(&mut self, due: bool, created_at: DateTime<Utc>) {
         self.pending += 1;
         if due {

@@ -92,51 +92,19 @@ impl TableStore {
     pub async fn connect(connection_string: &str, table_prefix: &str) -> Result<TableStore> {
         check_prefix(table_prefix)?;
         let endpoint = connection::parse(connection_string)?;
-        TableStore::open(endpoint, table_prefix).await
-    }
-
-    /// Connect with a managed identity's tokens instead of a key (`ICAHUB_TABLES_ENDPOINT`,
-    /// `ICAHUB_TABLES_CLIENT_ID`): `table_endpoint` is the table service URL,
-    /// `https://<account>.table.core.windows.net`; `client_id` names a user-assigned identity
-    /// (`None`: the system-assigned one). The identity needs "Storage Table Data Contributor".
-    pub async fn connect_managed_identity(
-        table_endpoint: &str,
-        client_id: Option<&str>,
-        table_prefix: &str,
-    ) -> Result<TableStore> {
-        let credential = identity::ManagedIdentityCredential::from_lookup(
-            &|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
-            client_id.map(str::to_string),
-        );
-        TableStore::connect_with_token(table_endpoint, credential, table_prefix).await
-    }
-
-    /// Like [`TableStore::connect_managed_identity`] with the signed-in Azure CLI user's tokens
-    /// (`ICAHUB_TABLES_CREDENTIAL=azure_cli`): operator commands from a workstation when the
-    /// account allows no shared keys. The user needs "Storage Table Data Contributor".
-    pub async fn connect_azure_cli(table_endpoint: &str, table_prefix: &str) -> Result<TableStore> {
-        let credential = identity::ManagedIdentityCredential::azure_cli();
-        TableStore::connect_with_token(table_endpoint, credential, table_prefix).await
-    }
-
-    async fn connect_with_token(
-        table_endpoint: &str,
-        credential: identity::ManagedIdentityCredential,
-        table_prefix: &str,
-    ) -> Result<TableStore> {
-        check_prefix(table_prefix)?;
-        let endpoint = connection::token_endpoint(table_endpoint, std::sync::Arc::new(credential))?;
-        TableStore::open(endpoint, table_prefix).await
-    }
-
-    async fn open(endpoint: connection::Endpoint, table_prefix: &str) -> Result<TableStore> {
         TableStore::open_with(endpoint, table_prefix, true).await
     }
 
-    /// The hub's tables as configured, without creating them: for commands that only read
-    /// (backup, doctor), where a mistyped prefix must be an error, not two new empty tables,
-    /// and a read-only role must be enough.
-    pub async fn connect_existing(storage: &crate::config::StorageConfig) -> Result<TableStore> {
+    /// The hub's tables as `storage` configures them: a connection string (key or SAS), or
+    /// tokens from the managed identity (`ICAHUB_TABLES_ENDPOINT`, `ICAHUB_TABLES_CLIENT_ID`;
+    /// the identity needs "Storage Table Data Contributor") or the Azure CLI user
+    /// (`ICAHUB_TABLES_CREDENTIAL=azure_cli`). With `create` the tables are created if missing;
+    /// without, a missing table is an error: for commands that only read (backup, doctor), where
+    /// a mistyped prefix must not make two new empty tables and a read-only role is enough.
+    pub async fn from_config(
+        storage: &crate::config::StorageConfig,
+        create: bool,
+    ) -> Result<TableStore> {
         use crate::config::StorageConfig;
         let (endpoint, prefix) = match storage {
             StorageConfig::Embedded { .. } => {
@@ -169,7 +137,7 @@ impl TableStore {
             }
         };
         check_prefix(prefix)?;
-        TableStore::open_with(endpoint, prefix, false).await
+        TableStore::open_with(endpoint, prefix, create).await
     }
 
     async fn open_with(
