@@ -27,70 +27,10 @@ fn host_json_starts_the_binary_with_forwarding() {
     assert_eq!(host["extensions"]["http"]["routePrefix"], "api");
 }
 
-/// (function name, method, path with parameters filled in)
-fn declared_routes() -> Vec<(String, String, String)> {
-    let host = read_json(root().join("host.json"));
-    let prefix = host["extensions"]["http"]["routePrefix"]
-        .as_str()
-        .unwrap_or("api")
-        .to_string();
-    let mut out = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(root().join("functions"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    dirs.sort();
-    assert!(!dirs.is_empty(), "functions/ has no function folders");
-    for dir in dirs {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let f = read_json(dir.join("function.json"));
-        let bindings = f["bindings"].as_array().expect("bindings array");
-        let triggers: Vec<&Value> = bindings
-            .iter()
-            .filter(|b| b["type"].as_str().is_some_and(|t| t.ends_with("Trigger")))
-            .collect();
-        assert_eq!(triggers.len(), 1, "{name}: exactly one trigger");
-        let t = triggers[0];
-        if t["type"] == "timerTrigger" {
-            // Timer functions arrive as Data/Metadata envelopes on POST /<name> (no /api).
-            assert!(t["schedule"].as_str().is_some(), "{name}: schedule");
-            out.push((name.clone(), "POST".into(), format!("/{name}")));
-            continue;
-        }
-        assert_eq!(t["type"], "httpTrigger", "{name}: unexpected trigger");
-        // Forwarding needs exactly one httpTrigger in and one http out (PROTOCOLS.md 1.2).
-        assert_eq!(bindings.len(), 2, "{name}: only the http in/out bindings");
-        assert!(bindings
-            .iter()
-            .any(|b| b["type"] == "http" && b["direction"] == "out"));
-        let route = t["route"].as_str().unwrap_or(&name).to_string();
-        // Route parameters get a well-formed value that names nothing.
-        let path = format!("/{prefix}/{route}")
-            .split('/')
-            .map(|seg| {
-                if seg.starts_with('{') {
-                    "INC-0000000000000000-1"
-                } else {
-                    seg
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("/");
-        for m in t["methods"].as_array().expect("methods listed") {
-            out.push((
-                name.clone(),
-                m.as_str().unwrap().to_uppercase(),
-                path.clone(),
-            ));
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn every_declared_route_exists_in_the_router() {
     let hub = TestHub::embedded().await;
-    let routes = declared_routes();
+    let routes = support::declared_routes(&root(), &root().join("functions"));
     assert!(routes.len() >= 5, "{routes:?}");
     for (name, method, path) in routes {
         let r = hub

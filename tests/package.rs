@@ -153,35 +153,6 @@ fn packaging_refuses_what_the_host_could_not_run() {
     assert!(err.contains("no host.json"), "{err}");
 }
 
-/// (method, concrete path) of every HTTP function, as the public route the host forwards.
-fn declared(app_root: &Path) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    for name in function_names() {
-        let f: Value = serde_json::from_slice(
-            &std::fs::read(app_root.join(&name).join("function.json")).unwrap(),
-        )
-        .unwrap();
-        let t = &f["bindings"][0];
-        if t["type"] != "httpTrigger" {
-            out.push((name.clone(), "POST".into(), format!("/{name}")));
-            continue;
-        }
-        let route = t["route"].as_str().unwrap_or(&name);
-        let path: Vec<String> = format!("/api/{route}")
-            .split('/')
-            .map(|s| if s.starts_with('{') { "X-1" } else { s }.to_string())
-            .collect();
-        for m in t["methods"].as_array().unwrap() {
-            out.push((
-                name.clone(),
-                m.as_str().unwrap().to_uppercase(),
-                path.join("/"),
-            ));
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn the_packaged_binary_starts_as_the_host_starts_it_and_serves_every_function() {
     let tmp = tempfile::tempdir().unwrap();
@@ -235,7 +206,7 @@ async fn the_packaged_binary_starts_as_the_host_starts_it_and_serves_every_funct
         "the packaged binary never answered the readiness probe"
     );
 
-    for (name, method, path) in declared(&app_root) {
+    for (name, method, path) in support::declared_routes(&app_root, &app_root) {
         let body = if path.starts_with("/api/") {
             "{}".to_string()
         } else {
