@@ -85,6 +85,7 @@ impl ApprovalConfig {
                     .collect(),
             },
             lock_ttl: secs("ICAHUB_DEPLOYMENT_LOCK_SECS", d.lock_ttl)?,
+            override_window: secs("ICAHUB_OVERRIDE_WINDOW_SECS", d.override_window)?,
         };
         let webhook = get("ICAHUB_APPROVAL_WEBHOOK");
         let channel = get("ICAHUB_APPROVAL_CHANNEL");
@@ -284,7 +285,8 @@ fn drafts(
 /// check instance ([`attach_check`] may hand a decided approval to a re-run's new check).
 fn check_draft(kind: &str, a: &Approval) -> Option<OutboxDraft> {
     let check = a.check.as_ref()?;
-    if !a.status.is_final() || kind == "approval.reminder" {
+    if !a.status.is_final() || kind == "approval.reminder" || kind == "approval.override_requested"
+    {
         return None;
     }
     if kind == "approval.overridden"
@@ -952,8 +954,22 @@ pub async fn attach_check(
             .check
             .as_ref()
             .and_then(|c| serde_json::from_value(c.clone()).ok());
-        if current.is_some_and(|c| c.same_instance(check)) {
-            return Ok(a);
+        if let Some(c) = &current {
+            if c.same_instance(check) {
+                return Ok(a);
+            }
+            // Only a check of the same organization and project may take over the callback:
+            // another organization's check for the same build number and target must not
+            // redirect the decision (and the job token) to itself.
+            if !c.same_project(check) {
+                return Err(ApiError::Conflict(format!(
+                    "{id} was requested by a check of the Azure DevOps organization {:?}, project {}; a check from organization {:?}, project {} cannot answer it",
+                    c.organization(),
+                    c.project_id,
+                    check.organization(),
+                    check.project_id
+                )));
+            }
         }
         let mut next = a.clone();
         next.check = Some(check_value.clone());
@@ -1096,6 +1112,7 @@ async fn sign_inner(
         let Some((a, version)) = load(app.store.as_ref(), id).await? else {
             return Err(not_found(id));
         };
+        let a = a.settled(now);
         if a.is_overdue(now) {
             return Err(expire_now(app, &a, &version, now).await?);
         }
@@ -1110,14 +1127,20 @@ async fn sign_inner(
                 return Err(ApiError::Conflict(msg));
             }
         }
-        let (mut next, sig) =
-            match approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now) {
-                Ok(x) => x,
-                Err(r) => {
-                    audit_refusal(app, id, refuse(r.to_string()), now).await;
-                    return Err(refusal(r));
-                }
-            };
+        // Who triggered the run, as the ledger says now (the run may have been reported after
+        // the request was made).
+        let trigger = crate::runs::run_record(app, &a.run_id)
+            .await?
+            .map(|r| r.start.triggered_by);
+        let (mut next, sig) = match a.with_ledger(trigger.as_deref()).and_then(|a| {
+            approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now)
+        }) {
+            Ok(x) => x,
+            Err(r) => {
+                audit_refusal(app, id, refuse(r.to_string()), now).await;
+                return Err(refusal(r));
+            }
+        };
         if let Some(t) = &signer.token_id {
             next.used_tokens.push(t.clone());
         }
@@ -1156,7 +1179,10 @@ async fn sign_inner(
     Err(contention())
 }
 
-/// `POST approval/{id}/override`: an admin's emergency approval, with a reason.
+/// `POST approval/{id}/override`: an emergency override, a two-person act
+/// ([`approval::emergency_override`]). The first call (an admin, with a reason) leaves the
+/// approval `override_pending`; the second (a different person holding `override_approver`,
+/// with a reason, within the override window) approves it, recorded as an exception.
 pub async fn emergency_override(
     app: &App,
     caller: &Caller,
@@ -1164,12 +1190,28 @@ pub async fn emergency_override(
     reason: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
+    let policy = &app.config.approvals.policy;
     for attempt in 0..ATTEMPTS {
         let Some((a, version)) = load(app.store.as_ref(), id).await? else {
             return Err(not_found(id));
         };
-        let next = match approval::emergency_override(&a, &caller.name, &caller.roles, reason, now)
-        {
+        let trigger = crate::runs::run_record(app, &a.run_id)
+            .await?
+            .map(|r| r.start.triggered_by);
+        // An override does not need the run on the ledger (an outage may be why it is asked
+        // for), but a trigger the ledger knows is excluded.
+        let mut a = a;
+        if let Some(t) = trigger.filter(|t| !t.trim().is_empty()) {
+            a.run_triggered_by = Some(t);
+        }
+        let (next, step) = match approval::emergency_override(
+            &a,
+            &caller.name,
+            &caller.roles,
+            reason,
+            policy,
+            now,
+        ) {
             Ok(n) => n,
             Err(r) => {
                 audit_refusal(app, id, json!({"action": "approval.override_refused", "approval_id": id, "by": caller.name, "reason": r.to_string(), "at": now}), now).await;
@@ -1183,6 +1225,33 @@ pub async fn emergency_override(
                 });
             }
         };
+        if step == approval::OverrideStep::Requested {
+            let Some(r) = next.override_request.clone() else {
+                return Err(contention());
+            };
+            let audit = json!({"action": "approval.override_requested", "exception": true, "approval_id": id,
+                               "by": caller.name, "reason": r.reason, "previous_status": r.previous_status,
+                               "expires_at": r.expires_at, "at": now});
+            if save(
+                app,
+                &next,
+                Some(&version),
+                "approval.override_requested",
+                &format!("{id}-override-request-{}", now.timestamp_micros()),
+                audit,
+                now,
+            )
+            .await?
+            {
+                tracing::warn!(approval_id = id, by = %caller.name, "emergency override requested; waiting for a second person");
+                return Ok(json!({"success": true, "approval_id": id, "status": next.status,
+                                 "requested_by": r.by, "expires_at": r.expires_at,
+                                 "previous_status": r.previous_status, "signature_hash": r.signature_hash,
+                                 "next": "a different person holding override_approver confirms with POST …/override and a reason"}));
+            }
+            pause(attempt).await;
+            continue;
+        }
         let mut took = false;
         if next.production {
             acquire_lock(app, &next, now).await?;
@@ -1192,7 +1261,9 @@ pub async fn emergency_override(
             return Err(contention());
         };
         let audit = json!({"action": "approval.overridden", "exception": true, "approval_id": id, "exception_id": o.exception_id,
-                           "by": caller.name, "reason": o.reason, "previous_status": o.previous_status, "at": now});
+                           "by": o.by, "reason": o.reason, "confirmed_by": o.confirmed_by,
+                           "confirm_reason": o.confirm_reason, "requested_at": o.requested_at,
+                           "previous_status": o.previous_status, "at": now});
         if save(
             app,
             &next,
@@ -1205,10 +1276,11 @@ pub async fn emergency_override(
         .await?
         {
             mark_final_later(app, &next);
-            tracing::warn!(approval_id = id, by = %caller.name, exception_id = %o.exception_id, "emergency override");
+            tracing::warn!(approval_id = id, by = %o.by, confirmed_by = %caller.name, exception_id = %o.exception_id, "emergency override");
             return Ok(
                 json!({"success": true, "approval_id": id, "status": next.status, "exception_id": o.exception_id,
-                             "signature_hash": o.signature_hash, "previous_status": o.previous_status}),
+                       "requested_by": o.by, "confirmed_by": o.confirmed_by,
+                       "signature_hash": o.signature_hash, "previous_status": o.previous_status}),
             );
         }
         if took {

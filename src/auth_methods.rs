@@ -6,6 +6,7 @@
 //! `/api/v1/azdo/hooks` (the hook's basic auth or secret header, or an API key), Mattermost's
 //! `/api/v1/mattermost/actions` (the signed token in each button) and the health probes.
 
+use crate::domain::identity::Role;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -57,6 +58,18 @@ pub enum RouteGroup {
 }
 
 impl RouteGroup {
+    /// The roles a caller needs to use this group's routes at all (any one of them), or `None`
+    /// when each route checks its own: alerts need `alert_sender` (or `admin`), so a reader's
+    /// or a pipeline's key cannot page on-call; reads need any role but `alert_sender`
+    /// ([`Role::READERS`]), so the key in an action group's webhook URL reads nothing.
+    pub fn roles(self) -> Option<&'static [Role]> {
+        match self {
+            RouteGroup::Alerts => Some(&Role::ALERT_SENDERS),
+            RouteGroup::Read => Some(&Role::READERS),
+            RouteGroup::Ledger | RouteGroup::Approvals => None,
+        }
+    }
+
     pub const ALL: [RouteGroup; 4] = [
         RouteGroup::Alerts,
         RouteGroup::Ledger,

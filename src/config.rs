@@ -55,6 +55,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_CONTROL_PLANE_TOKEN", "unset", "Bearer token for the control plane (a secret)"),
     ("ICAHUB_CONTROL_PLANE_SIGNING_SECRETS", "unset", "Comma-separated whsec_… secrets; each control-plane request carries one Standard Webhooks signature per secret (rotation)"),
     ("ICAHUB_AZDO_PLAN_HOSTS", "dev.azure.com,*.dev.azure.com,*.visualstudio.com", "Hosts an Azure DevOps check's PlanUrl may name (the hub sends the job's token there): names, *.suffix, or * for any"),
+    ("ICAHUB_AZDO_ORGANIZATIONS", "unset (the check route refuses every request)", "Comma-separated Azure DevOps organizations whose Invoke Azure Function checks may create and answer approvals (fabrikam for dev.azure.com/fabrikam and fabrikam.visualstudio.com; host/collection for Azure DevOps Server)"),
+    ("ICAHUB_OVERRIDE_WINDOW_SECS", "3600", "An emergency override an admin asks for must be confirmed by a second person holding override_approver within this long, or it lapses"),
     ("ICAHUB_AZDO_API_VERSION", "2.0-preview.1", "api-version of the check callback (distributedtask plan events)"),
     ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see the README); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
     ("ICAHUB_ROUTING_FILE", "unset", "Path of a JSON file of routing rules"),
@@ -160,6 +162,8 @@ pub struct Config {
     pub azdo_hooks: AzdoHookAuth,
     /// Hosts an Azure DevOps check may name as its `PlanUrl` (the callback gets the job's token).
     pub azdo_plan_hosts: crate::domain::check::PlanHosts,
+    /// The organizations whose checks are answered (`ICAHUB_AZDO_ORGANIZATIONS`); empty: none.
+    pub azdo_organizations: crate::domain::check::Organizations,
     /// Approval buttons and the rejection dialog in Mattermost.
     pub mattermost: MattermostActions,
 }
@@ -554,6 +558,11 @@ impl Config {
         let azdo_plan_hosts =
             crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
         let mattermost = MattermostActions::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
+        let azdo_organizations = match get("ICAHUB_AZDO_ORGANIZATIONS") {
+            None => Default::default(),
+            Some(v) => crate::domain::check::Organizations::parse(&v)
+                .map_err(|e| ConfigError(format!("ICAHUB_AZDO_ORGANIZATIONS: {e}")))?,
+        };
 
         let cp = secs("ICAHUB_AUDIT_CHECKPOINT_SECS", 3600)?;
         let audit_checkpoint_every = (!cp.is_zero()).then_some(cp);
@@ -576,6 +585,7 @@ impl Config {
             approvals,
             azdo_hooks,
             azdo_plan_hosts,
+            azdo_organizations,
             mattermost,
         })
     }
@@ -600,6 +610,7 @@ impl Config {
             approvals: crate::approvals::ApprovalConfig::default(),
             azdo_hooks: AzdoHookAuth::default(),
             azdo_plan_hosts: crate::domain::check::PlanHosts::default(),
+            azdo_organizations: Default::default(),
             mattermost: MattermostActions::default(),
         }
     }

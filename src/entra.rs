@@ -436,7 +436,8 @@ mod tests {
             c.map_roles(&["Icahub.TechnicalApprover".into(), "deployers".into()]),
             [Role::Devops, Role::TechnicalApprover]
         );
-        assert!(c.map_roles(&["Reader".into()]).is_empty());
+        assert_eq!(c.map_roles(&["Icahub.Reader".into()]), [Role::Reader]);
+        assert!(c.map_roles(&["Contributor".into()]).is_empty());
         assert!(
             EntraConfig::from_lookup(&|k| (k == "ICAHUB_ENTRA_TENANT_ID").then(|| "t".into()))
                 .is_err()

@@ -7,8 +7,15 @@
 //!    │  └──business (kept, still pending)──technical──────▶ approved
 //!    ├── any rejection (with a reason) ─────────────────▶ rejected
 //!    ├── older than the expiry ─────────────────────────▶ expired
-//!    └── admin emergency override (with a reason) ──────▶ approved (flagged as an exception)
+//!    └── admin asks for an emergency override ──▶ override_pending ──a second person
+//!        (from any state but approved; a reason)       │   holding override_approver──▶ approved
+//!                                                      └── not confirmed in time ──▶ back where it was
 //! ```
+//!
+//! An override is an exception and a two-person act: an admin asks, a different person holding
+//! `override_approver` confirms within the override window, neither of them the requester or
+//! the run's trigger, both with a reason. Who triggered the run is read from the ledger at
+//! signing time ([`Approval::with_ledger`]), not only when the request was made.
 
 use super::alert::PayloadError;
 use super::identity::Role;
@@ -25,15 +32,18 @@ pub enum ApprovalStatus {
     Approved,
     Rejected,
     Expired,
+    /// An admin asked for an emergency override; a second person must confirm it.
+    OverridePending,
 }
 
 impl ApprovalStatus {
-    pub const ALL: [ApprovalStatus; 5] = [
+    pub const ALL: [ApprovalStatus; 6] = [
         ApprovalStatus::Pending,
         ApprovalStatus::TechnicalApproved,
         ApprovalStatus::Approved,
         ApprovalStatus::Rejected,
         ApprovalStatus::Expired,
+        ApprovalStatus::OverridePending,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +53,7 @@ impl ApprovalStatus {
             ApprovalStatus::Approved => "approved",
             ApprovalStatus::Rejected => "rejected",
             ApprovalStatus::Expired => "expired",
+            ApprovalStatus::OverridePending => "override_pending",
         }
     }
 
@@ -106,6 +117,9 @@ pub struct Policy {
     pub production_targets: Vec<String>,
     /// A deployment lock whose run never finishes is released after this long.
     pub lock_ttl: Duration,
+    /// An emergency override asked for by an admin must be confirmed by a second person within
+    /// this long, or it lapses.
+    pub override_window: Duration,
 }
 
 impl Default for Policy {
@@ -119,6 +133,7 @@ impl Default for Policy {
                 .map(String::from)
                 .to_vec(),
             lock_ttl: Duration::hours(24),
+            override_window: Duration::hours(1),
         }
     }
 }
@@ -355,15 +370,45 @@ pub struct Signature {
     pub signature_hash: String,
 }
 
-/// An admin's emergency override: an exception, flagged in the audit trail.
+/// An emergency override: an exception, flagged in the audit trail. `by` is the admin who asked,
+/// `confirmed_by` the second person (holding `override_approver`) who made it take effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Override {
     pub exception_id: String,
     pub by: String,
     pub reason: String,
+    /// When it took effect (the confirmation).
     pub at: DateTime<Utc>,
     pub previous_status: ApprovalStatus,
     pub signature_hash: String,
+    /// When the admin asked (absent on overrides made by one admin before version 0.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_reason: Option<String>,
+}
+
+/// An admin's request for an emergency override, waiting for the second person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverrideRequest {
+    pub by: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+    /// Not confirmed by then: it lapses, and the approval is back where it was.
+    pub expires_at: DateTime<Utc>,
+    pub previous_status: ApprovalStatus,
+    pub signature_hash: String,
+}
+
+/// What an override call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideStep {
+    /// The first signature: the approval is now `override_pending`.
+    Requested,
+    /// The second signature: the approval is now `approved`.
+    Confirmed,
 }
 
 /// What is stored for an approval.
@@ -392,6 +437,9 @@ pub struct Approval {
     pub reason: Option<String>,
     #[serde(rename = "override")]
     pub override_: Option<Override>,
+    /// An override an admin asked for that a second person has not confirmed yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_request: Option<OverrideRequest>,
     pub reminders_sent: u32,
     pub last_reminder_at: Option<DateTime<Utc>>,
     pub escalated_at: Option<DateTime<Utc>>,
@@ -457,6 +505,7 @@ impl Approval {
             decided_at: None,
             reason: None,
             override_: None,
+            override_request: None,
             reminders_sent: 0,
             last_reminder_at: None,
             escalated_at: None,
@@ -499,9 +548,48 @@ impl Approval {
         self.signatures.iter().find(|s| s.approval_type == t)
     }
 
-    /// Past its expiry and still undecided.
+    /// Past its expiry and still undecided (an override waiting for its second signature is
+    /// governed by the override window instead).
     pub fn is_overdue(&self, now: DateTime<Utc>) -> bool {
-        !self.status.is_final() && now >= self.expires_at
+        !self.status.is_final()
+            && self.status != ApprovalStatus::OverridePending
+            && now >= self.expires_at
+    }
+
+    /// The approval with a lapsed override request undone (back to the status it had), chained
+    /// as `approval.override_lapsed`; unchanged otherwise.
+    pub fn settled(&self, now: DateTime<Utc>) -> Approval {
+        match &self.override_request {
+            Some(r) if self.status == ApprovalStatus::OverridePending && now >= r.expires_at => {
+                let mut next = self.clone();
+                next.status = r.previous_status;
+                next.override_request = None;
+                next.chain_head = chain(&self.chain_head, "approval.override_lapsed", &next.summary());
+                next
+            }
+            _ => self.clone(),
+        }
+    }
+
+    /// The approval as the run ledger now says: who triggered the run is taken from the ledger at
+    /// signing time, for every half, so a run reported after its approval was requested cannot
+    /// let its trigger approve it. `run_trigger` is `Some` when the run is on the ledger. A
+    /// production approval whose run is not on the ledger cannot be signed yet: nobody could
+    /// tell whether the signer started the run.
+    pub fn with_ledger(&self, run_trigger: Option<&str>) -> Result<Approval, Refusal> {
+        let mut next = self.clone();
+        match run_trigger {
+            Some(t) if !t.trim().is_empty() => next.run_triggered_by = Some(t.trim().to_string()),
+            Some(_) => {}
+            None if self.production => {
+                return Err(Refusal::Conflict(format!(
+                    "run {} of {} is not on the run ledger yet, so who triggered it is unknown; a production approval can be signed once its run is recorded (POST run/start, or the Azure DevOps service hook)",
+                    self.run_id, self.id
+                )))
+            }
+            None => {}
+        }
+        Ok(next)
     }
 
     /// Still undecided, and an hour (the policy's interval) since the request or last reminder.
@@ -544,6 +632,12 @@ pub fn sign(
     via: &str,
     now: DateTime<Utc>,
 ) -> Result<(Approval, Signature), Refusal> {
+    if a.status == ApprovalStatus::OverridePending {
+        return Err(Refusal::Conflict(format!(
+            "{} has an emergency override waiting for its second signature; it cannot be signed meanwhile",
+            a.id
+        )));
+    }
     if a.status.is_final() {
         return Err(Refusal::Conflict(format!(
             "{} is already {}{}; a decided approval cannot be signed again",
@@ -663,19 +757,18 @@ pub fn expire(a: &Approval, now: DateTime<Utc>) -> Approval {
     next
 }
 
-/// An admin's emergency override: approved, recorded as an exception.
+/// An emergency override, a two-person act: the first call (an admin) asks for it and leaves the
+/// approval `override_pending`; the second (a different person holding `override_approver`)
+/// within [`Policy::override_window`] makes it `approved`, recorded as an exception with both
+/// names and both reasons. Neither may be the requester or the run's trigger.
 pub fn emergency_override(
     a: &Approval,
     by: &str,
     roles: &[Role],
     reason: Option<&str>,
+    policy: &Policy,
     now: DateTime<Utc>,
-) -> Result<Approval, Refusal> {
-    if !roles.contains(&Role::Admin) {
-        return Err(Refusal::Forbidden(format!(
-            "{by} does not have the admin role an emergency override needs"
-        )));
-    }
+) -> Result<(Approval, OverrideStep), Refusal> {
     let Some(reason) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
         return Err(Refusal::Invalid(
             "an emergency override needs a reason".into(),
@@ -687,25 +780,76 @@ pub fn emergency_override(
             a.id
         )));
     }
-    let exception_id = format!("EXC-{}", a.id.trim_start_matches("APR-"));
-    let body = json!({
-        "approval_id": a.id, "exception_id": exception_id, "by": by, "reason": reason,
-        "at": now, "previous_status": a.status,
-    });
-    let hash = chain(&a.chain_head, "approval.override", &body);
-    let mut next = a.clone();
-    next.override_ = Some(Override {
-        exception_id,
-        by: by.to_string(),
-        reason: reason.to_string(),
-        at: now,
-        previous_status: a.status,
-        signature_hash: hash.clone(),
-    });
-    next.status = ApprovalStatus::Approved;
-    next.decided_at = Some(now);
-    next.chain_head = hash;
-    Ok(next)
+    if a.is_requester(by) {
+        return Err(Refusal::Forbidden(format!(
+            "{by} requested this deployment (or triggered its run) and cannot override its approval"
+        )));
+    }
+    let a = a.settled(now);
+    match &a.override_request {
+        None => {
+            if !roles.contains(&Role::Admin) {
+                return Err(Refusal::Forbidden(format!(
+                    "{by} does not have the admin role needed to ask for an emergency override (an admin asks, then a different person holding override_approver confirms)"
+                )));
+            }
+            let body = json!({
+                "approval_id": a.id, "by": by, "reason": reason, "at": now,
+                "previous_status": a.status, "expires_at": now + policy.override_window,
+            });
+            let hash = chain(&a.chain_head, "approval.override_requested", &body);
+            let mut next = a.clone();
+            next.override_request = Some(OverrideRequest {
+                by: by.to_string(),
+                reason: reason.to_string(),
+                at: now,
+                expires_at: now + policy.override_window,
+                previous_status: a.status,
+                signature_hash: hash.clone(),
+            });
+            next.status = ApprovalStatus::OverridePending;
+            next.chain_head = hash;
+            Ok((next, OverrideStep::Requested))
+        }
+        Some(req) => {
+            if req.by.eq_ignore_ascii_case(by) {
+                return Err(Refusal::Forbidden(format!(
+                    "{by} asked for this override; it takes effect only when a second, different person holding override_approver confirms it (before {})",
+                    req.expires_at.to_rfc3339()
+                )));
+            }
+            if !roles.contains(&Role::OverrideApprover) {
+                return Err(Refusal::Forbidden(format!(
+                    "{by} does not have the override_approver role needed to confirm the emergency override {} asked for",
+                    req.by
+                )));
+            }
+            let exception_id = format!("EXC-{}", a.id.trim_start_matches("APR-"));
+            let body = json!({
+                "approval_id": a.id, "exception_id": exception_id, "by": req.by,
+                "reason": req.reason, "requested_at": req.at, "confirmed_by": by,
+                "confirm_reason": reason, "at": now, "previous_status": req.previous_status,
+            });
+            let hash = chain(&a.chain_head, "approval.override", &body);
+            let mut next = a.clone();
+            next.override_ = Some(Override {
+                exception_id,
+                by: req.by.clone(),
+                reason: req.reason.clone(),
+                at: now,
+                previous_status: req.previous_status,
+                signature_hash: hash.clone(),
+                requested_at: Some(req.at),
+                confirmed_by: Some(by.to_string()),
+                confirm_reason: Some(reason.to_string()),
+            });
+            next.override_request = None;
+            next.status = ApprovalStatus::Approved;
+            next.decided_at = Some(now);
+            next.chain_head = hash;
+            Ok((next, OverrideStep::Confirmed))
+        }
+    }
 }
 
 /// `APR-<year>-<seq, 6 digits>`.
@@ -978,18 +1122,87 @@ mod tests {
     }
 
     #[test]
-    fn override_needs_admin_and_reason() {
+    fn an_override_needs_an_admin_and_a_second_person_with_reasons() {
+        let p = Policy::default();
         let a = approval(1.0);
         assert!(matches!(
-            emergency_override(&a, "root", &[Role::Admin], None, t0()),
+            emergency_override(&a, "root", &[Role::Admin], None, &p, t0()),
             Err(Refusal::Invalid(_))
         ));
         assert!(matches!(
-            emergency_override(&a, "bob", &[Role::Finance], Some("hotfix"), t0()),
+            emergency_override(&a, "bob", &[Role::Finance], Some("hotfix"), &p, t0()),
             Err(Refusal::Forbidden(_))
         ));
-        let o = emergency_override(&a, "root", &[Role::Admin], Some("hotfix"), t0()).unwrap();
-        assert_eq!(o.status, ApprovalStatus::Approved);
-        assert_eq!(o.override_.unwrap().exception_id, "EXC-2026-000001");
+        // The run's trigger (carol) may not ask, even as an admin.
+        assert!(matches!(
+            emergency_override(&a, "carol", &[Role::Admin], Some("hotfix"), &p, t0()),
+            Err(Refusal::Forbidden(_))
+        ));
+        let (o, step) =
+            emergency_override(&a, "root", &[Role::Admin], Some("hotfix"), &p, t0()).unwrap();
+        assert_eq!(step, OverrideStep::Requested);
+        assert_eq!(o.status, ApprovalStatus::OverridePending);
+        // Not the same person twice, even holding override_approver; not an admin alone.
+        let both = [Role::Admin, Role::OverrideApprover];
+        assert!(matches!(
+            emergency_override(&o, "root", &both, Some("again"), &p, t0()),
+            Err(Refusal::Forbidden(_))
+        ));
+        assert!(matches!(
+            emergency_override(&o, "ann", &[Role::Admin], Some("ok"), &p, t0()),
+            Err(Refusal::Forbidden(_))
+        ));
+        // Regular signatures wait while the override is pending.
+        assert!(matches!(
+            sign(&o, "alice", &[Role::TechnicalApprover], &approve(ApprovalType::Technical), "api", t0()),
+            Err(Refusal::Conflict(_))
+        ));
+        let (c, step) = emergency_override(
+            &o,
+            "ceo",
+            &[Role::OverrideApprover],
+            Some("confirmed on the CAB call"),
+            &p,
+            t0() + Duration::minutes(5),
+        )
+        .unwrap();
+        assert_eq!(step, OverrideStep::Confirmed);
+        assert_eq!(c.status, ApprovalStatus::Approved);
+        let ov = c.override_.unwrap();
+        assert_eq!(ov.exception_id, "EXC-2026-000001");
+        assert_eq!((ov.by.as_str(), ov.confirmed_by.as_deref()), ("root", Some("ceo")));
+        assert_eq!(ov.previous_status, ApprovalStatus::Pending);
+    }
+
+    #[test]
+    fn an_unconfirmed_override_lapses() {
+        let p = Policy::default();
+        let a = approval(1.0);
+        let (o, _) =
+            emergency_override(&a, "root", &[Role::Admin], Some("hotfix"), &p, t0()).unwrap();
+        let late = t0() + p.override_window;
+        assert!(matches!(
+            emergency_override(&o, "ceo", &[Role::OverrideApprover], Some("ok"), &p, late),
+            Err(Refusal::Forbidden(_))
+        ));
+        let back = o.settled(late);
+        assert_eq!(back.status, ApprovalStatus::Pending);
+        assert!(back.override_request.is_none());
+        assert_ne!(back.chain_head, o.chain_head);
+        assert_eq!(o.settled(late - Duration::seconds(1)), o);
+    }
+
+    #[test]
+    fn the_ledger_decides_who_triggered_the_run() {
+        let mut a = approval(1.0);
+        a.run_triggered_by = None;
+        // A production approval whose run is unknown cannot be signed yet.
+        assert!(matches!(a.with_ledger(None), Err(Refusal::Conflict(_))));
+        // Reported later: its trigger may not approve.
+        let a = a.with_ledger(Some("mallory")).unwrap();
+        assert!(matches!(
+            sign(&a, "mallory", &[Role::TechnicalApprover], &approve(ApprovalType::Technical), "api", t0()),
+            Err(Refusal::Forbidden(_))
+        ));
     }
 }

@@ -93,6 +93,14 @@ impl CheckCallback {
         let v = |i: usize| values[i].clone().unwrap_or_default();
         let (plan_url, host) = normalize_plan_url(&v(0))
             .map_err(|e| PayloadError::new("header:PlanUrl", format!("PlanUrl {e}")))?;
+        if !plan_url.starts_with("https://") && !hosts.allows_plain_http(&host) {
+            return Err(PayloadError::new(
+                "header:PlanUrl",
+                format!(
+                    "PlanUrl must be https (the hub sends the job's token there); plain http only to a host ICAHUB_AZDO_PLAN_HOSTS names exactly, and {host:?} is not one"
+                ),
+            ));
+        }
         if !hosts.allows(&host) {
             return Err(PayloadError::new(
                 "header:PlanUrl",
@@ -130,6 +138,20 @@ impl CheckCallback {
             auth_token,
             build_id,
         })
+    }
+
+    /// The Azure DevOps organization (collection) the check came from: `fabrikam` for
+    /// `https://dev.azure.com/fabrikam/` and `https://fabrikam.visualstudio.com/`; for another
+    /// host (Azure DevOps Server) `<host>/<collection>`. Lower-case.
+    pub fn organization(&self) -> String {
+        organization_of(&self.plan_url)
+    }
+
+    /// The same organization and project: the only checks that may answer an approval another
+    /// check created.
+    pub fn same_project(&self, other: &CheckCallback) -> bool {
+        self.organization() == other.organization()
+            && self.project_id.eq_ignore_ascii_case(&other.project_id)
     }
 
     /// The same check instance (a repeat of one request), as opposed to another evaluation.
@@ -248,6 +270,63 @@ fn is_port(p: &str) -> bool {
         && p.parse::<u16>().is_ok()
 }
 
+/// See [`CheckCallback::organization`]; `plan_url` is normalized.
+pub fn organization_of(plan_url: &str) -> String {
+    let rest = plan_url.split_once("://").map(|(_, r)| r).unwrap_or(plan_url);
+    let mut parts = rest.split('/').filter(|s| !s.is_empty());
+    let authority = parts.next().unwrap_or_default().to_ascii_lowercase();
+    let host = authority.split(':').next().unwrap_or_default().to_string();
+    let first = parts.next().unwrap_or_default().to_ascii_lowercase();
+    if host == "dev.azure.com" {
+        first
+    } else if let Some(org) = host.strip_suffix(".visualstudio.com") {
+        org.to_string()
+    } else if first.is_empty() {
+        authority
+    } else {
+        format!("{authority}/{first}")
+    }
+}
+
+/// The Azure DevOps organizations whose checks this hub answers (`ICAHUB_AZDO_ORGANIZATIONS`):
+/// a host list alone lets any organization on dev.azure.com create approvals and take over a
+/// check. Names as [`CheckCallback::organization`] gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Organizations(Vec<String>);
+
+impl Organizations {
+    pub fn parse(list: &str) -> Result<Organizations, String> {
+        let orgs: Vec<String> = list
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for o in &orgs {
+            if !o
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/[]".contains(&b))
+            {
+                return Err(format!(
+                    "{o:?} is not an organization name (fabrikam, or host/collection for Azure DevOps Server)"
+                ));
+            }
+        }
+        Ok(Organizations(orgs))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn allows(&self, org: &str) -> bool {
+        self.0.iter().any(|o| o.eq_ignore_ascii_case(org))
+    }
+
+    pub fn list(&self) -> String {
+        self.0.join(",")
+    }
+}
+
 /// The hosts a check's `PlanUrl` may name (`ICAHUB_AZDO_PLAN_HOSTS`): the hub sends the job's
 /// token there, so a caller must not be able to point it anywhere else. Exact names, `*.suffix`
 /// for subdomains, or `*` for any host (Azure DevOps Server on a private name: list it instead).
@@ -279,6 +358,19 @@ impl PlanHosts {
             }
         }
         Ok(PlanHosts(hosts))
+    }
+
+    /// Plain http only to a loopback host named exactly (a local test server), never through
+    /// `*` or a `*.suffix`: the job's token must not cross the network in the clear.
+    pub fn allows_plain_http(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        loopback && self.0.iter().any(|p| *p == host)
     }
 
     pub fn allows(&self, host: &str) -> bool {
@@ -322,6 +414,28 @@ mod tests {
             ("AuthToken", "eyJ0eXAi.eyJzdWIi.c2lnbmF0dXJl"),
             ("BuildId", "4711"),
         ])
+    }
+
+    #[test]
+    fn organizations_and_plain_http() {
+        assert_eq!(organization_of("https://dev.azure.com/Fabrikam/"), "fabrikam");
+        assert_eq!(organization_of("https://contoso.visualstudio.com/"), "contoso");
+        assert_eq!(
+            organization_of("https://tfs.corp.example/DefaultCollection/"),
+            "tfs.corp.example/defaultcollection"
+        );
+        assert_eq!(organization_of("http://127.0.0.1:8080/org/"), "127.0.0.1:8080/org");
+        let o = Organizations::parse("contoso, Fabrikam").unwrap();
+        assert!(o.allows("fabrikam") && !o.allows("evil"));
+        assert!(Organizations::parse("a b").is_err());
+        let mut h = sample();
+        h.insert("planurl".into(), "http://dev.azure.com/fabrikamfiber/".into());
+        assert!(parse(&h).unwrap_err().problem.contains("https"));
+        let local = PlanHosts::parse("127.0.0.1,*.dev.azure.com").unwrap();
+        assert!(local.allows_plain_http("127.0.0.1"));
+        assert!(!local.allows_plain_http("x.dev.azure.com"));
+        assert!(!PlanHosts::parse("*").unwrap().allows_plain_http("evil.example"));
+        assert!(!PlanHosts::parse("intranet.example").unwrap().allows_plain_http("intranet.example"));
     }
 
     fn parse(h: &HashMap<String, String>) -> Result<CheckCallback, PayloadError> {

@@ -13,12 +13,18 @@ pub enum Role {
     Finance,
     Auditor,
     Admin,
-    /// Sends alerts only (the Azure Monitor secure webhook's app role maps here by default).
+    /// Sends alerts only (the Azure Monitor secure webhook's app role maps here by default);
+    /// reads nothing.
     AlertSender,
+    /// Reads runs, approvals and incidents, and changes nothing.
+    Reader,
+    /// The second, exceptional signature an emergency override needs (the product
+    /// requirements' "CEO signature"): an admin asks, a different person holding this confirms.
+    OverrideApprover,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 9] = [
         Role::Devops,
         Role::TechnicalApprover,
         Role::BusinessApprover,
@@ -26,7 +32,25 @@ impl Role {
         Role::Auditor,
         Role::Admin,
         Role::AlertSender,
+        Role::Reader,
+        Role::OverrideApprover,
     ];
+
+    /// The roles that may read runs, approvals and incidents (`GET` under `/api/v1`): every
+    /// role but [`Role::AlertSender`], whose credential sits in action groups' webhook URLs.
+    pub const READERS: [Role; 8] = [
+        Role::Reader,
+        Role::Auditor,
+        Role::TechnicalApprover,
+        Role::BusinessApprover,
+        Role::Finance,
+        Role::Devops,
+        Role::Admin,
+        Role::OverrideApprover,
+    ];
+
+    /// The roles that may send alerts (open incidents, page on-call).
+    pub const ALERT_SENDERS: [Role; 2] = [Role::AlertSender, Role::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,6 +61,8 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Admin => "admin",
             Role::AlertSender => "alert_sender",
+            Role::Reader => "reader",
+            Role::OverrideApprover => "override_approver",
         }
     }
 

@@ -37,11 +37,12 @@ pub fn caller(
         .and_then(move |h: Option<String>, headers: HeaderMap| {
             let app = app.clone();
             async move {
-                match authenticate(&app, group, h.as_deref(), &headers).await? {
-                    Pending::Caller(c) => Ok(c),
+                let caller = match authenticate(&app, group, h.as_deref(), &headers).await? {
+                    Pending::Caller(c) => c,
                     // A request without a body signs an empty one.
-                    Pending::Signed(s) => signed_caller(&app, group, &s, &[]),
-                }
+                    Pending::Signed(s) => signed_caller(&app, group, &s, &[])?,
+                };
+                permitted(group, caller)
             }
         })
 }
@@ -78,10 +79,29 @@ pub fn caller_and_body(
                     Pending::Caller(c) => c,
                     Pending::Signed(s) => signed_caller(&app, group, &s, &bytes)?,
                 };
-                Ok::<_, Rejection>((caller, bytes))
+                Ok::<_, Rejection>((permitted(group, caller)?, bytes))
             }
         })
         .untuple_one()
+}
+
+/// 403 unless the caller holds one of the roles its route group needs
+/// ([`RouteGroup::roles`]): an authenticated credential is not yet a permission. Routes whose
+/// groups need no particular role check their own (ledger: devops; approvals: per action).
+fn permitted(group: RouteGroup, caller: Caller) -> Result<Caller, Rejection> {
+    let Some(roles) = group.roles() else {
+        return Ok(caller);
+    };
+    if roles.iter().any(|r| caller.has(*r)) {
+        return Ok(caller);
+    }
+    tracing::info!(target: "icahub::auth", caller = %caller.name, %group, "refused: role missing");
+    Err(warp::reject::custom(ApiError::Forbidden(format!(
+        "{} holds none of the roles {group} routes need: {} (grant one with `icahub roles grant {} <role>`)",
+        caller.name,
+        roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "),
+        caller.name
+    ))))
 }
 
 /// A caller known from the headers, or a signed request whose body is still to be verified.

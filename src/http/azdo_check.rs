@@ -118,6 +118,18 @@ async fn handle(
             &app.config.azdo_plan_hosts,
             &app.config.approvals.policy,
         )?;
+        let orgs = &app.config.azdo_organizations;
+        let org = check.organization();
+        if !orgs.allows(&org) {
+            return Err(ApiError::Forbidden(if orgs.is_empty() {
+                format!("this hub answers no Azure DevOps organization's checks: set ICAHUB_AZDO_ORGANIZATIONS (the check came from {org:?})")
+            } else {
+                format!(
+                    "the check came from the Azure DevOps organization {org:?}, which ICAHUB_AZDO_ORGANIZATIONS ({}) does not list",
+                    orgs.list()
+                )
+            }));
+        }
         let now = app.clock.now();
         let origin = Origin {
             source: Some("azdo_check".into()),

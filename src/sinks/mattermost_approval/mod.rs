@@ -166,6 +166,10 @@ pub fn headline(view: &ApprovalView) -> String {
             )
         }
         ApprovalStatus::Pending => format!("Approval needed: {what} · {}", view.id),
+        ApprovalStatus::OverridePending => format!(
+            "{} emergency override asked for, waiting for a second person: {what}",
+            view.id
+        ),
     }
 }
 
@@ -389,6 +393,7 @@ fn status_label(view: &ApprovalView) -> String {
         ApprovalStatus::Approved => "Approved",
         ApprovalStatus::Rejected => "Rejected",
         ApprovalStatus::Expired => "Expired",
+        ApprovalStatus::OverridePending => "Emergency override waiting for a second person",
     }
     .into()
 }
