@@ -44,6 +44,11 @@ pub struct ApprovalConfig {
     /// Where expired requests are escalated.
     pub escalation_webhook: Option<String>,
     pub escalation_channel: Option<String>,
+    /// Pipeline name patterns → project (`ICAHUB_BUDGET_PROJECTS`), after the maps kept with
+    /// `icahub budget map`.
+    pub budget_projects: Vec<(String, String)>,
+    /// A production request whose project has no budget is refused (`ICAHUB_BUDGET_REQUIRED`).
+    pub budget_required: bool,
 }
 
 impl ApprovalConfig {
@@ -89,7 +94,23 @@ impl ApprovalConfig {
         };
         let webhook = get("ICAHUB_APPROVAL_WEBHOOK");
         let channel = get("ICAHUB_APPROVAL_CHANNEL");
+        let budget_projects = match get("ICAHUB_BUDGET_PROJECTS") {
+            None => Vec::new(),
+            Some(v) => parse_budget_projects(&v)
+                .map_err(|e| format!("ICAHUB_BUDGET_PROJECTS: {e}"))?,
+        };
+        let budget_required = match get("ICAHUB_BUDGET_REQUIRED").as_deref().map(str::trim) {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(format!(
+                    "ICAHUB_BUDGET_REQUIRED={other:?} must be true or false"
+                ))
+            }
+        };
         Ok(ApprovalConfig {
+            budget_projects,
+            budget_required,
             policy,
             finance_channel: get("ICAHUB_FINANCE_CHANNEL").or_else(|| channel.clone()),
             escalation_webhook: get("ICAHUB_ESCALATION_WEBHOOK").or_else(|| webhook.clone()),
@@ -98,6 +119,27 @@ impl ApprovalConfig {
             channel,
         })
     }
+}
+
+/// `{"payments-*": "payments", "web-deploy": "web"}`: exact pipeline names, or prefixes ending
+/// in `*`. An exact name wins over a prefix, and a longer prefix over a shorter one.
+fn parse_budget_projects(v: &str) -> Result<Vec<(String, String)>, String> {
+    let map: serde_json::Map<String, Value> = serde_json::from_str(v)
+        .map_err(|e| format!("must be a JSON object of pipeline pattern to project: {e}"))?;
+    let mut out = Vec::new();
+    for (pattern, project) in map {
+        let Some(project) = project.as_str().map(str::trim).filter(|p| !p.is_empty()) else {
+            return Err(format!("the project of {pattern:?} must be a non-empty string"));
+        };
+        let pattern = pattern.trim().to_ascii_lowercase();
+        if pattern.is_empty() || pattern.len() > 256 || project.len() > 128 {
+            return Err(format!("{pattern:?} → {project:?} is too long or empty"));
+        }
+        out.push((pattern, project.to_string()));
+    }
+    // Exact names first, then longer prefixes before shorter ones.
+    out.sort_by_key(|(p, _)| (p.ends_with('*'), std::cmp::Reverse(p.len())));
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,8 +210,11 @@ pub async fn load(store: &dyn Store, id: &str) -> Result<Option<(Approval, Strin
     }
 }
 
-/// The API view of an approval: the record, with an overdue one shown as expired.
+/// The API view of an approval: the record, with an overdue one shown as expired and a lapsed
+/// override request undone.
 pub fn view(a: &Approval, now: DateTime<Utc>) -> Value {
+    // An override request nobody confirmed in time shows as the state it lapsed back to.
+    let a = &a.settled(now);
     let mut v = serde_json::to_value(a).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("used_tokens");
@@ -669,6 +714,10 @@ pub async fn set_budget(
                 .unwrap_or(0.0),
             updated_at: now,
             updated_by: by.into(),
+            committed: before
+                .as_ref()
+                .map(|b| b.committed.clone())
+                .unwrap_or_default(),
         };
         let c = commit_of(
             REGISTRY.into(),
@@ -692,6 +741,256 @@ pub async fn set_budget(
         }
     }
     Err(StoreError::Contention("budget changed concurrently".into()))
+}
+
+fn budget_map_key(pipeline: &str) -> String {
+    format!(
+        "budgetmap|{}",
+        key_hash(&[&pipeline.trim().to_ascii_lowercase()])
+    )
+}
+
+/// A pipeline's project, as `icahub budget map` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetMap {
+    pub pipeline: String,
+    pub project: String,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+/// Map `pipeline` to `project` (`None`: remove the map). Audited.
+pub async fn set_budget_map(
+    store: &dyn Store,
+    pipeline: &str,
+    project: Option<&str>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<BudgetMap>, StoreError> {
+    let pipeline = pipeline.trim();
+    if pipeline.is_empty() || pipeline.len() > 256 {
+        return Err(StoreError::Config(
+            "a pipeline name is 1-256 characters".into(),
+        ));
+    }
+    if project.is_some_and(|p| p.trim().is_empty() || p.len() > 128) {
+        return Err(StoreError::Config(
+            "a project name is 1-128 characters".into(),
+        ));
+    }
+    let key = budget_map_key(pipeline);
+    for _ in 0..ATTEMPTS {
+        let doc = store.doc_get(REGISTRY, &key).await?;
+        let before: Option<BudgetMap> = doc
+            .as_ref()
+            .and_then(|d| serde_json::from_value(d.value.clone()).ok());
+        let after = project.map(|p| BudgetMap {
+            pipeline: pipeline.to_string(),
+            project: p.trim().to_string(),
+            updated_at: now,
+            updated_by: by.into(),
+        });
+        // A removed map is a tombstone: documents are never deleted from the chained store.
+        let value = match &after {
+            Some(m) => serde_json::to_value(m).unwrap_or_default(),
+            None => json!({"pipeline": pipeline, "project": null, "updated_at": now, "updated_by": by}),
+        };
+        let c = commit_of(
+            REGISTRY.into(),
+            vec![
+                DocWrite {
+                    key: key.clone(),
+                    value,
+                    expect: expect_of(&doc),
+                },
+                crate::audit::note(
+                    now,
+                    json!({"action": "budget.mapped", "pipeline": pipeline, "before": before, "after": after, "by": by, "at": now}),
+                ),
+            ],
+            Vec::new(),
+            "budget-change",
+            now,
+        );
+        if store.doc_commit(&c).await? {
+            return Ok(after);
+        }
+    }
+    Err(StoreError::Contention(
+        "budget map changed concurrently".into(),
+    ))
+}
+
+pub async fn list_budget_maps(store: &dyn Store) -> Result<Vec<BudgetMap>, StoreError> {
+    Ok(store
+        .doc_list(REGISTRY, "budgetmap|")
+        .await?
+        .into_iter()
+        .filter_map(|d| serde_json::from_value(d.value).ok())
+        .collect())
+}
+
+/// The project whose budget an approval spends: decided by the run's pipeline (its map, then
+/// `ICAHUB_BUDGET_PROJECTS`, then the pipeline's own name), never by the request, so a caller
+/// cannot pick a project without a budget. A run not on the ledger spends its target's.
+async fn project_for(
+    app: &App,
+    pipeline: Option<&str>,
+    target: &str,
+) -> Result<String, ApiError> {
+    let Some(pipeline) = pipeline.map(str::trim).filter(|p| !p.is_empty()) else {
+        return Ok(target.to_string());
+    };
+    if let Some(d) = app
+        .store
+        .doc_get(REGISTRY, &budget_map_key(pipeline))
+        .await
+        .map_err(store_err)?
+    {
+        if let Some(p) = d.value.get("project").and_then(Value::as_str) {
+            return Ok(p.to_string());
+        }
+    }
+    let name = pipeline.to_ascii_lowercase();
+    for (pattern, project) in &app.config.approvals.budget_projects {
+        let hit = match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *pattern,
+        };
+        if hit {
+            return Ok(project.clone());
+        }
+    }
+    Ok(pipeline.to_string())
+}
+
+/// Hold `a`'s estimate against its project's budget as it becomes approved. With `enforce`
+/// (a signature), refused when the budget, with every other commitment, would go above the
+/// limit; an override commits without the check. `Ok(true)`: a commitment was written (to
+/// release if the approval's own commit then fails).
+async fn commit_estimate(
+    app: &App,
+    a: &Approval,
+    enforce: bool,
+    now: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    let Some(estimate) = a.estimated_cost.filter(|e| *e > 0.0) else {
+        return Ok(false);
+    };
+    let key = budget_key(&a.project);
+    for attempt in 0..ATTEMPTS {
+        let Some(doc) = app.store.doc_get(REGISTRY, &key).await.map_err(store_err)? else {
+            return Ok(false);
+        };
+        let mut b: Budget =
+            serde_json::from_value(doc.value.clone()).map_err(|e| corrupt("budget", e))?;
+        if b.committed.contains_key(&a.id) {
+            return Ok(false);
+        }
+        let check = b.check(estimate, Some(&a.id), now);
+        if enforce {
+            if let Some(why) = over_budget_text(&check, app.config.approvals.policy.max_utilization)
+            {
+                return Err(ApiError::Conflict(format!(
+                    "{} cannot be approved now: {why}; other approved deployments of {} have not finished yet",
+                    a.id, a.project
+                )));
+            }
+        }
+        b.committed.insert(
+            a.id.clone(),
+            approval::Commitment {
+                estimate,
+                run_id: a.run_id.clone(),
+                at: now,
+            },
+        );
+        let c = commit_of(
+            REGISTRY.into(),
+            vec![
+                DocWrite {
+                    key: key.clone(),
+                    value: serde_json::to_value(&b).unwrap_or_default(),
+                    expect: Expect::Version(doc.version),
+                },
+                crate::audit::note(
+                    now,
+                    json!({"action": "budget.committed", "project": b.project, "approval_id": a.id, "run_id": a.run_id, "estimate": estimate, "utilization": check.utilization, "at": now}),
+                ),
+            ],
+            Vec::new(),
+            &a.id,
+            now,
+        );
+        if app.store.doc_commit(&c).await.map_err(store_err)? {
+            return Ok(true);
+        }
+        pause(attempt).await;
+    }
+    Err(contention())
+}
+
+fn over_budget_text(b: &approval::BudgetCheck, max: f64) -> Option<String> {
+    approval::over_budget(b, max)
+}
+
+/// Take `id`'s commitment off `project`'s budget; with `spent`, add its estimate to the
+/// recorded spend (its run finished successfully). Best effort, audited.
+async fn release_estimate(app: &App, project: &str, id: &str, spent: bool, now: DateTime<Utc>) {
+    let key = budget_key(project);
+    for attempt in 0..ATTEMPTS {
+        let Ok(Some(doc)) = app.store.doc_get(REGISTRY, &key).await else {
+            return;
+        };
+        let Ok(mut b) = serde_json::from_value::<Budget>(doc.value.clone()) else {
+            return;
+        };
+        let Some(c) = b.committed.remove(id) else {
+            return;
+        };
+        if spent {
+            b.current_spend += c.estimate;
+        }
+        let write = commit_of(
+            REGISTRY.into(),
+            vec![
+                DocWrite {
+                    key: key.clone(),
+                    value: serde_json::to_value(&b).unwrap_or_default(),
+                    expect: Expect::Version(doc.version),
+                },
+                crate::audit::note(
+                    now,
+                    json!({"action": if spent { "budget.spent" } else { "budget.released" }, "project": b.project, "approval_id": id, "run_id": c.run_id, "estimate": c.estimate, "at": now}),
+                ),
+            ],
+            Vec::new(),
+            id,
+            now,
+        );
+        match app.store.doc_commit(&write).await {
+            Ok(true) => return,
+            Ok(false) => pause(attempt).await,
+            Err(e) => {
+                tracing::warn!(error = %e, approval_id = id, "could not release a budget commitment");
+                return;
+            }
+        }
+    }
+}
+
+/// A run finished: the approved estimates held for it become spend (succeeded) or are released.
+pub async fn settle_run_estimates(app: &App, run_id: &str, succeeded: bool, now: DateTime<Utc>) {
+    let Ok(all) = list_budgets(app.store.as_ref()).await else {
+        return;
+    };
+    for b in all {
+        for (id, c) in &b.committed {
+            if c.run_id == run_id {
+                release_estimate(app, &b.project, id, succeeded, now).await;
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,11 +1113,23 @@ pub async fn create(
         identities(store),
     );
     let (run, mut req_doc, ids) = (run?, req_doc.map_err(store_err)?, ids?);
-    let project = req
-        .project
-        .clone()
-        .or_else(|| run.as_ref().map(|r| r.start.pipeline_name.clone()))
-        .unwrap_or_else(|| req.deployment_target.clone());
+    let project = project_for(
+        app,
+        run.as_ref().map(|r| r.start.pipeline_name.as_str()),
+        &req.deployment_target,
+    )
+    .await?;
+    if let Some(asked) = &req.project {
+        if !asked.eq_ignore_ascii_case(&project) {
+            return Err(ApiError::bad_request(
+                Some("project".into()),
+                format!(
+                    "the project is decided by the run's pipeline, not the request: run {} spends the budget of {project:?} (`icahub budget map` changes it), not {asked:?}",
+                    req.run_id
+                ),
+            ));
+        }
+    }
     let answer = |a: &Approval| {
         let mut v = view(a, now);
         v["success"] = json!(true);
@@ -841,6 +1152,7 @@ pub async fn create(
                                 ApprovalStatus::Pending
                                     | ApprovalStatus::TechnicalApproved
                                     | ApprovalStatus::Approved
+                                    | ApprovalStatus::OverridePending
                             ) =>
                     {
                         return Ok((false, answer(&a)));
@@ -854,11 +1166,17 @@ pub async fn create(
         if policy.is_production(&req.deployment_target) {
             check_lock(app, &req.deployment_target, None, now).await?;
         }
+        let found = budget(store, &project).await.map_err(store_err)?;
+        if found.is_none()
+            && app.config.approvals.budget_required
+            && policy.is_production(&req.deployment_target)
+        {
+            return Err(ApiError::Conflict(format!(
+                "project {project:?} has no budget, and production requests need one (ICAHUB_BUDGET_REQUIRED): set it with `icahub budget set {project} --monthly USD`"
+            )));
+        }
         let check = match req.estimated_cost {
-            Some(est) => budget(store, &project)
-                .await
-                .map_err(store_err)?
-                .map(|b| b.check(est, now)),
+            Some(est) => found.map(|b| b.check(est, None, now)),
             None => None,
         };
         let id = match reuse_id {
@@ -1090,11 +1408,14 @@ pub async fn sign(
     input: &SignIn,
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
-    let mut took_lock: Option<String> = None;
-    let result = sign_inner(app, signer, id, input, now, &mut took_lock).await;
+    let (mut took_lock, mut took_budget) = (None, None);
+    let result = sign_inner(app, signer, id, input, now, &mut took_lock, &mut took_budget).await;
     if result.is_err() {
         if let Some(target) = took_lock {
             release_lock(app, &target, id, now).await;
+        }
+        if let Some(project) = took_budget {
+            release_estimate(app, &project, id, false, now).await;
         }
     }
     result
@@ -1107,6 +1428,7 @@ async fn sign_inner(
     input: &SignIn,
     now: DateTime<Utc>,
     took_lock: &mut Option<String>,
+    took_budget: &mut Option<String>,
 ) -> Result<Value, ApiError> {
     for attempt in 0..ATTEMPTS {
         let Some((a, version)) = load(app.store.as_ref(), id).await? else {
@@ -1144,6 +1466,16 @@ async fn sign_inner(
         if let Some(t) = &signer.token_id {
             next.used_tokens.push(t.clone());
         }
+        if next.status == ApprovalStatus::Approved {
+            match commit_estimate(app, &next, true, now).await {
+                Ok(true) => *took_budget = Some(next.project.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    audit_refusal(app, id, refuse(e.to_string()), now).await;
+                    return Err(e);
+                }
+            }
+        }
         if next.status == ApprovalStatus::Approved && next.production {
             if let Err(e) = acquire_lock(app, &next, now).await {
                 audit_refusal(app, id, refuse(e.to_string()), now).await;
@@ -1168,6 +1500,7 @@ async fn sign_inner(
                 mark_final_later(app, &next);
             }
             *took_lock = None;
+            *took_budget = None;
             return Ok(json!({
                 "success": true, "approval_id": id, "signature_hash": sig.signature_hash,
                 "status": next.status, "approval_type": sig.approval_type, "decision": sig.decision,
@@ -1257,6 +1590,8 @@ pub async fn emergency_override(
             acquire_lock(app, &next, now).await?;
             took = true;
         }
+        // An override passes the budget (that is what it is for), but its estimate still counts.
+        let took_budget = commit_estimate(app, &next, false, now).await?;
         let Some(o) = next.override_.clone() else {
             return Err(contention());
         };
@@ -1286,6 +1621,9 @@ pub async fn emergency_override(
         if took {
             // Re-read: the next attempt decides again (and takes the lock again if still right).
             release_lock(app, &next.deployment_target, id, now).await;
+        }
+        if took_budget {
+            release_estimate(app, &next.project, id, false, now).await;
         }
         pause(attempt).await;
     }

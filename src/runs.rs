@@ -448,7 +448,18 @@ async fn close(
         json!({"record_id": run.record_id, "run": value}),
         now,
     );
-    Ok(commit(app, &c).await?.then_some(rec))
+    let closed = commit(app, &c).await?;
+    if closed {
+        // Approved estimates held for this run become spend, or are released.
+        crate::approvals::settle_run_estimates(
+            app,
+            &f.run_id,
+            f.status == crate::domain::run::RunStatus::Success,
+            now,
+        )
+        .await;
+    }
+    Ok(closed.then_some(rec))
 }
 
 /// `run/finish`: the same finish again answers as the first did; a different one is 409.

@@ -341,6 +341,29 @@ async fn budgets_reject_over_95_percent_and_big_estimates_need_finance() {
     )
     .await
     .unwrap();
+    // The pipeline's runs spend the payments budget.
+    icahub::approvals::set_budget_map(
+        hub.app.store.as_ref(),
+        "payments-deploy",
+        Some("payments"),
+        "fiona",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    for run in ["3001", "3002"] {
+        start_run(&hub, run, "dave").await;
+    }
+    // Another pipeline's run, whose project has no budget.
+    let r = hub
+        .post_json(
+            START,
+            json!({"pipeline_name": "ledger-deploy", "run_id": "3003", "branch": "main",
+                   "commit": "9f2c1e7", "triggered_by": "dave"})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     let mut body = request("3001", "staging", 600.0);
     body["project"] = json!("payments");
     let r = post_as(&hub, &p.dave, APPROVAL, body).await;
@@ -353,10 +376,9 @@ async fn budgets_reject_over_95_percent_and_big_estimates_need_finance() {
         r.json["reason"]
     );
 
-    let mut body = request("3002", "staging", 200.0);
-    body["project"] = json!("payments");
-    let r = post_as(&hub, &p.dave, APPROVAL, body).await;
+    let r = post_as(&hub, &p.dave, APPROVAL, request("3002", "staging", 200.0)).await;
     assert_eq!(r.json["status"], "pending", "{}", r.text);
+    assert_eq!(r.json["project"], "payments");
 
     // Above $5,000/month: the business half must come from finance, who is told.
     let r = post_as(
@@ -481,13 +503,18 @@ async fn pending_requests_are_reminded_hourly_then_expire_and_escalate() {
 }
 
 #[tokio::test]
-async fn an_admin_override_is_an_audited_exception() {
+async fn an_emergency_override_takes_an_admin_and_a_second_person() {
     let hub = TestHub::embedded().await;
     let p = people(&hub).await;
+    let ceo = person(&hub, "ceo", &[Role::OverrideApprover]).await;
     let r = post_as(&hub, &p.dave, APPROVAL, request("5001", "staging", 5.0)).await;
     let id = r.json["approval_id"].as_str().unwrap().to_string();
     let path = format!("{APPROVAL}/{id}/override");
     post_as(&hub, &p.alice, &path, json!({"reason": "outage"}))
+        .await
+        .expect_error(403);
+    // The exceptional signer cannot start one alone either.
+    post_as(&hub, &ceo, &path, json!({"reason": "outage"}))
         .await
         .expect_error(403);
     let e = post_as(&hub, &p.root, &path, json!({})).await;
@@ -500,12 +527,24 @@ async fn an_admin_override_is_an_audited_exception() {
     )
     .await;
     assert_eq!(o.status, 200, "{}", o.text);
-    assert_eq!(o.json["status"], "approved");
-    assert_eq!(o.json["previous_status"], "pending");
-    let exc = o.json["exception_id"].as_str().unwrap();
+    assert_eq!(o.json["status"], "override_pending");
+    assert_eq!(hub.get(&format!("{APPROVAL}/{id}")).await.json["status"], "override_pending");
+    // The same admin again is not a second person.
+    let again = post_as(&hub, &p.root, &path, json!({"reason": "really"})).await;
+    assert!(again.expect_error(403)["message"]
+        .as_str()
+        .unwrap()
+        .contains("second"));
+    let c = post_as(&hub, &ceo, &path, json!({"reason": "confirmed, CAB 14:07"})).await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(c.json["status"], "approved");
+    assert_eq!(c.json["previous_status"], "pending");
+    assert_eq!((c.json["requested_by"].as_str(), c.json["confirmed_by"].as_str()), (Some("root"), Some("ceo")));
+    let exc = c.json["exception_id"].as_str().unwrap();
     assert!(exc.starts_with("EXC-"));
     let g = hub.get(&format!("{APPROVAL}/{id}")).await;
     assert_eq!(g.json["override"]["by"], "root");
+    assert_eq!(g.json["override"]["confirmed_by"], "ceo");
     let audit = hub
         .app
         .store
@@ -514,7 +553,10 @@ async fn an_admin_override_is_an_audited_exception() {
         .unwrap();
     assert!(audit
         .iter()
-        .any(|d| d.value["action"] == "approval.overridden" && d.value["exception"] == true));
+        .any(|d| d.value["action"] == "approval.override_requested" && d.value["exception"] == true));
+    assert!(audit.iter().any(|d| d.value["action"] == "approval.overridden"
+        && d.value["exception"] == true
+        && d.value["confirmed_by"] == "ceo"));
     post_as(&hub, &p.root, &path, json!({"reason": "again"}))
         .await
         .expect_error(409);

@@ -91,6 +91,13 @@ async fn world_with(accepted_token: &str) -> World {
         ("ICAHUB_STORAGE", "embedded".to_string()),
         ("ICAHUB_DATA_DIR", dir.path().display().to_string()),
         ("ICAHUB_AZDO_PLAN_HOSTS", "127.0.0.1".to_string()),
+        (
+            "ICAHUB_AZDO_ORGANIZATIONS",
+            format!(
+                "{}/fabrikamfiber",
+                ado.base.trim_start_matches("http://")
+            ),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -169,7 +176,7 @@ fn without(mut h: Vec<(String, String)>, names: &[&str]) -> Vec<(String, String)
 }
 
 fn body(target: &str) -> String {
-    json!({"deployment_target": target, "estimated_cost": 120, "project": "payments",
+    json!({"deployment_target": target, "estimated_cost": 120,
            "checklist": ["tests green", "rollback plan"]})
     .to_string()
 }
@@ -445,6 +452,20 @@ async fn a_request_rejected_by_its_budget_fails_the_check_at_once() {
     )
     .await
     .unwrap();
+    // The run is on the ledger: its pipeline decides the budget.
+    let r = reqwest::Client::new()
+        .post(w.hub.url("/api/v1/azdev/run/start"))
+        .header("authorization", format!("Bearer {}", w.pipeline))
+        .header("content-type", "application/json")
+        .body(
+            json!({"pipeline_name": "payments", "run_id": BUILD_ID, "branch": "main",
+                   "commit": "9f2c1e7", "triggered_by": "dave"})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     // PlanUrl without its trailing slash, and with a doubled one: never `//` in the callback.
     let h = with_header(
         sample_headers(&w),

@@ -322,8 +322,11 @@ pub struct BudgetCheck {
     pub month: String,
     pub monthly_budget: f64,
     pub current_spend: f64,
+    /// Estimates of other approved deployments of the project whose runs have not finished.
+    #[serde(default)]
+    pub committed: f64,
     pub estimated_cost: f64,
-    /// (current spend + estimate) / budget.
+    /// (current spend + committed + estimate) / budget.
     pub utilization: f64,
 }
 
@@ -336,12 +339,37 @@ pub struct Budget {
     pub current_spend: f64,
     pub updated_at: DateTime<Utc>,
     pub updated_by: String,
+    /// Approved deployments whose runs have not finished: approval id → its estimate. They
+    /// count as spend until the run finishes (then a successful run's estimate is added to
+    /// `current_spend` and a failed one's released), so two approvals cannot each pass against
+    /// the same unspent budget.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub committed: std::collections::BTreeMap<String, Commitment>,
+}
+
+/// An approved estimate held against a budget until its run finishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commitment {
+    pub estimate: f64,
+    pub run_id: String,
+    pub at: DateTime<Utc>,
 }
 
 impl Budget {
-    pub fn check(&self, estimate: f64, now: DateTime<Utc>) -> BudgetCheck {
+    /// The committed estimates, leaving out approval `except` (its own, when re-checking).
+    pub fn committed_total(&self, except: Option<&str>) -> f64 {
+        self.committed
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .map(|(_, c)| c.estimate)
+            .sum()
+    }
+
+    /// Utilization with `estimate` on top of the recorded spend and every other commitment.
+    pub fn check(&self, estimate: f64, except: Option<&str>, now: DateTime<Utc>) -> BudgetCheck {
+        let committed = self.committed_total(except);
         let utilization = if self.monthly_budget > 0.0 {
-            (self.current_spend + estimate) / self.monthly_budget
+            (self.current_spend + committed + estimate) / self.monthly_budget
         } else {
             f64::INFINITY
         };
@@ -350,10 +378,28 @@ impl Budget {
             month: now.format("%Y-%m").to_string(),
             monthly_budget: self.monthly_budget,
             current_spend: self.current_spend,
+            committed,
             estimated_cost: estimate,
             utilization: (utilization * 10_000.0).round() / 10_000.0,
         }
     }
+}
+
+/// The refusal text when `b` is above `max` utilization.
+pub fn over_budget(b: &BudgetCheck, max: f64) -> Option<String> {
+    (b.utilization > max).then(|| {
+        format!(
+            "budget utilization would be {:.1}% (spend ${:.2} + committed ${:.2} + estimate ${:.2} of ${:.2} for {} in {}), above the {:.0}% limit",
+            b.utilization * 100.0,
+            b.current_spend,
+            b.committed,
+            b.estimated_cost,
+            b.monthly_budget,
+            b.project,
+            b.month,
+            max * 100.0
+        )
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,19 +518,8 @@ impl Approval {
         let estimate = req.estimated_cost.unwrap_or(0.0);
         let auto_reject = budget
             .as_ref()
-            .filter(|b| b.utilization > policy.max_utilization)
-            .map(|b| {
-                format!(
-                    "rejected automatically: budget utilization would be {:.1}% (spend ${:.2} + estimate ${:.2} of ${:.2} for {} in {}), above the {:.0}% limit",
-                    b.utilization * 100.0,
-                    b.current_spend,
-                    b.estimated_cost,
-                    b.monthly_budget,
-                    b.project,
-                    b.month,
-                    policy.max_utilization * 100.0
-                )
-            });
+            .and_then(|b| over_budget(b, policy.max_utilization))
+            .map(|why| format!("rejected automatically: {why}"));
         let mut a = Approval {
             id,
             production: policy.is_production(&req.deployment_target),
