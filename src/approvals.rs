@@ -96,8 +96,9 @@ impl ApprovalConfig {
         let channel = get("ICAHUB_APPROVAL_CHANNEL");
         let budget_projects = match get("ICAHUB_BUDGET_PROJECTS") {
             None => Vec::new(),
-            Some(v) => parse_budget_projects(&v)
-                .map_err(|e| format!("ICAHUB_BUDGET_PROJECTS: {e}"))?,
+            Some(v) => {
+                parse_budget_projects(&v).map_err(|e| format!("ICAHUB_BUDGET_PROJECTS: {e}"))?
+            }
         };
         let budget_required = match get("ICAHUB_BUDGET_REQUIRED").as_deref().map(str::trim) {
             None | Some("false") | Some("0") => false,
@@ -129,7 +130,9 @@ fn parse_budget_projects(v: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (pattern, project) in map {
         let Some(project) = project.as_str().map(str::trim).filter(|p| !p.is_empty()) else {
-            return Err(format!("the project of {pattern:?} must be a non-empty string"));
+            return Err(format!(
+                "the project of {pattern:?} must be a non-empty string"
+            ));
         };
         let pattern = pattern.trim().to_ascii_lowercase();
         if pattern.is_empty() || pattern.len() > 256 || project.len() > 128 {
@@ -793,7 +796,9 @@ pub async fn set_budget_map(
         // A removed map is a tombstone: documents are never deleted from the chained store.
         let value = match &after {
             Some(m) => serde_json::to_value(m).unwrap_or_default(),
-            None => json!({"pipeline": pipeline, "project": null, "updated_at": now, "updated_by": by}),
+            None => {
+                json!({"pipeline": pipeline, "project": null, "updated_at": now, "updated_by": by})
+            }
         };
         let c = commit_of(
             REGISTRY.into(),
@@ -833,11 +838,7 @@ pub async fn list_budget_maps(store: &dyn Store) -> Result<Vec<BudgetMap>, Store
 /// The project whose budget an approval spends: decided by the run's pipeline (its map, then
 /// `ICAHUB_BUDGET_PROJECTS`, then the pipeline's own name), never by the request, so a caller
 /// cannot pick a project without a budget. A run not on the ledger spends its target's.
-async fn project_for(
-    app: &App,
-    pipeline: Option<&str>,
-    target: &str,
-) -> Result<String, ApiError> {
+async fn project_for(app: &App, pipeline: Option<&str>, target: &str) -> Result<String, ApiError> {
     let Some(pipeline) = pipeline.map(str::trim).filter(|p| !p.is_empty()) else {
         return Ok(target.to_string());
     };
@@ -1409,7 +1410,16 @@ pub async fn sign(
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
     let (mut took_lock, mut took_budget) = (None, None);
-    let result = sign_inner(app, signer, id, input, now, &mut took_lock, &mut took_budget).await;
+    let result = sign_inner(
+        app,
+        signer,
+        id,
+        input,
+        now,
+        &mut took_lock,
+        &mut took_budget,
+    )
+    .await;
     if result.is_err() {
         if let Some(target) = took_lock {
             release_lock(app, &target, id, now).await;
@@ -1454,9 +1464,10 @@ async fn sign_inner(
         let trigger = crate::runs::run_record(app, &a.run_id)
             .await?
             .map(|r| r.start.triggered_by);
-        let (mut next, sig) = match a.with_ledger(trigger.as_deref()).and_then(|a| {
-            approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now)
-        }) {
+        let (mut next, sig) = match a
+            .with_ledger(trigger.as_deref())
+            .and_then(|a| approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now))
+        {
             Ok(x) => x,
             Err(r) => {
                 audit_refusal(app, id, refuse(r.to_string()), now).await;
@@ -1577,10 +1588,12 @@ pub async fn emergency_override(
             .await?
             {
                 tracing::warn!(approval_id = id, by = %caller.name, "emergency override requested; waiting for a second person");
-                return Ok(json!({"success": true, "approval_id": id, "status": next.status,
+                return Ok(
+                    json!({"success": true, "approval_id": id, "status": next.status,
                                  "requested_by": r.by, "expires_at": r.expires_at,
                                  "previous_status": r.previous_status, "signature_hash": r.signature_hash,
-                                 "next": "a different person holding override_approver confirms with POST …/override and a reason"}));
+                                 "next": "a different person holding override_approver confirms with POST …/override and a reason"}),
+                );
             }
             pause(attempt).await;
             continue;

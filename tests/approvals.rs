@@ -528,7 +528,10 @@ async fn an_emergency_override_takes_an_admin_and_a_second_person() {
     .await;
     assert_eq!(o.status, 200, "{}", o.text);
     assert_eq!(o.json["status"], "override_pending");
-    assert_eq!(hub.get(&format!("{APPROVAL}/{id}")).await.json["status"], "override_pending");
+    assert_eq!(
+        hub.get(&format!("{APPROVAL}/{id}")).await.json["status"],
+        "override_pending"
+    );
     // The same admin again is not a second person.
     let again = post_as(&hub, &p.root, &path, json!({"reason": "really"})).await;
     assert!(again.expect_error(403)["message"]
@@ -539,7 +542,13 @@ async fn an_emergency_override_takes_an_admin_and_a_second_person() {
     assert_eq!(c.status, 200, "{}", c.text);
     assert_eq!(c.json["status"], "approved");
     assert_eq!(c.json["previous_status"], "pending");
-    assert_eq!((c.json["requested_by"].as_str(), c.json["confirmed_by"].as_str()), (Some("root"), Some("ceo")));
+    assert_eq!(
+        (
+            c.json["requested_by"].as_str(),
+            c.json["confirmed_by"].as_str()
+        ),
+        (Some("root"), Some("ceo"))
+    );
     let exc = c.json["exception_id"].as_str().unwrap();
     assert!(exc.starts_with("EXC-"));
     let g = hub.get(&format!("{APPROVAL}/{id}")).await;
@@ -551,12 +560,14 @@ async fn an_emergency_override_takes_an_admin_and_a_second_person() {
         .doc_list(&icahub::approvals::partition_of(&id).unwrap(), "audit|")
         .await
         .unwrap();
+    assert!(audit.iter().any(
+        |d| d.value["action"] == "approval.override_requested" && d.value["exception"] == true
+    ));
     assert!(audit
         .iter()
-        .any(|d| d.value["action"] == "approval.override_requested" && d.value["exception"] == true));
-    assert!(audit.iter().any(|d| d.value["action"] == "approval.overridden"
-        && d.value["exception"] == true
-        && d.value["confirmed_by"] == "ceo"));
+        .any(|d| d.value["action"] == "approval.overridden"
+            && d.value["exception"] == true
+            && d.value["confirmed_by"] == "ceo"));
     post_as(&hub, &p.root, &path, json!({"reason": "again"}))
         .await
         .expect_error(409);

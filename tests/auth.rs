@@ -111,6 +111,9 @@ async fn keys_and_roles_from_the_cli_with_an_audit_record() {
     let (_, out, _) = cli(&["roles", "list", "--json"]);
     let ids: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(ids[0]["roles"], serde_json::json!(["devops"]));
+    // Alerts need alert_sender: a pipeline's devops key alone cannot page on-call.
+    let (ok, out, _) = cli(&["roles", "grant", "pipeline-prod", "alert_sender"]);
+    assert!(ok, "{out}");
 
     // The key works against a hub on the same store, until it is revoked.
     let config = icahub::config::Config::embedded(dir.path());
@@ -132,8 +135,9 @@ async fn keys_and_roles_from_the_cli_with_an_audit_record() {
     };
     let (_, out, _) = cli(&["keys", "issue", "--identity", "temp", "--json"]);
     let temp: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let (ok, _, _) = cli(&["keys", "revoke", temp["id"].as_str().unwrap()]);
+    let (ok, _, err) = cli(&["keys", "revoke", temp["id"].as_str().unwrap()]);
     assert!(ok);
+    assert!(err.contains("within 10 seconds"), "{err}");
     assert_eq!(send(temp["key"].as_str().unwrap().to_string()).await, 401);
     assert_eq!(send(key).await, 202);
 

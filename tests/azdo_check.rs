@@ -84,6 +84,12 @@ struct World {
 
 /// A hub whose checks call back to a local Azure DevOps that accepts `accepted_token`.
 async fn world_with(accepted_token: &str) -> World {
+    world_of(accepted_token, &[]).await
+}
+
+/// A hub that also answers checks of the organizations `also` (collections on the local Azure
+/// DevOps).
+async fn world_of(accepted_token: &str, also: &[&str]) -> World {
     logs();
     let dir = tempfile::tempdir().unwrap();
     let ado = Receiver::azure_devops(accepted_token).await;
@@ -93,10 +99,11 @@ async fn world_with(accepted_token: &str) -> World {
         ("ICAHUB_AZDO_PLAN_HOSTS", "127.0.0.1".to_string()),
         (
             "ICAHUB_AZDO_ORGANIZATIONS",
-            format!(
-                "{}/fabrikamfiber",
-                ado.base.trim_start_matches("http://")
-            ),
+            std::iter::once("fabrikamfiber")
+                .chain(also.iter().copied())
+                .map(|o| format!("{}/{o}", ado.base.trim_start_matches("http://")))
+                .collect::<Vec<_>>()
+                .join(","),
         ),
     ]
     .into_iter()
@@ -538,6 +545,94 @@ async fn a_refused_token_is_a_dead_letter() {
     let dead = check_rows(&w, OutboxStatus::Dead).await;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].last_error.as_deref().unwrap().contains("203"));
+}
+
+/// A check for the same build number and target from another organization (or another
+/// project) must not take over the callback of the check that created the approval, and an
+/// organization the hub does not list cannot create approvals at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_check_from_elsewhere_cannot_take_over() {
+    let w = world_of(TOKEN, &["contoso"]).await;
+    let r = post_check(&w, Some(&w.pipeline), &sample_headers(&w), body("staging")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json["approval_id"].as_str().unwrap().to_string();
+    let before = w
+        .hub
+        .get(&format!("/api/v1/azdev/approval/{id}"))
+        .await
+        .json["check"]
+        .clone();
+
+    // Another listed organization, same BuildId and target, a new check instance.
+    let other_org = with_header(
+        with_header(
+            sample_headers(&w),
+            "PlanUrl",
+            &format!("{}/contoso/", w.ado.base),
+        ),
+        "TaskInstanceId",
+        "99999999-347e-5f06-a6a1-ce2102bd68eb",
+    );
+    let e = post_check(&w, Some(&w.pipeline), &other_org, body("staging")).await;
+    assert!(e.expect_error(409)["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot answer it"));
+    // The same organization, another project.
+    let other_project = with_header(
+        with_header(
+            sample_headers(&w),
+            "ProjectId",
+            "00000000-1f4d-4c8a-9b6e-2d1f0a3c4b5d",
+        ),
+        "TaskInstanceId",
+        "88888888-347e-5f06-a6a1-ce2102bd68eb",
+    );
+    post_check(&w, Some(&w.pipeline), &other_project, body("staging"))
+        .await
+        .expect_error(409);
+    assert_eq!(
+        w.hub
+            .get(&format!("/api/v1/azdev/approval/{id}"))
+            .await
+            .json["check"],
+        before,
+        "the callback is unchanged"
+    );
+
+    // An organization the hub does not list: refused before anything is stored.
+    let unlisted = with_header(
+        with_header(
+            sample_headers(&w),
+            "PlanUrl",
+            &format!("{}/mallory-org/", w.ado.base),
+        ),
+        "BuildId",
+        "5000",
+    );
+    let e = post_check(&w, Some(&w.pipeline), &unlisted, body("staging")).await;
+    assert!(e.expect_error(403)["message"]
+        .as_str()
+        .unwrap()
+        .contains("ICAHUB_AZDO_ORGANIZATIONS"));
+    // A plain-http callback to a host that is not loopback is refused.
+    let http = with_header(
+        sample_headers(&w),
+        "PlanUrl",
+        "http://dev.azure.com/fabrikamfiber/",
+    );
+    let e = post_check(&w, Some(&w.pipeline), &http, body("staging")).await;
+    assert!(e.expect_error(400)["message"]
+        .as_str()
+        .unwrap()
+        .contains("https"));
+    approve(&w, &id).await;
+    let got = callbacks(&w, 1).await;
+    assert_eq!(
+        got[0].path,
+        expected_path(PLAN_ID),
+        "the first check is answered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

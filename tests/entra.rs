@@ -263,7 +263,7 @@ async fn valid_tokens_are_let_in_and_every_bad_one_is_refused_and_audited() {
     // Signed and valid, but no app role that maps to icahub: 403.
     let m = refused(
         403,
-        sign("key1", &with("roles", json!(["Reader"]))),
+        sign("key1", &with("roles", json!(["Contributor"]))),
         "no role",
     )
     .await;

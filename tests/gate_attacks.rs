@@ -148,7 +148,10 @@ async fn notes(hub: &TestHub, id: &str, action: &str) -> Vec<Value> {
 
 /// The approval is requested before the run is on the ledger; then mallory, a technical
 /// approver, starts the run and tries to approve her own deployment.
-async fn the_trigger_of_a_run_reported_later_cannot_approve(hub: TestHub, _clock: Arc<ManualClock>) {
+async fn the_trigger_of_a_run_reported_later_cannot_approve(
+    hub: TestHub,
+    _clock: Arc<ManualClock>,
+) {
     let dave = person(&hub, "dave", &[Role::Devops]).await;
     let mallory = person(&hub, "mallory", &[Role::TechnicalApprover]).await;
     let alice = person(&hub, "alice", &[Role::TechnicalApprover]).await;
@@ -222,9 +225,7 @@ async fn an_emergency_override_takes_two_people(hub: TestHub, _clock: Arc<Manual
         .await
         .expect_error(403);
     // A confirmation needs its own reason.
-    post(&hub, &ceo, &path, json!({}))
-        .await
-        .expect_error(400);
+    post(&hub, &ceo, &path, json!({})).await.expect_error(400);
     let a = approval(&hub, &id).await;
     assert_eq!(a["status"], "override_pending");
     assert!(a["override"].is_null());
@@ -271,7 +272,8 @@ async fn an_unconfirmed_override_lapses(hub: TestHub, clock: Arc<ManualClock>) {
 both!(an_unconfirmed_override_lapses, |c| c
     .approvals
     .policy
-    .override_window = chrono::Duration::seconds(60));
+    .override_window =
+    chrono::Duration::seconds(60));
 
 /// Keys with the wrong role: no role, the auditor's read-only key and a pipeline's devops key
 /// cannot open incidents; the action group's alert_sender key reads nothing.
@@ -281,8 +283,14 @@ async fn roles_mean_what_they_say(hub: TestHub, _clock: Arc<ManualClock>) {
     let pipeline = person(&hub, "pipeline", &[Role::Devops]).await;
     let sender = person(&hub, "azmon", &[Role::AlertSender]).await;
     let reader = person(&hub, "viewer", &[Role::Reader]).await;
-    let alert = String::from_utf8(support::fixture("azmon-common-metric-static-fired.json")).unwrap();
-    for (who, key) in [("nobody", &nobody), ("auditor", &auditor), ("pipeline", &pipeline), ("reader", &reader)] {
+    let alert =
+        String::from_utf8(support::fixture("azmon-common-metric-static-fired.json")).unwrap();
+    for (who, key) in [
+        ("nobody", &nobody),
+        ("auditor", &auditor),
+        ("pipeline", &pipeline),
+        ("reader", &reader),
+    ] {
         let r = reqwest::Client::new()
             .post(hub.url(ALERT))
             .header("authorization", format!("Bearer {key}"))
@@ -293,9 +301,17 @@ async fn roles_mean_what_they_say(hub: TestHub, _clock: Arc<ManualClock>) {
             .unwrap();
         let r = Reply::read(r).await;
         let e = r.expect_error(403);
-        assert!(e["message"].as_str().unwrap().contains("alert_sender"), "{who}: {}", r.text);
+        assert!(
+            e["message"].as_str().unwrap().contains("alert_sender"),
+            "{who}: {}",
+            r.text
+        );
     }
-    assert_eq!(hub.app.store.count_events().await.unwrap(), 0, "nothing stored");
+    assert_eq!(
+        hub.app.store.count_events().await.unwrap(),
+        0,
+        "nothing stored"
+    );
     // The sender's alert goes through.
     let ok = reqwest::Client::new()
         .post(hub.url(ALERT))
@@ -324,7 +340,10 @@ async fn roles_mean_what_they_say(hub: TestHub, _clock: Arc<ManualClock>) {
         for key in [&sender, &nobody] {
             let r = call(&hub, key, "GET", path, None).await;
             assert!(
-                r.expect_error(403)["message"].as_str().unwrap().contains("reader"),
+                r.expect_error(403)["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("reader"),
                 "{path}: {}",
                 r.text
             );
@@ -348,9 +367,15 @@ async fn budgets_cannot_be_dodged_or_spent_twice(hub: TestHub, _clock: Arc<Manua
     icahub::approvals::set_budget(store, "payments", 20_000.0, Some(0.0), "fiona", Utc::now())
         .await
         .unwrap();
-    icahub::approvals::set_budget_map(store, "payments-deploy", Some("payments"), "fiona", Utc::now())
-        .await
-        .unwrap();
+    icahub::approvals::set_budget_map(
+        store,
+        "payments-deploy",
+        Some("payments"),
+        "fiona",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
     for run in ["7401", "7402", "7403"] {
         start_run(&hub, &dave, run, "payments-deploy", "carol").await;
     }
@@ -359,14 +384,36 @@ async fn budgets_cannot_be_dodged_or_spent_twice(hub: TestHub, _clock: Arc<Manua
     let e = post(&hub, &dave, APPROVAL, dodge).await;
     assert_eq!(e.expect_error(400)["field"], "project");
     // Without the field the pipeline's budget applies: 116% is rejected at once.
-    let r = post(&hub, &dave, APPROVAL, request("7401", "production", 23_200.0)).await;
+    let r = post(
+        &hub,
+        &dave,
+        APPROVAL,
+        request("7401", "production", 23_200.0),
+    )
+    .await;
     assert_eq!(r.json["status"], "rejected", "{}", r.text);
     assert_eq!(r.json["project"], "payments");
 
-    let first = post(&hub, &dave, APPROVAL, request("7402", "production-eu", 13_000.0)).await;
-    let second = post(&hub, &dave, APPROVAL, request("7403", "production-us", 13_000.0)).await;
+    let first = post(
+        &hub,
+        &dave,
+        APPROVAL,
+        request("7402", "production-eu", 13_000.0),
+    )
+    .await;
+    let second = post(
+        &hub,
+        &dave,
+        APPROVAL,
+        request("7403", "production-us", 13_000.0),
+    )
+    .await;
     assert_eq!(first.json["budget"]["utilization"], 0.65, "{}", first.text);
-    assert_eq!(second.json["budget"]["utilization"], 0.65, "{}", second.text);
+    assert_eq!(
+        second.json["budget"]["utilization"], 0.65,
+        "{}",
+        second.text
+    );
     let (a, b) = (
         first.json["approval_id"].as_str().unwrap().to_string(),
         second.json["approval_id"].as_str().unwrap().to_string(),
@@ -378,13 +425,29 @@ async fn budgets_cannot_be_dodged_or_spent_twice(hub: TestHub, _clock: Arc<Manua
     let ok = post(&hub, &fiona, &sign_path(&a), approve("business")).await;
     assert_eq!(ok.json["status"], "approved", "{}", ok.text);
     let refused = post(&hub, &fiona, &sign_path(&b), approve("business")).await;
-    let msg = refused.expect_error(409)["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("130.0%") && msg.contains("committed $13000.00"), "{msg}");
+    let msg = refused.expect_error(409)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("130.0%") && msg.contains("committed $13000.00"),
+        "{msg}"
+    );
     assert_eq!(approval(&hub, &b).await["status"], "technical_approved");
     // A new request sees the commitment too.
     start_run(&hub, &dave, "7404", "payments-deploy", "carol").await;
-    let third = post(&hub, &dave, APPROVAL, request("7404", "production-ap", 5_000.0)).await;
-    assert_eq!(third.json["budget"]["committed"], 13_000.0, "{}", third.text);
+    let third = post(
+        &hub,
+        &dave,
+        APPROVAL,
+        request("7404", "production-ap", 5_000.0),
+    )
+    .await;
+    assert_eq!(
+        third.json["budget"]["committed"], 13_000.0,
+        "{}",
+        third.text
+    );
     assert_eq!(third.json["budget"]["utilization"], 0.9);
 
     // The first run finishes: its estimate becomes recorded spend, no longer a commitment.
@@ -396,7 +459,10 @@ async fn budgets_cannot_be_dodged_or_spent_twice(hub: TestHub, _clock: Arc<Manua
     )
     .await;
     assert_eq!(f.status, 200, "{}", f.text);
-    let budget = icahub::approvals::budget(store, "payments").await.unwrap().unwrap();
+    let budget = icahub::approvals::budget(store, "payments")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(budget.current_spend, 13_000.0);
     assert!(budget.committed.is_empty(), "{budget:?}");
 }
@@ -417,4 +483,5 @@ async fn production_needs_a_budget_when_required(hub: TestHub, _clock: Arc<Manua
 }
 both!(production_needs_a_budget_when_required, |c| c
     .approvals
-    .budget_required = true);
+    .budget_required =
+    true);

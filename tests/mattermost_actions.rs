@@ -97,12 +97,23 @@ async fn setup(buttons: bool, dialog: bool) -> Env {
 
 /// Request an approval through the API (as tester) and return its id.
 async fn request(env: &Env, run: &str, target: &str) -> String {
+    // The run is on the ledger first, as the pipeline's hook script puts it there.
+    let started = env
+        .hub
+        .post_json(
+            "/api/v1/azdev/run/start",
+            json!({"pipeline_name": "payments", "run_id": run, "branch": "main",
+                   "commit": "9f2c1e7", "triggered_by": "dave"})
+            .to_string(),
+        )
+        .await;
+    assert!(matches!(started.status, 200 | 201), "{}", started.text);
     let r = env
         .hub
         .post_json(
             "/api/v1/azdev/approval",
             json!({"run_id": run, "deployment_target": target, "estimated_cost": 1250.5,
-                   "project": "payments", "description": "Release 4.2 of the payments API",
+                   "description": "Release 4.2 of the payments API",
                    "checklist": {"tests green": true, "rollback plan": true, "load test": false}})
             .to_string(),
         )

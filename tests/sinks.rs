@@ -602,6 +602,7 @@ fn approval_at_t0() -> Approval {
         current_spend: 9_000.0,
         updated_at: t0(),
         updated_by: "finops".into(),
+        committed: Default::default(),
     };
     Approval::new(
         approval_id(2025, 17),
@@ -609,7 +610,7 @@ fn approval_at_t0() -> Approval {
         "payments".into(),
         "pipeline-prod".into(),
         Some("dev@contoso.com".into()),
-        Some(budget.check(7500.0, t0())),
+        Some(budget.check(7500.0, None, t0())),
         &policy,
         t0(),
     )

@@ -25,7 +25,10 @@ pub enum KeysCommand {
         #[arg(long)]
         identity: String,
     },
-    /// Revoke a key by its id (`key-…`, as `list` shows it). Effective within 10 seconds.
+    /// Revoke a key by its id (`key-…`, as `list` shows it).
+    ///
+    /// Running hubs refuse the key within 10 seconds: each instance caches a key's answer (and
+    /// its identity's roles) that long.
     Revoke { id: String },
     /// List keys (ids, identities, dates; never the keys themselves).
     List,
@@ -64,6 +67,10 @@ pub async fn run(args: KeysArgs) -> anyhow::Result<()> {
                 println!("{}", json!({"id": id, "revoked": changed}));
             } else if changed {
                 println!("revoked {id}");
+                eprintln!(
+                    "running hubs refuse it within {} seconds: each instance remembers a key's answer that long",
+                    identity::Authenticator::TTL.as_secs()
+                );
             } else {
                 println!("{id} was already revoked");
             }
