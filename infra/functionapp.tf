@@ -125,6 +125,7 @@ resource "azurerm_function_app_flex_consumption" "hub" {
 
     # --- Azure DevOps -------------------------------------------------------------------------
     "ICAHUB_AZDO_PLAN_HOSTS"    = var.azdo_plan_hosts
+    "ICAHUB_AZDO_ORGANIZATIONS" = join(",", var.azdo_organizations)
     "ICAHUB_AZDO_API_VERSION"   = var.azdo_api_version
     "ICAHUB_AZDO_HOOK_USERNAME" = var.azdo_hook_username
     "ICAHUB_AZDO_HOOK_PASSWORD" = local.secret_ref["azdo-hook-password"]
@@ -143,6 +144,9 @@ resource "azurerm_function_app_flex_consumption" "hub" {
     "ICAHUB_APPROVAL_REMINDER_SECS" = tostring(var.approval_reminder_secs)
     "ICAHUB_FINANCE_THRESHOLD_USD"  = tostring(var.finance_threshold_usd)
     "ICAHUB_BUDGET_MAX_UTILIZATION" = tostring(var.budget_max_utilization)
+    "ICAHUB_BUDGET_PROJECTS"        = jsonencode(var.budget_projects)
+    "ICAHUB_BUDGET_REQUIRED"        = tostring(var.budget_required)
+    "ICAHUB_OVERRIDE_WINDOW_SECS"   = tostring(var.override_window_secs)
     "ICAHUB_PRODUCTION_TARGETS"     = var.production_targets
     "ICAHUB_DEPLOYMENT_LOCK_SECS"   = tostring(var.deployment_lock_secs)
     "ICAHUB_APPROVAL_WEBHOOK"       = var.approval_webhook

@@ -311,6 +311,12 @@ variable "azdo_plan_hosts" {
   default     = "dev.azure.com,*.dev.azure.com,*.visualstudio.com"
 }
 
+variable "azdo_organizations" {
+  description = "ICAHUB_AZDO_ORGANIZATIONS: Azure DevOps organizations whose Invoke Azure Function checks may create and answer approvals (e.g. [\"contoso\"]). Empty: the check route refuses every request."
+  type        = list(string)
+  default     = []
+}
+
 variable "azdo_api_version" {
   description = "ICAHUB_AZDO_API_VERSION: api-version of the Azure DevOps check callback."
   type        = string
@@ -386,6 +392,24 @@ variable "budget_max_utilization" {
   description = "ICAHUB_BUDGET_MAX_UTILIZATION: requests that would take the project's budget utilization above this are rejected."
   type        = number
   default     = 0.95
+}
+
+variable "budget_projects" {
+  description = "ICAHUB_BUDGET_PROJECTS: pipeline name (or prefix ending in *) to the project whose budget its runs spend; `icahub budget map` entries win."
+  type        = map(string)
+  default     = {}
+}
+
+variable "budget_required" {
+  description = "ICAHUB_BUDGET_REQUIRED: refuse production approval requests whose project has no budget."
+  type        = bool
+  default     = true
+}
+
+variable "override_window_secs" {
+  description = "ICAHUB_OVERRIDE_WINDOW_SECS: an emergency override must be confirmed by a second person holding override_approver within this long."
+  type        = number
+  default     = 3600
 }
 
 variable "production_targets" {

@@ -73,6 +73,8 @@ pub const VARS: &[(&str, &str, &str)] = &[
         ("ICAHUB_APPROVAL_REMINDER_SECS", "3600", "Approvers are reminded this often while a request is pending"),
         ("ICAHUB_FINANCE_THRESHOLD_USD", "5000", "An estimate above this (USD/month) needs the business approval from the finance role, who is notified"),
         ("ICAHUB_BUDGET_MAX_UTILIZATION", "0.95", "A request that would take its project's budget utilization above this is rejected automatically"),
+        ("ICAHUB_BUDGET_PROJECTS", "unset", "JSON object of pipeline name (or prefix ending in *) to the project whose budget its runs spend, e.g. {\"payments-*\": \"payments\"}; maps kept with `icahub budget map` win; otherwise a run spends its pipeline's own name"),
+        ("ICAHUB_BUDGET_REQUIRED", "false", "`true`: a production approval request whose project has no budget is refused (409)"),
         ("ICAHUB_PRODUCTION_TARGETS", "production,prod,prod-*,production-*", "Deployment targets that are production (need an estimate; one deployment at a time): names, or prefixes ending in *"),
         ("ICAHUB_DEPLOYMENT_LOCK_SECS", "86400", "A production deployment lock whose run never finishes is released after this long"),
         ("ICAHUB_APPROVAL_WEBHOOK", "default", "Named Mattermost webhook (ICAHUB_MATTERMOST_WEBHOOKS) for approval requests, reminders and decisions"),

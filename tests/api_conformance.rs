@@ -39,14 +39,20 @@ async fn path_parameters_are_percent_decoded() {
     let r = hub.get(&format!("/api/v1/azdev/approval/{encoded}")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["approval_id"], id.as_str());
+    // The test key requested it; another admin asks for the override through the encoded path.
+    let admin = hub
+        .person("root", &[icahub::domain::identity::Role::Admin])
+        .await;
     let r = hub
-        .post_json(
+        .post_as(
+            &admin,
             &format!("/api/v1/azdev/approval/{encoded}/override"),
-            json!({"reason": "hotfix for INC-1"}).to_string(),
+            &json!({"reason": "hotfix for INC-1"}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["approval_id"], id.as_str());
+    assert_eq!(r.json["status"], "override_pending");
 
     let r = hub
         .post_json(

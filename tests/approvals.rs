@@ -18,17 +18,7 @@ const APPROVAL: &str = "/api/v1/azdev/approval";
 
 /// A person with an API key and these roles.
 async fn person(hub: &TestHub, name: &str, roles: &[Role]) -> String {
-    let now = Utc::now();
-    let store = hub.app.store.as_ref();
-    let (key, _) = icahub::identity::issue_key(store, name, "test", now)
-        .await
-        .unwrap();
-    for r in roles {
-        icahub::identity::set_role(store, name, *r, true, "test", now)
-            .await
-            .unwrap();
-    }
-    key
+    hub.person(name, roles).await
 }
 
 async fn post_as(hub: &TestHub, key: &str, path: &str, body: Value) -> Reply {

@@ -5,7 +5,6 @@
 
 mod support;
 
-use chrono::Utc;
 use icahub::config::{Config, Secret, StorageConfig};
 use icahub::domain::identity::Role;
 use serde_json::{json, Value};
@@ -27,17 +26,7 @@ fn tables_config(prefix: String) -> Config {
 }
 
 async fn person(hub: &TestHub, name: &str, roles: &[Role]) -> String {
-    let now = Utc::now();
-    let store = hub.app.store.as_ref();
-    let (key, _) = icahub::identity::issue_key(store, name, "test", now)
-        .await
-        .unwrap();
-    for r in roles {
-        icahub::identity::set_role(store, name, *r, true, "test", now)
-            .await
-            .unwrap();
-    }
-    key
+    hub.person(name, roles).await
 }
 
 async fn post_as(base: String, key: String, path: String, body: Value) -> Reply {

@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::hub::ChildHub;
 
-/// Post distinct alerts from `workers` tasks until the server dies; return the acknowledged
-/// event ids.
+/// How many acknowledged alerts the server is killed after.
+const ENOUGH: usize = 80;
+
+/// Post distinct alerts from `workers` tasks until the server dies (it is killed once
+/// [`ENOUGH`] are acknowledged); return the acknowledged event ids.
 pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let url = hub.url("/api/v1/azdev/alert");
@@ -43,7 +46,17 @@ pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill once enough alerts are acknowledged (an event, not a fixed time: a busy machine only
+    // makes this take longer), with requests still in flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while acked.lock().unwrap().len() < ENOUGH {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} alerts acknowledged in 300 s",
+            acked.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     hub.kill9();
     for t in tasks {
         t.await.unwrap();

@@ -70,17 +70,7 @@ macro_rules! both {
 }
 
 async fn person(hub: &TestHub, name: &str, roles: &[Role]) -> String {
-    let now = Utc::now();
-    let store = hub.app.store.as_ref();
-    let (key, _) = icahub::identity::issue_key(store, name, "test", now)
-        .await
-        .unwrap();
-    for r in roles {
-        icahub::identity::set_role(store, name, *r, true, "test", now)
-            .await
-            .unwrap();
-    }
-    key
+    hub.person(name, roles).await
 }
 
 async fn call(hub: &TestHub, key: &str, method: &str, path: &str, body: Option<Value>) -> Reply {
@@ -99,7 +89,7 @@ async fn call(hub: &TestHub, key: &str, method: &str, path: &str, body: Option<V
 }
 
 async fn post(hub: &TestHub, key: &str, path: &str, body: Value) -> Reply {
-    call(hub, key, "POST", path, Some(body)).await
+    hub.post_as(key, path, &body).await
 }
 
 async fn start_run(hub: &TestHub, key: &str, run: &str, pipeline: &str, trigger: &str) {

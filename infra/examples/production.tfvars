@@ -64,6 +64,8 @@ control_plane_url = "https://ica.contoso.com"
 
 azdo_hook_username = "azure-devops"
 azdo_plan_hosts    = "dev.azure.com,*.dev.azure.com,*.visualstudio.com"
+azdo_organizations = ["contoso"]
+budget_projects    = { "payments-*" = "payments" }
 
 production_targets    = "production,prod,prod-*,production-*"
 finance_threshold_usd = 5000

@@ -1100,9 +1100,28 @@ mod tests {
             current_spend: 9_000.0,
             updated_at: t0(),
             updated_by: "fiona".into(),
+            committed: Default::default(),
         };
-        let check = b.check(600.0, t0());
+        let check = b.check(600.0, None, t0());
         assert_eq!(check.utilization, 0.96);
+        // An approved, unfinished estimate counts, except when re-checking that approval itself.
+        let mut held = b.clone();
+        held.committed.insert(
+            "APR-2026-000009".into(),
+            Commitment {
+                estimate: 500.0,
+                run_id: "9".into(),
+                at: t0(),
+            },
+        );
+        assert_eq!(held.check(600.0, None, t0()).utilization, 1.01);
+        assert_eq!(
+            held.check(600.0, Some("APR-2026-000009"), t0()).utilization,
+            0.96
+        );
+        assert!(over_budget(&held.check(600.0, None, t0()), 0.95)
+            .unwrap()
+            .contains("committed $500.00"));
         let req = parse_request(
             &json!({"run_id": "1", "deployment_target": "staging", "estimated_cost": 600}),
             &Policy::default(),

@@ -101,6 +101,51 @@ impl TestHub {
         Reply::read(r).await
     }
 
+    /// A person with an API key and these roles (issued straight into the store).
+    pub async fn person(&self, name: &str, roles: &[icahub::domain::identity::Role]) -> String {
+        let now = chrono::Utc::now();
+        let store = self.app.store.as_ref();
+        let (key, _) = icahub::identity::issue_key(store, name, "test", now)
+            .await
+            .expect("issue key");
+        for r in roles {
+            icahub::identity::set_role(store, name, *r, true, "test", now)
+                .await
+                .expect("grant role");
+        }
+        key
+    }
+
+    /// POST a JSON body with another caller's key.
+    pub async fn post_as(&self, key: &str, path: &str, body: &serde_json::Value) -> Reply {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request sent");
+        Reply::read(r).await
+    }
+
+    /// An emergency override, both signatures: an admin asks, an override approver confirms
+    /// (two identities made for it, neither the requester).
+    pub async fn override_approval(&self, id: &str, reason: &str) -> Reply {
+        use icahub::domain::identity::Role;
+        let admin = self.person("override-admin", &[Role::Admin]).await;
+        let second = self
+            .person("override-confirmer", &[Role::OverrideApprover])
+            .await;
+        let path = format!("/api/v1/azdev/approval/{id}/override");
+        let body = serde_json::json!({ "reason": reason });
+        let first = self.post_as(&admin, &path, &body).await;
+        if first.status != 200 {
+            return first;
+        }
+        self.post_as(&second, &path, &body).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         let r = self
             .client
