@@ -1132,9 +1132,10 @@ async fn sign_inner(
         let trigger = crate::runs::run_record(app, &a.run_id)
             .await?
             .map(|r| r.start.triggered_by);
-        let (mut next, sig) = match a.with_ledger(trigger.as_deref()).and_then(|a| {
-            approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now)
-        }) {
+        let (mut next, sig) = match a
+            .with_ledger(trigger.as_deref())
+            .and_then(|a| approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now))
+        {
             Ok(x) => x,
             Err(r) => {
                 audit_refusal(app, id, refuse(r.to_string()), now).await;
@@ -1244,10 +1245,12 @@ pub async fn emergency_override(
             .await?
             {
                 tracing::warn!(approval_id = id, by = %caller.name, "emergency override requested; waiting for a second person");
-                return Ok(json!({"success": true, "approval_id": id, "status": next.status,
+                return Ok(
+                    json!({"success": true, "approval_id": id, "status": next.status,
                                  "requested_by": r.by, "expires_at": r.expires_at,
                                  "previous_status": r.previous_status, "signature_hash": r.signature_hash,
-                                 "next": "a different person holding override_approver confirms with POST …/override and a reason"}));
+                                 "next": "a different person holding override_approver confirms with POST …/override and a reason"}),
+                );
             }
             pause(attempt).await;
             continue;

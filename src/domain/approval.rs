@@ -564,7 +564,11 @@ impl Approval {
                 let mut next = self.clone();
                 next.status = r.previous_status;
                 next.override_request = None;
-                next.chain_head = chain(&self.chain_head, "approval.override_lapsed", &next.summary());
+                next.chain_head = chain(
+                    &self.chain_head,
+                    "approval.override_lapsed",
+                    &next.summary(),
+                );
                 next
             }
             _ => self.clone(),
@@ -1154,7 +1158,14 @@ mod tests {
         ));
         // Regular signatures wait while the override is pending.
         assert!(matches!(
-            sign(&o, "alice", &[Role::TechnicalApprover], &approve(ApprovalType::Technical), "api", t0()),
+            sign(
+                &o,
+                "alice",
+                &[Role::TechnicalApprover],
+                &approve(ApprovalType::Technical),
+                "api",
+                t0()
+            ),
             Err(Refusal::Conflict(_))
         ));
         let (c, step) = emergency_override(
@@ -1170,7 +1181,10 @@ mod tests {
         assert_eq!(c.status, ApprovalStatus::Approved);
         let ov = c.override_.unwrap();
         assert_eq!(ov.exception_id, "EXC-2026-000001");
-        assert_eq!((ov.by.as_str(), ov.confirmed_by.as_deref()), ("root", Some("ceo")));
+        assert_eq!(
+            (ov.by.as_str(), ov.confirmed_by.as_deref()),
+            ("root", Some("ceo"))
+        );
         assert_eq!(ov.previous_status, ApprovalStatus::Pending);
     }
 
@@ -1201,7 +1215,14 @@ mod tests {
         // Reported later: its trigger may not approve.
         let a = a.with_ledger(Some("mallory")).unwrap();
         assert!(matches!(
-            sign(&a, "mallory", &[Role::TechnicalApprover], &approve(ApprovalType::Technical), "api", t0()),
+            sign(
+                &a,
+                "mallory",
+                &[Role::TechnicalApprover],
+                &approve(ApprovalType::Technical),
+                "api",
+                t0()
+            ),
             Err(Refusal::Forbidden(_))
         ));
     }

@@ -272,7 +272,10 @@ fn is_port(p: &str) -> bool {
 
 /// See [`CheckCallback::organization`]; `plan_url` is normalized.
 pub fn organization_of(plan_url: &str) -> String {
-    let rest = plan_url.split_once("://").map(|(_, r)| r).unwrap_or(plan_url);
+    let rest = plan_url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(plan_url);
     let mut parts = rest.split('/').filter(|s| !s.is_empty());
     let authority = parts.next().unwrap_or_default().to_ascii_lowercase();
     let host = authority.split(':').next().unwrap_or_default().to_string();
@@ -418,24 +421,40 @@ mod tests {
 
     #[test]
     fn organizations_and_plain_http() {
-        assert_eq!(organization_of("https://dev.azure.com/Fabrikam/"), "fabrikam");
-        assert_eq!(organization_of("https://contoso.visualstudio.com/"), "contoso");
+        assert_eq!(
+            organization_of("https://dev.azure.com/Fabrikam/"),
+            "fabrikam"
+        );
+        assert_eq!(
+            organization_of("https://contoso.visualstudio.com/"),
+            "contoso"
+        );
         assert_eq!(
             organization_of("https://tfs.corp.example/DefaultCollection/"),
             "tfs.corp.example/defaultcollection"
         );
-        assert_eq!(organization_of("http://127.0.0.1:8080/org/"), "127.0.0.1:8080/org");
+        assert_eq!(
+            organization_of("http://127.0.0.1:8080/org/"),
+            "127.0.0.1:8080/org"
+        );
         let o = Organizations::parse("contoso, Fabrikam").unwrap();
         assert!(o.allows("fabrikam") && !o.allows("evil"));
         assert!(Organizations::parse("a b").is_err());
         let mut h = sample();
-        h.insert("planurl".into(), "http://dev.azure.com/fabrikamfiber/".into());
+        h.insert(
+            "planurl".into(),
+            "http://dev.azure.com/fabrikamfiber/".into(),
+        );
         assert!(parse(&h).unwrap_err().problem.contains("https"));
         let local = PlanHosts::parse("127.0.0.1,*.dev.azure.com").unwrap();
         assert!(local.allows_plain_http("127.0.0.1"));
         assert!(!local.allows_plain_http("x.dev.azure.com"));
-        assert!(!PlanHosts::parse("*").unwrap().allows_plain_http("evil.example"));
-        assert!(!PlanHosts::parse("intranet.example").unwrap().allows_plain_http("intranet.example"));
+        assert!(!PlanHosts::parse("*")
+            .unwrap()
+            .allows_plain_http("evil.example"));
+        assert!(!PlanHosts::parse("intranet.example")
+            .unwrap()
+            .allows_plain_http("intranet.example"));
     }
 
     fn parse(h: &HashMap<String, String>) -> Result<CheckCallback, PayloadError> {
