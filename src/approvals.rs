@@ -314,8 +314,48 @@ fn check_draft(kind: &str, a: &Approval) -> Option<OutboxDraft> {
             field("task_instance_id"),
         ])[..32]
             .to_string(),
-        payload: json!({"approval_id": a.id, "status": a.status, "result": result, "check": check}),
+        // The check as stored: its token's SHA-256 and the secret's key, never the token (the
+        // dispatcher reads the secret at delivery time).
+        payload: json!({"approval_id": a.id, "status": a.status, "result": result, "check": check_for_audit(Some(check))}),
     })
+}
+
+/// Move the token of an approval's check out of the approval (as earlier versions kept it
+/// inline): the check keeps `auth_token_sha256`, and with `keep` the token goes to the secret
+/// store under [`crate::domain::check::secret_key`] (named in the check's `auth_token_secret`),
+/// for the callback still to be made. `Ok(Some(sha256))` when there was a token.
+pub async fn detach_token(
+    store: &dyn Store,
+    a: &mut Approval,
+    keep: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
+    use crate::domain::check::{secret_key, strip_token, token_sha256, SECRET_FIELD};
+    let Some(check) = a.check.as_mut() else {
+        return Ok(None);
+    };
+    let task = check
+        .get("task_instance_id")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let Some(token) = strip_token(check) else {
+        return Ok(None);
+    };
+    if keep {
+        let key = secret_key(&a.id, &task);
+        store.secret_put(&key, &token, now).await?;
+        check[SECRET_FIELD] = json!(key);
+    }
+    Ok(Some(token_sha256(&token)))
+}
+
+/// The secret holding the token of a stored check, if it names one.
+pub fn secret_of(check: Option<&Value>) -> Option<String> {
+    check?
+        .get(crate::domain::check::SECRET_FIELD)?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// A check's callback without its token, for audit entries.
@@ -354,6 +394,13 @@ async fn save(
     now: DateTime<Utc>,
 ) -> Result<bool, ApiError> {
     let partition = partition_of(&next.id).ok_or_else(|| ApiError::NotFound(next.id.clone()))?;
+    // An approval an earlier version wrote keeps its check's token inline: move it to the
+    // secret store in this write, so the token never reaches the chain (or an outbox row) again.
+    let mut detached = next.clone();
+    detach_token(app.store.as_ref(), &mut detached, true, now)
+        .await
+        .map_err(store_err)?;
+    let next = &detached;
     let writes = vec![
         DocWrite {
             key: "approval".into(),
@@ -789,7 +836,9 @@ impl IdAllocator {
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
     pub source: Option<String>,
-    pub check: Option<Value>,
+    /// The check's callback, token included: [`create`] keeps the token in the secret store and
+    /// the rest ([`crate::domain::check::CheckCallback::stored`]) with the approval.
+    pub check: Option<crate::domain::check::CheckCallback>,
 }
 
 /// `POST approval`: `(true, answer)` for a new request; `(false, answer)` when the run already
@@ -910,7 +959,15 @@ pub async fn create(
         if let Some(s) = &origin.source {
             a.source = s.clone();
         }
-        a.check = origin.check.clone();
+        if let Some(check) = &origin.check {
+            // The token first, so that the approval never names a secret that is not there.
+            let key = crate::domain::check::secret_key(&id, &check.task_instance_id);
+            store
+                .secret_put(&key, &check.auth_token, now)
+                .await
+                .map_err(store_err)?;
+            a.check = Some(check.stored(&key));
+        }
         let audit = json!({"action": "approval.created", "approval_id": id, "by": caller.name, "status": a.status, "reason": a.reason, "at": now});
         if !save(
             app,
@@ -945,7 +1002,9 @@ pub async fn attach_check(
     check: &crate::domain::check::CheckCallback,
     now: DateTime<Utc>,
 ) -> Result<Approval, ApiError> {
-    let check_value = serde_json::to_value(check).unwrap_or_default();
+    let key = crate::domain::check::secret_key(id, &check.task_instance_id);
+    let check_value = check.stored(&key);
+    let mut secret_written = false;
     for attempt in 0..ATTEMPTS {
         let Some((a, version)) = load(app.store.as_ref(), id).await? else {
             return Err(not_found(id));
@@ -970,6 +1029,13 @@ pub async fn attach_check(
                     check.project_id
                 )));
             }
+        }
+        if !secret_written {
+            app.store
+                .secret_put(&key, &check.auth_token, now)
+                .await
+                .map_err(store_err)?;
+            secret_written = true;
         }
         let mut next = a.clone();
         next.check = Some(check_value.clone());
@@ -997,6 +1063,17 @@ pub async fn attach_check(
             now,
         );
         if app.store.doc_commit(&c).await.map_err(store_err)? {
+            // The replaced check of an approval still open gets no callback (Azure DevOps no
+            // longer waits on it): its token is of no more use. A decided approval's earlier
+            // check keeps its token until its own callback is settled (the dispatcher deletes
+            // it then).
+            if !a.status.is_final() {
+                if let Some(old) = secret_of(a.check.as_ref()).filter(|k| *k != key) {
+                    if let Err(e) = app.store.secret_delete(&old).await {
+                        tracing::warn!(approval_id = id, error = %e, "could not delete a replaced check's token");
+                    }
+                }
+            }
             if any {
                 app.dispatcher.kick(partition);
             }

@@ -91,6 +91,16 @@ async fn world_with(accepted_token: &str) -> World {
         ("ICAHUB_STORAGE", "embedded".to_string()),
         ("ICAHUB_DATA_DIR", dir.path().display().to_string()),
         ("ICAHUB_AZDO_PLAN_HOSTS", "127.0.0.1".to_string()),
+        // The local Azure DevOps: host:port/collection (as CheckCallback::organization names it).
+        (
+            "ICAHUB_AZDO_ORGANIZATIONS",
+            format!(
+                "{}/fabrikamfiber",
+                ado.base
+                    .split_once("://")
+                    .map_or(ado.base.as_str(), |(_, r)| r)
+            ),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
