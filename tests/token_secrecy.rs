@@ -348,3 +348,141 @@ async fn the_job_token_is_nowhere_but_the_callback_embedded() {
 async fn the_job_token_is_nowhere_but_the_callback_tables() {
     the_token_is_nowhere(Backend::Tables).await;
 }
+
+/// A store written the way versions before the secret store wrote it: the approval's document
+/// (and so its chain entry) holds the token inline.
+async fn write_the_old_way(w: &World, id: &str) {
+    let store = w.hub.app.store.as_ref();
+    let key = icahub::domain::check::secret_key(id, TASK_ID);
+    assert!(store.secret_delete(&key).await.unwrap());
+    let p = icahub::approvals::partition_of(id).unwrap();
+    let doc = store.doc_get(&p, "approval").await.unwrap().unwrap();
+    let mut v = doc.value.clone();
+    let c = v["check"].as_object_mut().unwrap();
+    c.remove("auth_token_sha256");
+    c.remove("auth_token_secret");
+    c.insert("auth_token".into(), json!(TOKEN));
+    let commit = icahub::storage::DocCommit {
+        partition: p.clone(),
+        writes: vec![icahub::storage::DocWrite {
+            key: "approval".into(),
+            value: v,
+            expect: icahub::storage::Expect::Version(doc.version),
+        }],
+        outbox: Vec::new(),
+        record_id: id.into(),
+        now: Utc::now(),
+    };
+    assert!(store.doc_commit(&commit).await.unwrap());
+    let entries = chain(store).await;
+    assert!(leaks(serde_json::to_string(&entries).unwrap().as_bytes()));
+}
+
+async fn old_tokens_are_redacted(backend: Backend) {
+    let w = world(backend).await;
+    let store = w.hub.app.store.clone();
+    let r = post_check(&w).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json["approval_id"].as_str().unwrap().to_string();
+    write_the_old_way(&w, &id).await;
+    verify(&w);
+
+    // Before redaction: exports and the query already mask the chained token, and say so.
+    let x = export(&w, "before.ndjson");
+    assert!(!leaks(&x), "audit export masks old entries");
+    let text = String::from_utf8_lossy(&x).to_string();
+    assert!(text.contains("\"redacted\""), "{text}");
+    let before = w.dir.path().join("before.ndjson");
+    let manifest = w.dir.path().join("before.ndjson.manifest.json");
+    let (ok, out) = cli(
+        &w,
+        &[
+            "audit",
+            "verify-export",
+            &before.display().to_string(),
+            &manifest.display().to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("masked on export"), "{out}");
+    let q = audit_query(&w).await;
+    assert!(
+        !leaks(q.as_bytes()) && q.contains("\"redacted\""),
+        "audit/query"
+    );
+
+    // The command explains itself; a dry run writes nothing.
+    let (ok, help) = cli(&w, &["audit", "redact-tokens", "--help"]);
+    assert!(
+        ok && help.contains("APPENDING") && help.contains("--dry-run"),
+        "{help}"
+    );
+    let (ok, out) = cli(&w, &["audit", "redact-tokens", "--dry-run"]);
+    assert!(ok && out.contains("would redact 1"), "{out}");
+    let p = icahub::approvals::partition_of(&id).unwrap();
+    let doc = store.doc_get(&p, "approval").await.unwrap().unwrap();
+    assert_eq!(doc.value["check"]["auth_token"], TOKEN, "a dry run wrote");
+
+    // Redaction appends: a new version without the token, a note, the token moved to the
+    // secret store (the approval is still open); the earlier entry stays, and verify passes.
+    let (ok, out) = cli(&w, &["audit", "redact-tokens"]);
+    assert!(ok && out.contains("redacted 1 (1 still open"), "{out}");
+    let doc = store.doc_get(&p, "approval").await.unwrap().unwrap();
+    assert!(!leaks(doc.value.to_string().as_bytes()), "{}", doc.value);
+    let sha = icahub::domain::check::token_sha256(TOKEN);
+    assert_eq!(doc.value["check"]["auth_token_sha256"], sha.as_str());
+    let key = icahub::domain::check::secret_key(&id, TASK_ID);
+    assert_eq!(doc.value["check"]["auth_token_secret"], key.as_str());
+    assert_eq!(
+        store.secret_get(&key).await.unwrap().as_deref(),
+        Some(TOKEN)
+    );
+    let notes: Vec<Value> = store
+        .doc_list(&p, "audit|")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .filter(|v| v["action"] == "audit.redacted")
+        .collect();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0]["approval_id"], id.as_str());
+    assert_eq!(notes[0]["field"], "check.auth_token");
+    assert_eq!(notes[0]["sha256"], sha.as_str());
+    assert!(!leaks(notes[0].to_string().as_bytes()));
+    let entries = chain(store.as_ref()).await;
+    assert!(
+        leaks(serde_json::to_string(&entries).unwrap().as_bytes()),
+        "the older entry is kept as stored (never rewritten)"
+    );
+    verify(&w);
+    let (ok, out) = cli(&w, &["audit", "redact-tokens"]);
+    assert!(ok && out.contains("redacted 0"), "again: {out}");
+
+    // The callback still goes out with the token, which is then forgotten.
+    sign(&w, &w.alice, &id, "technical").await;
+    sign(&w, &w.bob, &id, "business").await;
+    wait_for("the callback", || async { !w.ado.requests().is_empty() }).await;
+    w.ado.assert_no_rejections();
+    assert_eq!(
+        w.ado.requests()[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    wait_for("the secret deleted", || async {
+        store.secret_get(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(!leaks(&export(&w, "after.ndjson")), "audit export");
+    assert!(!leaks(audit_query(&w).await.as_bytes()), "audit/query");
+    verify(&w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_chained_by_earlier_versions_are_redacted_by_appending_embedded() {
+    old_tokens_are_redacted(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_chained_by_earlier_versions_are_redacted_by_appending_tables() {
+    old_tokens_are_redacted(Backend::Tables).await;
+}
