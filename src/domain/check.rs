@@ -422,7 +422,7 @@ impl PlanHosts {
                 .trim_end_matches(']')
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
-        loopback && self.0.iter().any(|p| *p == host)
+        loopback && self.0.contains(&host)
     }
 
     pub fn allows(&self, host: &str) -> bool {
