@@ -362,8 +362,48 @@ fn check_draft(kind: &str, a: &Approval) -> Option<OutboxDraft> {
             field("task_instance_id"),
         ])[..32]
             .to_string(),
-        payload: json!({"approval_id": a.id, "status": a.status, "result": result, "check": check}),
+        // The check as stored: its token's SHA-256 and the secret's key, never the token (the
+        // dispatcher reads the secret at delivery time).
+        payload: json!({"approval_id": a.id, "status": a.status, "result": result, "check": check_for_audit(Some(check))}),
     })
+}
+
+/// Move the token of an approval's check out of the approval (as earlier versions kept it
+/// inline): the check keeps `auth_token_sha256`, and with `keep` the token goes to the secret
+/// store under [`crate::domain::check::secret_key`] (named in the check's `auth_token_secret`),
+/// for the callback still to be made. `Ok(Some(sha256))` when there was a token.
+pub async fn detach_token(
+    store: &dyn Store,
+    a: &mut Approval,
+    keep: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
+    use crate::domain::check::{secret_key, strip_token, token_sha256, SECRET_FIELD};
+    let Some(check) = a.check.as_mut() else {
+        return Ok(None);
+    };
+    let task = check
+        .get("task_instance_id")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let Some(token) = strip_token(check) else {
+        return Ok(None);
+    };
+    if keep {
+        let key = secret_key(&a.id, &task);
+        store.secret_put(&key, &token, now).await?;
+        check[SECRET_FIELD] = json!(key);
+    }
+    Ok(Some(token_sha256(&token)))
+}
+
+/// The secret holding the token of a stored check, if it names one.
+pub fn secret_of(check: Option<&Value>) -> Option<String> {
+    check?
+        .get(crate::domain::check::SECRET_FIELD)?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// A check's callback without its token, for audit entries.
@@ -402,6 +442,13 @@ async fn save(
     now: DateTime<Utc>,
 ) -> Result<bool, ApiError> {
     let partition = partition_of(&next.id).ok_or_else(|| ApiError::NotFound(next.id.clone()))?;
+    // An approval an earlier version wrote keeps its check's token inline: move it to the
+    // secret store in this write, so the token never reaches the chain (or an outbox row) again.
+    let mut detached = next.clone();
+    detach_token(app.store.as_ref(), &mut detached, true, now)
+        .await
+        .map_err(store_err)?;
+    let next = &detached;
     let writes = vec![
         DocWrite {
             key: "approval".into(),
@@ -1089,7 +1136,9 @@ impl IdAllocator {
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
     pub source: Option<String>,
-    pub check: Option<Value>,
+    /// The check's callback, token included: [`create`] keeps the token in the secret store and
+    /// the rest ([`crate::domain::check::CheckCallback::stored`]) with the approval.
+    pub check: Option<crate::domain::check::CheckCallback>,
 }
 
 /// `POST approval`: `(true, answer)` for a new request; `(false, answer)` when the run already
@@ -1229,7 +1278,15 @@ pub async fn create(
         if let Some(s) = &origin.source {
             a.source = s.clone();
         }
-        a.check = origin.check.clone();
+        if let Some(check) = &origin.check {
+            // The token first, so that the approval never names a secret that is not there.
+            let key = crate::domain::check::secret_key(&id, &check.task_instance_id);
+            store
+                .secret_put(&key, &check.auth_token, now)
+                .await
+                .map_err(store_err)?;
+            a.check = Some(check.stored(&key));
+        }
         let audit = json!({"action": "approval.created", "approval_id": id, "by": caller.name, "status": a.status, "reason": a.reason, "at": now});
         if !save(
             app,
@@ -1264,7 +1321,9 @@ pub async fn attach_check(
     check: &crate::domain::check::CheckCallback,
     now: DateTime<Utc>,
 ) -> Result<Approval, ApiError> {
-    let check_value = serde_json::to_value(check).unwrap_or_default();
+    let key = crate::domain::check::secret_key(id, &check.task_instance_id);
+    let check_value = check.stored(&key);
+    let mut secret_written = false;
     for attempt in 0..ATTEMPTS {
         let Some((a, version)) = load(app.store.as_ref(), id).await? else {
             return Err(not_found(id));
@@ -1289,6 +1348,13 @@ pub async fn attach_check(
                     check.project_id
                 )));
             }
+        }
+        if !secret_written {
+            app.store
+                .secret_put(&key, &check.auth_token, now)
+                .await
+                .map_err(store_err)?;
+            secret_written = true;
         }
         let mut next = a.clone();
         next.check = Some(check_value.clone());
@@ -1316,6 +1382,17 @@ pub async fn attach_check(
             now,
         );
         if app.store.doc_commit(&c).await.map_err(store_err)? {
+            // The replaced check of an approval still open gets no callback (Azure DevOps no
+            // longer waits on it): its token is of no more use. A decided approval's earlier
+            // check keeps its token until its own callback is settled (the dispatcher deletes
+            // it then).
+            if !a.status.is_final() {
+                if let Some(old) = secret_of(a.check.as_ref()).filter(|k| *k != key) {
+                    if let Err(e) = app.store.secret_delete(&old).await {
+                        tracing::warn!(approval_id = id, error = %e, "could not delete a replaced check's token");
+                    }
+                }
+            }
             if any {
                 app.dispatcher.kick(partition);
             }
@@ -1729,4 +1806,121 @@ async fn sweep_one(app: &App, id: &str, now: DateTime<Utc>) -> Result<Swept, Api
         }
     }
     Ok(Swept::Nothing)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redacting tokens chained by earlier versions (`icahub audit redact-tokens`)
+
+/// What [`redact_tokens`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RedactReport {
+    /// Approval partitions read.
+    pub approvals: usize,
+    /// Approvals whose current document held a token: redacted (or, dry run, to redact).
+    pub redacted: Vec<String>,
+    /// Of those, the open ones, whose token moved to the secret store for their callback.
+    pub moved_to_secret: Vec<String>,
+    /// Earlier chain entries that hold a token: kept as stored (the chain is never rewritten),
+    /// masked in `audit query`, `audit export` and `audit archive`.
+    pub chain_entries_with_token: u64,
+    /// Azure DevOps outbox rows (not chained) whose payload carries a token inline.
+    pub outbox_rows_with_token: u64,
+    pub dry_run: bool,
+}
+
+/// For every approval whose current document holds its check's token inline (as versions before
+/// the secret store wrote it), append a new version without it (the token's SHA-256 instead; an
+/// approval still open keeps the token in the secret store for its callback) and an audit note
+/// `audit.redacted`, in one commit. Nothing is rewritten: older chain entries keep their bodies
+/// (and so their hashes) and are counted. `dry_run` only counts. Safe to run again, and while
+/// the hub runs (each write is an optimistic commit).
+pub async fn redact_tokens(
+    store: &dyn Store,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Result<RedactReport, StoreError> {
+    let mut report = RedactReport {
+        dry_run,
+        ..Default::default()
+    };
+    for p in store.audit_partitions().await? {
+        if !p.starts_with("apr") {
+            continue;
+        }
+        report.approvals += 1;
+        let st = store.audit_state(&p).await?;
+        report.chain_entries_with_token += st
+            .entries
+            .iter()
+            .filter(|e| !crate::audit::mask_tokens(&mut e.body.clone()).is_empty())
+            .count() as u64;
+        for _ in 0..ATTEMPTS {
+            let Some(doc) = store.doc_get(&p, "approval").await? else {
+                break;
+            };
+            let has_token = doc.value["check"]
+                .get("auth_token")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty());
+            if !has_token {
+                break;
+            }
+            let mut a: Approval = serde_json::from_value(doc.value.clone())
+                .map_err(|e| StoreError::Corrupt(format!("approval in {p}: {e}")))?;
+            let open = !a.status.is_final();
+            if dry_run {
+                report.redacted.push(a.id.clone());
+                if open {
+                    report.moved_to_secret.push(a.id.clone());
+                }
+                break;
+            }
+            let Some(sha) = detach_token(store, &mut a, open, now).await? else {
+                break;
+            };
+            let note = json!({"action": "audit.redacted", "approval_id": a.id,
+                              "field": "check.auth_token", "sha256": sha,
+                              "moved_to_secret": open, "at": now});
+            let c = commit_of(
+                p.clone(),
+                vec![
+                    DocWrite {
+                        key: "approval".into(),
+                        value: serde_json::to_value(&a).unwrap_or_default(),
+                        expect: Expect::Version(doc.version.clone()),
+                    },
+                    crate::audit::note(now, note),
+                ],
+                Vec::new(),
+                &format!("{}-redacted", a.id),
+                now,
+            );
+            if store.doc_commit(&c).await? {
+                report.redacted.push(a.id.clone());
+                if open {
+                    report.moved_to_secret.push(a.id.clone());
+                }
+                break;
+            }
+            pause(0).await;
+        }
+    }
+    for status in [
+        crate::storage::OutboxStatus::Pending,
+        crate::storage::OutboxStatus::Dead,
+        crate::storage::OutboxStatus::Delivered,
+    ] {
+        let rows = store
+            .outbox_list(&crate::storage::OutboxFilter {
+                status: Some(status),
+                sink: Some(Sink::AzureDevops),
+                limit: usize::MAX >> 1,
+            })
+            .await?;
+        report.outbox_rows_with_token += rows
+            .iter()
+            .filter(|r| r.payload["check"].get("auth_token").is_some())
+            .count() as u64;
+    }
+    Ok(report)
 }

@@ -133,6 +133,70 @@ impl AuditEntry {
     }
 }
 
+/// The fields [`for_output`] masks: the Azure DevOps check's job token, as versions before the
+/// secret store chained it inside an approval's `check`.
+pub const MASKED_FIELD: &str = "auth_token";
+
+/// Mask every [`MASKED_FIELD`] string inside `v` (any depth): the field is removed and
+/// `auth_token_sha256` (the token's SHA-256) put beside it, as current versions store it.
+/// Returns the dotted paths masked (`check.auth_token`).
+pub fn mask_tokens(v: &mut Value) -> Vec<String> {
+    fn walk(v: &mut Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(t)) = o.get(MASKED_FIELD) {
+                    let sha = crate::domain::check::token_sha256(t);
+                    o.remove(MASKED_FIELD);
+                    o.insert(crate::domain::check::TOKEN_SHA_FIELD.into(), json!(sha));
+                    out.push(if path.is_empty() {
+                        MASKED_FIELD.to_string()
+                    } else {
+                        format!("{path}.{MASKED_FIELD}")
+                    });
+                }
+                for (k, child) in o.iter_mut() {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(child, &p, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter_mut().enumerate() {
+                    walk(child, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// A chain entry as `audit query`, `audit export` and `audit archive` show it. An entry written
+/// before the secret store may hold a job token in its body: the stored entry stays as it is
+/// (its hash is over that body, and `audit verify` recomputes it from the store), and the
+/// output masks the token and says so: `redacted` names the masked fields and gives the SHA-256
+/// of the original body's canonical JSON. Such an entry's own hash cannot be recomputed from the
+/// output; `audit verify-export` reports it as redacted rather than edited.
+pub fn for_output(e: &AuditEntry) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    let mut body = e.body.clone();
+    let fields = mask_tokens(&mut body);
+    if !fields.is_empty() {
+        v["body"] = body;
+        v["redacted"] = json!({
+            "fields": fields,
+            "body_sha256": sha256_hex(&e.body.to_string()),
+            "reason": "a job token chained by an earlier version; the stored entry is unchanged and `icahub audit verify` checks it",
+        });
+    }
+    v
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }

@@ -75,6 +75,30 @@ pub enum AuditCommand {
     /// Write a checkpoint now: every chain's head, recorded on the `auditcp` chain and sent to
     /// the control plane (the timer does this every ICAHUB_AUDIT_CHECKPOINT_SECS).
     Checkpoint,
+    /// Take the Azure DevOps job tokens (`AuthToken`) that versions before the secret store kept
+    /// in approvals out of the current documents, by appending (see `--help`).
+    #[command(
+        long_about = "Take the Azure DevOps job tokens (AuthToken) that icahub versions \
+before the secret store kept inside approval documents out of them, by APPENDING: for every \
+approval whose current document holds its check's token, a new version of the document with the \
+token's SHA-256 instead (auth_token_sha256), and an audit note {\"action\": \"audit.redacted\", \
+\"approval_id\", \"field\": \"check.auth_token\", \"sha256\"}, in one commit. An approval still \
+open keeps its token in the secret store, so its callback still reaches Azure DevOps.\n\n\
+The chain is never rewritten: earlier chain entries keep their bodies (their hashes are over \
+them), so `icahub audit verify` still passes; `audit query`, `audit export` and `audit archive` \
+mask the tokens in those entries and mark them `redacted` (docs/audit.md). The report also \
+counts them, and the Azure DevOps outbox rows (not chained) that carry a token inline.\n\n\
+Run once after upgrading; running it again finds nothing to do. Safe while the hub runs. \
+--dry-run only reports."
+    )]
+    RedactTokens {
+        /// Report what would be redacted; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write one calendar year's trail as `icahub-audit-<YEAR>.ndjson` plus its manifest, ready
     /// for immutable (WORM) blob storage.
     Archive {
@@ -246,10 +270,47 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        AuditCommand::RedactTokens { dry_run, json } => {
+            let config = Config::from_env(None)?;
+            let store = crate::startup::open_store(&config).await?;
+            let r = crate::approvals::redact_tokens(store.as_ref(), dry_run, Utc::now()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let verb = if dry_run { "would redact" } else { "redacted" };
+            println!(
+                "{} approvals read; {verb} {} ({} still open, token {} the secret store)",
+                r.approvals,
+                r.redacted.len(),
+                r.moved_to_secret.len(),
+                if dry_run { "to move to" } else { "moved to" }
+            );
+            for id in &r.redacted {
+                println!("  {id}");
+            }
+            println!(
+                "{} earlier chain entries hold a token: kept as stored (the chain is never rewritten), masked in query, export and archive",
+                r.chain_entries_with_token
+            );
+            if r.outbox_rows_with_token > 0 {
+                println!(
+                    "{} Azure DevOps outbox rows (not chained) carry a token inline, as written before this version; they are kept (and in backups) until the store is replaced; the tokens expire 48 hours after their check started",
+                    r.outbox_rows_with_token
+                );
+            }
+            Ok(())
+        }
         AuditCommand::VerifyExport { file, manifest } => {
             let problems = verify_export(&file, &manifest)?;
             if problems.is_empty() {
                 println!("OK: {} matches its manifest", file.display());
+                let m: Value = serde_json::from_slice(&std::fs::read(&manifest)?)?;
+                if let Some(n) = m["redacted"].as_u64().filter(|n| *n > 0) {
+                    println!(
+                        "{n} entries carry a job token masked on export (`redacted`): their own hashes are over the original bodies and cannot be recomputed from this file; `icahub audit verify` checks them on the store"
+                    );
+                }
                 Ok(())
             } else {
                 for p in &problems {
@@ -267,7 +328,7 @@ pub fn manifest_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-const CSV_HEADER: [&str; 8] = [
+const CSV_HEADER: [&str; 9] = [
     "partition",
     "seq",
     "kind",
@@ -276,6 +337,7 @@ const CSV_HEADER: [&str; 8] = [
     "prev",
     "hash",
     "body",
+    "redacted",
 ];
 
 /// Write the export and its manifest; returns the manifest. Reads the trail page by page, so
@@ -301,6 +363,7 @@ pub async fn export(
     let pb = counter("{spinner} exporting: {pos} entries read ({per_sec})");
     let mut heads: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut count: u64 = 0;
+    let mut redacted: u64 = 0;
     let mut after: Option<(String, u64)> = None;
     loop {
         let page = store
@@ -313,16 +376,21 @@ pub async fn export(
                 continue;
             }
             heads.insert(e.partition.clone(), (e.seq, e.hash.clone()));
+            // Tokens an earlier version chained are masked, and the entry marked redacted.
+            let shown = crate::audit::for_output(e);
+            if shown.get("redacted").is_some() {
+                redacted += 1;
+            }
             match format {
                 Format::Ndjson => {
-                    serde_json::to_writer(&mut w, e)?;
+                    serde_json::to_writer(&mut w, &shown)?;
                     w.write_all(b"\n")?;
                 }
                 Format::Json => {
                     if count > 0 {
                         w.write_all(b",\n")?;
                     }
-                    serde_json::to_writer(&mut w, e)?;
+                    serde_json::to_writer(&mut w, &shown)?;
                 }
                 Format::Csv => {
                     w.write_all(&csv_line(&[
@@ -333,7 +401,11 @@ pub async fn export(
                         &e.at,
                         &e.prev,
                         &e.hash,
-                        &e.body.to_string(),
+                        &shown["body"].to_string(),
+                        &shown
+                            .get("redacted")
+                            .map(Value::to_string)
+                            .unwrap_or_default(),
                     ])?)?;
                 }
             }
@@ -351,6 +423,7 @@ pub async fn export(
         "format": match format { Format::Ndjson => "ndjson", Format::Json => "json", Format::Csv => "csv" },
         "file": out.file_name().map(|f| f.to_string_lossy().to_string()),
         "records": count,
+        "redacted": redacted,
         "sha256": sha,
         "created_at": Utc::now(),
         "backend": store.backend(),
@@ -402,8 +475,15 @@ pub fn verify_export(file: &Path, manifest: &Path) -> anyhow::Result<Vec<String>
         ));
     }
     let mut count = 0u64;
-    let mut check = |e: AuditEntry| {
+    let mut redacted = 0u64;
+    let mut check = |e: AuditEntry, masked: bool| {
         count += 1;
+        if masked {
+            // Its token was masked on export: its own hash is over the original body, which
+            // the file does not hold (`redacted.body_sha256` names it).
+            redacted += 1;
+            return;
+        }
         if !e.hash_ok() {
             problems.push(format!(
                 "entry {} seq {} does not match its hash",
@@ -418,15 +498,24 @@ pub fn verify_export(file: &Path, manifest: &Path) -> anyhow::Result<Vec<String>
                 if line.trim().is_empty() {
                     continue;
                 }
-                check(serde_json::from_str(&line).context("an ndjson line is not an entry")?);
+                let v: Value = serde_json::from_str(&line).context("an ndjson line is not JSON")?;
+                let masked = v.get("redacted").is_some();
+                check(
+                    serde_json::from_value(v).context("an ndjson line is not an entry")?,
+                    masked,
+                );
             }
         }
         Some("json") => {
-            let all: Vec<AuditEntry> =
+            let all: Vec<Value> =
                 serde_json::from_reader(BufReader::new(std::fs::File::open(file)?))
                     .context("the export is not a JSON array of entries")?;
-            for e in all {
-                check(e);
+            for v in all {
+                let masked = v.get("redacted").is_some();
+                check(
+                    serde_json::from_value(v).context("an element is not an entry")?,
+                    masked,
+                );
             }
         }
         Some("csv") => {
@@ -434,16 +523,20 @@ pub fn verify_export(file: &Path, manifest: &Path) -> anyhow::Result<Vec<String>
             for rec in r.records() {
                 let rec = rec?;
                 let get = |i: usize| rec.get(i).unwrap_or("").to_string();
-                check(AuditEntry {
-                    partition: get(0),
-                    seq: get(1).parse().unwrap_or(0),
-                    kind: get(2),
-                    key: get(3),
-                    at: get(4),
-                    prev: get(5),
-                    hash: get(6),
-                    body: serde_json::from_str(&get(7)).unwrap_or(Value::Null),
-                });
+                let masked = !get(8).is_empty();
+                check(
+                    AuditEntry {
+                        partition: get(0),
+                        seq: get(1).parse().unwrap_or(0),
+                        kind: get(2),
+                        key: get(3),
+                        at: get(4),
+                        prev: get(5),
+                        hash: get(6),
+                        body: serde_json::from_str(&get(7)).unwrap_or(Value::Null),
+                    },
+                    masked,
+                );
             }
         }
         other => bail!("the manifest names no known format ({other:?})"),
@@ -452,6 +545,13 @@ pub fn verify_export(file: &Path, manifest: &Path) -> anyhow::Result<Vec<String>
         problems.push(format!(
             "record count differs: the file has {count}, the manifest says {}",
             m["records"]
+        ));
+    }
+    // An export made before redaction existed has no count: none of its entries are masked.
+    let said = m["redacted"].as_u64().unwrap_or(0);
+    if said != redacted {
+        problems.push(format!(
+            "redacted entries differ: the file has {redacted}, the manifest says {said}"
         ));
     }
     Ok(problems)

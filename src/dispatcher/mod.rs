@@ -188,8 +188,22 @@ impl Dispatcher {
             report.skipped = 1;
             return Ok(report);
         };
+        // A row may name a secret (the Azure DevOps check's job token) instead of carrying it:
+        // read it now, send a copy with it, and forget it once the row is settled for good.
+        let secret = crate::sinks::azure_devops::secret_key_of(&leased);
         let result = match self.sinks.get(leased.sink) {
-            Some(client) => client.send(&leased).await.map(|_| ()),
+            Some(client) => match &secret {
+                None => client.send(&leased).await.map(|_| ()),
+                Some(key) => match self.store.secret_get(key).await {
+                    Ok(Some(token)) => client
+                        .send(&crate::sinks::azure_devops::with_token(&leased, &token))
+                        .await
+                        .map(|_| ()),
+                    // The sink explains a row without its token (a permanent failure).
+                    Ok(None) => client.send(&leased).await.map(|_| ()),
+                    Err(e) => Err(SendError::retry(format!("reading the row's secret: {e}"))),
+                },
+            },
             None => Err(SendError::Retry {
                 error: format!(
                     "the {} sink is not configured on this instance",
@@ -247,6 +261,14 @@ impl Dispatcher {
         }
         if self.store.outbox_settle(&leased, &settle).await? {
             self.metrics.delivery(leased.sink, outcome, error, now);
+            if let (Some(key), Settle::Delivered { .. } | Settle::Dead { .. }) = (&secret, &settle)
+            {
+                // Best effort: a secret left behind is never sent anywhere else (its row is
+                // settled), and the next settle of a redriven row deletes it.
+                if let Err(e) = self.store.secret_delete(key).await {
+                    tracing::warn!(error = %e, "could not delete the settled row's secret");
+                }
+            }
         } else {
             tracing::warn!("lease expired before the outcome was recorded");
             report = DrainReport {

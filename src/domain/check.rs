@@ -33,7 +33,9 @@ pub struct CheckCallback {
     pub job_id: String,
     pub timeline_id: String,
     pub task_instance_id: String,
-    /// `System.AccessToken` of the check's job. Secret: [`crate::approvals::view`] strips it.
+    /// `System.AccessToken` of the check's job. Secret: never stored with the approval (see
+    /// [`CheckCallback::stored`]); empty when read back from a stored check.
+    #[serde(default)]
     pub auth_token: String,
     /// `Build.BuildId`, when the check sends it (it is the run id the hook script uses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,7 +58,54 @@ impl std::fmt::Debug for CheckCallback {
     }
 }
 
+/// The field of a stored check (and of its `check.completed` row) naming the secret that holds
+/// the job's token.
+pub const SECRET_FIELD: &str = "auth_token_secret";
+/// The field of a stored check holding the SHA-256 (hex) of the job's token.
+pub const TOKEN_SHA_FIELD: &str = "auth_token_sha256";
+
+/// The secret store key of the token of check instance `task_instance_id` answering approval
+/// `approval_id`: one per check instance, so a re-run's check never overwrites the token of a
+/// callback still waiting to go out.
+pub fn secret_key(approval_id: &str, task_instance_id: &str) -> String {
+    format!("azdo-check|{approval_id}|{task_instance_id}")
+}
+
+/// The SHA-256 (hex) of a token: what the audit trail keeps instead of it.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Take the token out of a stored check value (as earlier versions wrote it, `auth_token`
+/// inline): `Some(token)` when there was one, the value left with `auth_token_sha256` instead.
+pub fn strip_token(check: &mut serde_json::Value) -> Option<String> {
+    let o = check.as_object_mut()?;
+    let token = match o.remove("auth_token") {
+        Some(serde_json::Value::String(t)) if !t.is_empty() => t,
+        _ => return None,
+    };
+    o.insert(TOKEN_SHA_FIELD.into(), token_sha256(&token).into());
+    Some(token)
+}
+
 impl CheckCallback {
+    /// The check as an approval keeps it (and as its audit entries and outbox row carry it):
+    /// every field but the token, plus the token's SHA-256 and the key of the secret that holds
+    /// it ([`secret_key`]).
+    pub fn stored(&self, secret_key: &str) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("auth_token");
+            o.insert(
+                TOKEN_SHA_FIELD.into(),
+                token_sha256(&self.auth_token).into(),
+            );
+            o.insert(SECRET_FIELD.into(), secret_key.into());
+        }
+        v
+    }
+
     /// Read and validate the check's headers (`get` looks a header up by name, any case). Every
     /// missing header is named in one error; then the first invalid one.
     pub fn from_headers(

@@ -136,7 +136,8 @@ async fn handle(caller: &Caller, body: &[u8], app: &App) -> Result<Value, ApiErr
             let keep = filter.matches(&e) && kind.as_ref().is_none_or(|k| &e.kind == k);
             let cursor = encode_cursor(&e);
             if keep {
-                entries.push(e);
+                // Tokens an earlier version chained are masked (crate::audit::for_output).
+                entries.push(crate::audit::for_output(&e));
             }
             if entries.len() >= limit || examined >= SCAN_BUDGET {
                 next = Some(cursor);

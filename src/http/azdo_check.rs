@@ -133,7 +133,7 @@ async fn handle(
         let now = app.clock.now();
         let origin = Origin {
             source: Some("azdo_check".into()),
-            check: Some(serde_json::to_value(&check).unwrap_or_default()),
+            check: Some(check.clone()),
         };
         let (created, view) = crate::approvals::create(&app, &caller, req, origin, now).await?;
         let id = view["approval_id"].as_str().unwrap_or_default().to_string();

@@ -1,7 +1,10 @@
 //! Azure DevOps: tells an "Invoke Azure Function" check (callback mode, PROTOCOLS.md §4) the
 //! outcome of the approval it waits on. One `check.completed` row per decided approval, written by
 //! [`crate::approvals`] in the commit that decides it; the row carries the check's callback
-//! ([`CheckCallback`]), so there is nothing to configure.
+//! ([`CheckCallback`]), so there is nothing to configure. The row never carries the job's token:
+//! its check names the secret that holds it (`auth_token_secret`, see [`secret_key_of`]), which the
+//! dispatcher reads at delivery time ([`with_token`]) and deletes once the row is settled
+//! (delivered or dead). Rows written by earlier versions carry the token inline and still work.
 //!
 //! `POST {PlanUrl}{ProjectId}/_apis/distributedtask/hubs/{HubName}/plans/{PlanId}/events?api-version=…`
 //! with `Authorization: Bearer {AuthToken}` and
@@ -21,6 +24,27 @@ use serde_json::{json, Value};
 /// The version the task documentation uses; the REST reference lists `7.1-preview.1` too.
 pub const DEFAULT_API_VERSION: &str = "2.0-preview.1";
 
+/// The secret store key of the row's job token (`check.auth_token_secret`), if it names one.
+pub fn secret_key_of(row: &OutboxRow) -> Option<String> {
+    if row.sink != Sink::AzureDevops {
+        return None;
+    }
+    row.payload
+        .get("check")?
+        .get(crate::domain::check::SECRET_FIELD)?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// A copy of `row` whose check carries `token`, for [`SinkClient::send`] only (never stored).
+pub fn with_token(row: &OutboxRow, token: &str) -> OutboxRow {
+    let mut r = row.clone();
+    if let Some(c) = r.payload.get_mut("check").and_then(Value::as_object_mut) {
+        c.insert("auth_token".into(), token.into());
+    }
+    r
+}
+
 /// The event body for a row: `TaskCompleted` with the check's task and job and the result.
 pub fn render(row: &OutboxRow) -> Result<(CheckCallback, Value), SendError> {
     if row.kind != "check.completed" {
@@ -38,6 +62,11 @@ pub fn render(row: &OutboxRow) -> Result<(CheckCallback, Value), SendError> {
             serde_json::from_value(c)
                 .map_err(|e| SendError::permanent(format!("azure devops: payload check: {e}")))
         })?;
+    if check.auth_token.is_empty() {
+        return Err(SendError::permanent(
+            "azure devops: no AuthToken for this check (its secret is gone: the callback was settled before, or the store was restored from a backup); Azure DevOps fails the check at its timeout",
+        ));
+    }
     let result = match row.payload.get("result").and_then(Value::as_str) {
         Some(r @ ("succeeded" | "failed")) => r,
         _ => {

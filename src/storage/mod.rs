@@ -7,6 +7,15 @@
 //! entity-group transaction per stream partition in Table Storage). It returns only once that is
 //! durable. Concurrent writers (threads, processes, hub instances) are safe: SQLite serializes
 //! writers, Table Storage uses ETags and retries on conflict.
+//!
+//! **Secrets** ([`Store::secret_put`], [`Store::secret_get`], [`Store::secret_delete`]) are the
+//! one kind of data kept apart from everything else: values the hub must hold for a while but
+//! must never publish, today the Azure DevOps check's job token (`AuthToken`). They are not
+//! records: never chained in the audit trail (so never in `audit query`, `audit export` or
+//! `audit archive`), never in an outbox payload (rows carry the secret's key), and left out of
+//! `icahub backup`. Embedded: the `secrets` table of the database, scrubbed from the backup copy.
+//! Table Storage: partition [`SECRETS_PARTITION`] of the `<prefix>requests` table, which holds
+//! no chained data and which the backup skips (see [`tables`]).
 
 pub mod conformance;
 pub mod sqlite;
@@ -337,6 +346,38 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(&str, u64)>,
         limit: usize,
     ) -> Result<Vec<crate::audit::AuditEntry>>;
+
+    /// Keep `value` under `key` (see the module docs: never chained, exported or backed up),
+    /// replacing any value it had. `now` is recorded as when it was stored. `key` is at most
+    /// 512 printable ASCII characters without `/ \ # ?`.
+    async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()>;
+    /// The value under `key`, if one is held.
+    async fn secret_get(&self, key: &str) -> Result<Option<String>>;
+    /// Forget `key`; `true` if a value was held. Deleting an unknown key is not an error.
+    async fn secret_delete(&self, key: &str) -> Result<bool>;
+}
+
+/// The Table Storage partition (of `<prefix>requests`) that holds the secrets.
+pub const SECRETS_PARTITION: &str = "secrets";
+
+/// A secret's key is safe for both backends (a Table Storage RowKey, an SQLite text key).
+pub fn valid_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 512
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'\\' | b'#' | b'?'))
+}
+
+pub(crate) fn check_secret_key(key: &str) -> Result<()> {
+    if valid_secret_key(key) {
+        Ok(())
+    } else {
+        Err(StoreError::Config(format!(
+            "secret key {:?} is not usable (1-512 printable ASCII characters, no / \\ # ?)",
+            key.chars().take(80).collect::<String>()
+        )))
+    }
 }
 
 /// A stored document. `version` is opaque (a counter, or an ETag).

@@ -110,6 +110,13 @@ CREATE TABLE IF NOT EXISTS audit_heads (
     seq       INTEGER NOT NULL,
     hash      TEXT NOT NULL
 );
+-- Secrets (the Azure DevOps check's job token): never chained, never exported, and deleted from
+-- the copy `icahub backup` writes (see `SqliteStore::backup_to`).
+CREATE TABLE IF NOT EXISTS secrets (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS docs (
     partition TEXT NOT NULL,
     key       TEXT NOT NULL,
@@ -237,6 +244,8 @@ impl SqliteStore {
             // Checkpoint every ~40 MB of WAL instead of 4 MB: hot pages (stream heads, index
             // leaves) are copied back once per checkpoint however often they changed.
             .and_then(|_| conn.pragma_update(None, "wal_autocheckpoint", 10_000))
+            // A deleted secret's bytes are overwritten where that costs no extra I/O.
+            .and_then(|_| conn.pragma_update(None, "secure_delete", "FAST"))
             .and_then(|_| migrate(&conn))
             .and_then(|_| conn.execute_batch(SCHEMA))
             .map_err(|e| {
@@ -255,12 +264,16 @@ impl SqliteStore {
     }
 
     /// A consistent copy of the whole database at `to` (`VACUUM INTO`: one read transaction, so
-    /// it is a snapshot even while the hub writes). `to` must not exist.
+    /// it is a snapshot even while the hub writes), **without its secrets**: the copy's `secrets`
+    /// table is emptied with `secure_delete` (freed pages zeroed) and the copy vacuumed again,
+    /// with its rollback journal in memory, so no page of the file holds a secret. `to` must not
+    /// exist. (The caller writes to a temporary name and links it in place only afterwards.)
     pub async fn backup_to(&self, to: &Path) -> Result<()> {
         let to = to.to_path_buf();
         self.read(move |c| {
             c.execute("VACUUM INTO ?1", [to.to_string_lossy().as_ref()])
                 .map_err(db_err)?;
+            scrub_secrets(&to)?;
             // VACUUM INTO does not sync its output.
             std::fs::File::open(&to)
                 .and_then(|f| f.sync_all())
@@ -385,6 +398,25 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?
     }
+}
+
+/// Empty the `secrets` table of the database file at `path` (a backup copy) so that no page of
+/// the file keeps a secret, and check that it is empty.
+fn scrub_secrets(path: &Path) -> Result<()> {
+    let conn = open_conn(path, false).map_err(db_err)?;
+    conn.pragma_update(None, "journal_mode", "MEMORY")
+        .and_then(|_| conn.pragma_update(None, "secure_delete", "ON"))
+        .and_then(|_| conn.execute_batch("DELETE FROM secrets; VACUUM;"))
+        .map_err(db_err)?;
+    let left: i64 = conn
+        .query_row("SELECT count(*) FROM secrets", [], |r| r.get(0))
+        .map_err(db_err)?;
+    if left != 0 {
+        return Err(StoreError::Unavailable(format!(
+            "the backup copy still holds {left} secret(s) after scrubbing"
+        )));
+    }
+    Ok(())
 }
 
 fn poisoned() -> StoreError {
@@ -1430,6 +1462,50 @@ impl Store for SqliteStore {
                      WHERE stream = ?1 AND seq = ?2 AND status = 'dead'",
                 )
                 .and_then(|mut s| s.execute(params![stream, seq, ts(now)]))
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
+        super::check_secret_key(key)?;
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO secrets (key, value, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, \
+                 created_at = excluded.created_at",
+            )
+            .and_then(|mut s| s.execute(params![key, value, ts(now)]))
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn secret_get(&self, key: &str) -> Result<Option<String>> {
+        if !super::valid_secret_key(key) {
+            return Ok(None);
+        }
+        let key = key.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT value FROM secrets WHERE key = ?1")
+                .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn secret_delete(&self, key: &str) -> Result<bool> {
+        if !super::valid_secret_key(key) {
+            return Ok(false);
+        }
+        let key = key.to_string();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM secrets WHERE key = ?1")
+                .and_then(|mut s| s.execute([key]))
                 .map_err(db_err)?;
             Ok(n == 1)
         })

@@ -4,6 +4,11 @@
 //! restore refuses a file without its trailer (cut short) and a target that already holds data;
 //! it writes each partition with entity-group transactions of up to 100 entities.
 //!
+//! Secrets (the `secrets` partition of `<prefix>requests`, see [`crate::storage::Store::secret_put`])
+//! are never read into a backup (a server-side filter leaves them out), and a restore refuses a
+//! file that holds one. So a restored store holds no job tokens: checks that were waiting on an
+//! approval can no longer be called back, and Azure DevOps fails them at their timeout.
+//!
 //! A backup taken while the hub runs is per-entity consistent, not a snapshot: stop the hub or
 //! take it in a quiet moment, and check the result with `icahub audit verify`, which finds any
 //! chain a concurrent write left half-copied.
@@ -36,8 +41,18 @@ impl TableStore {
             "hub_version": env!("CARGO_PKG_VERSION")});
         writeln!(out, "{header}").map_err(io)?;
         let mut n = 0u64;
+        let no_secrets = format!(
+            "PartitionKey ne {}",
+            super::rows::lit(crate::storage::SECRETS_PARTITION)
+        );
         for (name, table) in [("streams", &self.streams), ("requests", &self.requests)] {
-            let mut pages = table.query().into_stream::<Entity>();
+            let query = table.query();
+            let query = if name == "requests" {
+                query.filter(no_secrets.clone())
+            } else {
+                query
+            };
+            let mut pages = query.into_stream::<Entity>();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| map_err("backup query", e))?;
                 for e in page.entities {
@@ -123,6 +138,12 @@ impl TableStore {
                 .and_then(Value::as_str)
                 .ok_or_else(|| bad(format!("line {}: no PartitionKey", i + 2)))?
                 .to_string();
+            if table == "requests" && pk == crate::storage::SECRETS_PARTITION {
+                return Err(bad(format!(
+                    "line {}: a secret; backups never hold secrets, so this file was not written by icahub backup",
+                    i + 2
+                )));
+            }
             by_table
                 .entry(table)
                 .or_default()

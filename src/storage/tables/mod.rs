@@ -5,7 +5,17 @@
 //! numbers, the open incident), `event|<event_id>`, `dedup|<sha256 of dedup key>`,
 //! `incident|<incident_id>` and `outbox|<seq, 12 digits>`; every row has a `Kind` column.
 //! `<prefix>requests` holds the raw bodies of requests that carried several alerts
-//! (PartitionKey = `YYYYMMDD` of receipt, RowKey = request id).
+//! (PartitionKey = `YYYYMMDD` of receipt, RowKey = request id), and the secrets
+//! ([`Store::secret_put`]) in its partition [`SECRETS_PARTITION`] (`secrets`, RowKey = the
+//! secret's key, `Kind = secret`, the value in `Value`, the time stored in `CreatedAt`).
+//!
+//! Why there: that table holds nothing chained (the audit trail lives in `streams` only, and
+//! `audit_partitions`/`audit_state` read only `streams`), so a secret can never be taken for a
+//! record written behind the hub's back; `icahub backup` already reads that table on its own and
+//! skips the partition with a server-side filter; and no new table means nothing new to create,
+//! provision in `infra/` or grant to the hub's identity, and the no-create open of `backup` and
+//! `doctor` works against stores made by older versions. A date partition (`YYYYMMDD`) can never
+//! be `secrets`.
 //!
 //! Each new alert is one entity-group transaction on its stream's partition: event, dedup
 //! marker, head (inserted, or updated with `If-Match` on the ETag read), incident and outbox
@@ -44,7 +54,7 @@ use crate::domain::incident::{stream_key, stream_of_id, Incident};
 use crate::domain::routing::Routing;
 use crate::storage::{
     Delivery, Doc, DocCommit, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, RawRequest,
-    Result, Settle, Store, StoreError, StoredEvent,
+    Result, Settle, Store, StoreError, StoredEvent, SECRETS_PARTITION,
 };
 use async_trait::async_trait;
 use azure_core::{Etag, StatusCode};
@@ -366,7 +376,14 @@ impl Store for TableStore {
             return Ok(None);
         }
         let rows = self
-            .query(&self.requests, format!("RowKey eq {}", lit(request_id)))
+            .query(
+                &self.requests,
+                format!(
+                    "RowKey eq {} and PartitionKey ne {}",
+                    lit(request_id),
+                    lit(SECRETS_PARTITION)
+                ),
+            )
             .await?;
         rows.first().map(rows::request_of).transpose()
     }
@@ -563,5 +580,47 @@ impl Store for TableStore {
 
     async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
         self.doc_write(commit).await
+    }
+
+    async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
+        crate::storage::check_secret_key(key)?;
+        let mut m = rows::new_entity(SECRETS_PARTITION, key, "secret");
+        rows::put_str(&mut m, "Value", value);
+        rows::put_str(&mut m, "CreatedAt", &rows::ts(now));
+        self.requests
+            .partition_key_client(SECRETS_PARTITION)
+            .entity_client(key.replace('\'', "''"))
+            .insert_or_replace(&m)
+            .map_err(|e| map_err("store secret", e))?
+            .await
+            .map_err(|e| map_err("store secret", e))?;
+        Ok(())
+    }
+
+    async fn secret_get(&self, key: &str) -> Result<Option<String>> {
+        if !crate::storage::valid_secret_key(key) {
+            return Ok(None);
+        }
+        match self.get(&self.requests, SECRETS_PARTITION, key).await? {
+            Some((m, _)) => rows::get_str(&m, "Value").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn secret_delete(&self, key: &str) -> Result<bool> {
+        if !crate::storage::valid_secret_key(key) {
+            return Ok(false);
+        }
+        let res = self
+            .requests
+            .partition_key_client(SECRETS_PARTITION)
+            .entity_client(key.replace('\'', "''"))
+            .delete()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => Ok(false),
+            Err(e) => Err(map_err("delete secret", e)),
+        }
     }
 }
