@@ -1,9 +1,13 @@
-//! Mattermost approval buttons through the real server (embedded store, manual clock): the hub
-//! posts the approval request to a local Mattermost receiver, the test plays Mattermost and
-//! sends the button callbacks (shaped like the documented samples) with the tokens taken from
-//! the captured message. Covers the two-person approval, refusals by role and separation of
-//! duties, forged / expired / replayed / misused tokens (refused and audited), the rejection
-//! dialog (open request, field errors, rejection), unlinked users, and messages without buttons.
+//! Mattermost approval buttons through the real server (manual clock): the hub posts the
+//! approval request to a local Mattermost receiver, the test plays Mattermost and sends the
+//! button callbacks (shaped like the documented samples) with the tokens taken from the captured
+//! message. Covers the two-person approval, refusals by role and separation of duties, forged /
+//! expired / replayed / misused tokens (refused and audited), the rejection dialog (open request,
+//! field errors, rejection), unlinked users, and messages without buttons; and the attacks of
+//! issue 11 ("Trust the gate"), each on both backends: a linked approver's user name with a
+//! foreign user id, clickers the Mattermost server does not vouch for (unknown, deactivated, not
+//! in the channel, no channel, server down), a click handing out tokens that were never posted,
+//! and a flood of refused callbacks.
 
 mod support;
 
@@ -11,13 +15,14 @@ use chrono::{Duration as Span, Utc};
 use icahub::clock::ManualClock;
 use icahub::config::Config;
 use icahub::domain::action_token::{self, Action, Claims, TokenKeys};
-use icahub::domain::identity::{MattermostUser, Role};
+use icahub::domain::identity::Role;
+use icahub::storage::{DocCommit, DocWrite, Expect};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use support::hub::{Reply, TestHub};
-use support::receiver::{Receiver, Recorded};
+use support::receiver::{Directory, MmDirectory, Receiver, Recorded};
 
 const ACTIONS: &str = "/api/v1/mattermost/actions";
 const PUBLIC_URL: &str = "https://icahub.example.net";
@@ -28,24 +33,90 @@ const BOB_ID: &str = "bobuserid00000000000000000";
 const CAROL_ID: &str = "caroluserid000000000000000";
 const TESTER_ID: &str = "testeruserid00000000000000";
 const MALLORY_ID: &str = "malloryuserid0000000000000";
+/// The channel of the documented callback samples.
+const CHANNEL: &str = "j6j53p28k6urx15fpcgsr20psq";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Tables,
+}
+
+/// Which Mattermost server the hub is told about (`ICAHUB_MATTERMOST_URL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    None,
+    /// The receiver, answering the API from its directory.
+    Up,
+    /// A port nobody listens on (connection refused).
+    Closed,
+}
 
 struct Env {
     hub: TestHub,
     mm: Receiver,
+    dir: Directory,
     clock: Arc<ManualClock>,
+    /// The store's settings, for the CLI.
+    store_env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
-/// A hub whose Mattermost webhook is a local receiver, with buttons on, the rejection dialog on
-/// when `dialog`, and these people: alice (technical approver, linked by user name), bob
-/// (business approver, linked by user id only), carol (no role, linked), tester (every role,
-/// the requester, linked). mallory is not linked.
+/// The settings of a fresh store on `backend` (in `dir` when embedded).
+fn store_env(backend: Backend, dir: &std::path::Path) -> Vec<(String, String)> {
+    match backend {
+        Backend::Embedded => vec![
+            ("ICAHUB_STORAGE".into(), "embedded".into()),
+            ("ICAHUB_DATA_DIR".into(), dir.display().to_string()),
+        ],
+        Backend::Tables => vec![
+            ("ICAHUB_STORAGE".into(), "tables".into()),
+            (
+                "ICAHUB_TABLES_CONNECTION_STRING".into(),
+                support::azurite::connection_string(),
+            ),
+            (
+                "ICAHUB_TABLE_PREFIX".into(),
+                support::azurite::unique_prefix("mm"),
+            ),
+            ("ICAHUB_DATA_DIR".into(), dir.display().to_string()),
+        ],
+    }
+}
+
+/// The directory of the fake Mattermost server: everyone active and in [`CHANNEL`].
+fn directory() -> Directory {
+    let dir = MmDirectory::new(MM_TOKEN);
+    {
+        let mut d = dir.lock().unwrap();
+        for (id, name) in [
+            (ALICE_ID, "alice"),
+            (BOB_ID, "bob"),
+            (CAROL_ID, "carol"),
+            (TESTER_ID, "tester"),
+            (MALLORY_ID, "mallory"),
+        ] {
+            d.users.insert(id.into(), (name.into(), 0));
+            d.members.insert((CHANNEL.into(), id.into()));
+        }
+    }
+    dir
+}
+
 async fn setup(buttons: bool, dialog: bool) -> Env {
-    let mm = Receiver::mattermost().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("ICAHUB_STORAGE".into(), "embedded".into());
-    env.insert("ICAHUB_DATA_DIR".into(), dir.path().display().to_string());
+    let server = if dialog { Server::Up } else { Server::None };
+    setup_with(Backend::Embedded, buttons, server).await
+}
+
+/// A hub whose Mattermost webhook is a local receiver, with buttons on when `buttons`, and these
+/// people, linked by their Mattermost user ids: alice (technical approver), bob (business
+/// approver), carol (no role), tester (every role, the requester). mallory is not linked.
+async fn setup_with(backend: Backend, buttons: bool, server: Server) -> Env {
+    let dir = directory();
+    let mm = Receiver::mattermost_with(dir.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store_env = store_env(backend, tmp.path());
+    let mut env: HashMap<String, String> = store_env.iter().cloned().collect();
     env.insert(
         "ICAHUB_MATTERMOST_WEBHOOK_URL".into(),
         mm.url("/hooks/approvalhookkey1"),
@@ -57,8 +128,13 @@ async fn setup(buttons: bool, dialog: bool) -> Env {
             format!("{SECRET},an-older-secret-still-accepted-000000"),
         );
     }
-    if dialog {
-        env.insert("ICAHUB_MATTERMOST_URL".into(), mm.base.clone());
+    let url = match server {
+        Server::None => None,
+        Server::Up => Some(mm.base.clone()),
+        Server::Closed => Some(format!("http://127.0.0.1:{}", support::hub::free_port())),
+    };
+    if let Some(url) = url {
+        env.insert("ICAHUB_MATTERMOST_URL".into(), url);
         env.insert("ICAHUB_MATTERMOST_TOKEN".into(), MM_TOKEN.into());
     }
     let clock = Arc::new(ManualClock::new(Utc::now()));
@@ -75,14 +151,14 @@ async fn setup(buttons: bool, dialog: bool) -> Env {
             .await
             .unwrap();
     }
-    for (who, user) in [
-        ("alice", MattermostUser::name("alice").unwrap()),
-        ("bob", MattermostUser::id(BOB_ID).unwrap()),
-        ("carol", MattermostUser::name("carol").unwrap()),
-        ("tester", MattermostUser::name("tester").unwrap()),
+    for (who, id) in [
+        ("alice", ALICE_ID),
+        ("bob", BOB_ID),
+        ("carol", CAROL_ID),
+        ("tester", TESTER_ID),
     ] {
         assert!(
-            icahub::identity::link_mattermost(store, who, &user, "test", now)
+            icahub::identity::link_mattermost(store, who, id, Some(who), "test", now)
                 .await
                 .unwrap()
         );
@@ -90,8 +166,10 @@ async fn setup(buttons: bool, dialog: bool) -> Env {
     Env {
         hub,
         mm,
+        dir,
         clock,
-        _dir: dir,
+        store_env,
+        _dir: tmp,
     }
 }
 
@@ -326,7 +404,8 @@ async fn forged_expired_replayed_and_misused_tokens_are_refused_and_audited() {
     let id = request(&env, "5001", "staging").await;
     let b = buttons(&env, &id).await;
     let partition = icahub::approvals::partition_of(&id).unwrap();
-    let registry = icahub::approvals::REGISTRY;
+    // Refusals no authentic token vouches for go to the security partition, never the approvals'.
+    let security = icahub::http::auth::SECURITY;
 
     // Forged: the signature changed.
     let mut ctx = b["approve_technical"]["integration"]["context"].clone();
@@ -355,7 +434,7 @@ async fn forged_expired_replayed_and_misused_tokens_are_refused_and_audited() {
     ctx["token"] = json!(format!("{payload}.{}", other.split_once('.').unwrap().1));
     let text = ephemeral(&callback(&env, &click_as(ALICE_ID, "alice", &ctx)).await);
     assert!(text.contains("not valid"), "{text}");
-    let forged = audits(&env, registry, "mattermost.token_refused").await;
+    let forged = audits(&env, security, "mattermost.token_refused").await;
     assert_eq!(forged.len(), 2, "{forged:?}");
     assert!(forged.iter().all(|a| a["reason"] == "forged"));
     assert_eq!(forged[0]["claimed_approval_id"], id.as_str());
@@ -375,8 +454,15 @@ async fn forged_expired_replayed_and_misused_tokens_are_refused_and_audited() {
         let text = ephemeral(&callback(&env, &support::fixture_json(sample)).await);
         assert!(text.contains("token"), "{sample}: {text}");
     }
-    let refused = audits(&env, registry, "mattermost.token_refused").await;
+    let refused = audits(&env, security, "mattermost.token_refused").await;
     assert_eq!(refused.len(), 5);
+    assert!(audits(
+        &env,
+        icahub::approvals::REGISTRY,
+        "mattermost.token_refused"
+    )
+    .await
+    .is_empty());
     assert!(refused.iter().any(|a| a["reason"] == "malformed"));
     assert!(refused.iter().any(|a| a["reason"] == "missing"));
 
@@ -417,18 +503,14 @@ async fn forged_expired_replayed_and_misused_tokens_are_refused_and_audited() {
     let biz = b["approve_business"]["integration"]["context"].clone();
     let text = ephemeral(&callback(&env, &click_by_id(BOB_ID, &biz)).await);
     assert!(text.contains("expired"), "{text}");
-    let expired: Vec<Value> = audits(&env, registry, "mattermost.token_refused")
+    // An authentic token's refusal is on the approval's own trail.
+    let expired: Vec<Value> = audits(&env, &partition, "mattermost.token_refused")
         .await
         .into_iter()
         .filter(|a| a["reason"] == "expired")
         .collect();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0]["approval_id"], id.as_str());
-    // An authentic token's refusal is on the approval's own trail too.
-    assert!(audits(&env, &partition, "mattermost.token_refused")
-        .await
-        .iter()
-        .any(|a| a["reason"] == "expired"));
     assert_ne!(get_approval(&env, &id).await["status"], "approved");
 }
 
@@ -471,6 +553,7 @@ async fn reject_asks_for_a_reason_in_a_dialog() {
     sub["callback_id"] = json!(id);
     sub["state"] = json!(state);
     sub["user_id"] = json!(ALICE_ID);
+    sub["channel_id"] = json!(CHANNEL);
     sub["submission"] = json!({"reason": "   "});
     let r = callback(&env, &sub).await;
     assert_eq!(r.status, 200);
@@ -532,19 +615,25 @@ async fn unknown_users_are_told_how_to_get_linked() {
     let id = request(&env, "7001", "staging").await;
     let b = buttons(&env, &id).await;
     let tech = b["approve_technical"]["integration"]["context"].clone();
-    let text = ephemeral(&callback(&env, &click_as(MALLORY_ID, "mallory", &tech)).await);
-    assert!(
-        text.contains("icahub roles link-mattermost <identity> mallory"),
-        "{text}"
-    );
-    let text = ephemeral(&callback(&env, &click_by_id(MALLORY_ID, &tech)).await);
-    assert!(text.contains(&format!("--user-id {MALLORY_ID}")), "{text}");
+    for cb in [
+        click_as(MALLORY_ID, "mallory", &tech),
+        click_by_id(MALLORY_ID, &tech),
+    ] {
+        let text = ephemeral(&callback(&env, &cb).await);
+        assert!(
+            text.contains(&format!(
+                "icahub roles link-mattermost <identity> --user-id {MALLORY_ID}"
+            )),
+            "{text}"
+        );
+    }
     assert_eq!(get_approval(&env, &id).await["status"], "pending");
     // Once linked, the same button works.
     icahub::identity::link_mattermost(
         env.hub.app.store.as_ref(),
         "alice",
-        &MattermostUser::id(MALLORY_ID).unwrap(),
+        MALLORY_ID,
+        None,
         "test",
         Utc::now(),
     )
@@ -559,48 +648,44 @@ async fn links_are_exclusive_replaceable_and_audited() {
     let env = setup(true, false).await;
     let store = env.hub.app.store.as_ref();
     let now = Utc::now();
-    let alice = MattermostUser::name("alice").unwrap();
-    let err = icahub::identity::link_mattermost(store, "carol", &alice, "test", now)
-        .await
-        .unwrap_err();
+    let link = |who: &'static str, id: &'static str| {
+        icahub::identity::link_mattermost(store, who, id, None, "test", now)
+    };
+    let err = link("carol", ALICE_ID).await.unwrap_err();
     assert!(err.to_string().contains("already linked to alice"), "{err}");
-    // Relinking the same is a no-op; a new name replaces the old one.
+    assert!(link("carol", "not-an-id").await.is_err());
+    // Relinking the same is a no-op; a new id replaces the old one.
+    assert!(!icahub::identity::link_mattermost(
+        store,
+        "alice",
+        ALICE_ID,
+        Some("alice"),
+        "test",
+        now
+    )
+    .await
+    .unwrap());
+    assert!(link("alice", MALLORY_ID).await.unwrap());
+    let by = |id: &'static str| icahub::identity::by_mattermost(store, id);
     assert!(
-        !icahub::identity::link_mattermost(store, "alice", &alice, "test", now)
-            .await
-            .unwrap()
+        by(ALICE_ID).await.unwrap().is_none(),
+        "the old id no longer maps"
     );
-    let new = MattermostUser::name("alice.smith").unwrap();
-    assert!(
-        icahub::identity::link_mattermost(store, "alice", &new, "test", now)
-            .await
-            .unwrap()
-    );
-    let found = icahub::identity::by_mattermost(store, Some("alice"), None)
-        .await
-        .unwrap();
-    assert!(found.is_none(), "the old name no longer maps");
-    let found = icahub::identity::by_mattermost(store, Some("Alice.Smith"), Some(ALICE_ID))
-        .await
-        .unwrap()
-        .unwrap();
+    let found = by(MALLORY_ID).await.unwrap().unwrap();
     assert_eq!(found.name, "alice");
     assert_eq!(found.roles, [Role::TechnicalApprover]);
-    // The old name is free for someone else now.
-    assert!(
-        icahub::identity::link_mattermost(store, "carol", &alice, "test", now)
-            .await
-            .unwrap()
-    );
+    // The old id is free for someone else now.
+    assert!(link("carol", ALICE_ID).await.unwrap());
     assert!(
         icahub::identity::unlink_mattermost(store, "carol", "test", now)
             .await
             .unwrap()
     );
-    assert!(icahub::identity::by_mattermost(store, Some("alice"), None)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(by(ALICE_ID).await.unwrap().is_none());
+    assert!(
+        by(CAROL_ID).await.unwrap().is_none(),
+        "unlinking replaced links too"
+    );
     let trail = audits(&env, icahub::identity::IDENTITIES, "mattermost.linked").await;
     assert!(trail.len() >= 6, "{trail:?}");
     assert_eq!(
