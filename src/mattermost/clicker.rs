@@ -22,21 +22,24 @@ pub enum Standing {
     NotMember,
 }
 
-/// Cached answers, keyed by (user id, channel id).
+/// (user id, channel id)
+type Key = (String, String);
+
+/// Cached answers and until when each holds, keyed by (user id, channel id).
 #[derive(Debug, Default)]
 pub struct ClickerCache {
-    entries: Mutex<HashMap<(String, String), (Standing, DateTime<Utc>)>>,
+    entries: Mutex<HashMap<Key, (Standing, DateTime<Utc>)>>,
 }
 
 impl ClickerCache {
-    fn get(&self, key: &(String, String), now: DateTime<Utc>) -> Option<Standing> {
+    fn get(&self, key: &Key, now: DateTime<Utc>) -> Option<Standing> {
         let map = self.entries.lock().ok()?;
         map.get(key)
             .filter(|(_, until)| now < *until)
             .map(|(s, _)| *s)
     }
 
-    fn put(&self, key: (String, String), s: Standing, until: DateTime<Utc>, now: DateTime<Utc>) {
+    fn put(&self, key: Key, s: Standing, until: DateTime<Utc>, now: DateTime<Utc>) {
         let Ok(mut map) = self.entries.lock() else {
             return;
         };
