@@ -105,18 +105,20 @@ mod tests {
             Some(Standing::Member)
         );
         assert_eq!(c.get(&k(0), t0 + Duration::seconds(60)), None);
-        for i in 1..MAX_ENTRIES + 50 {
+        for i in 1..MAX_ENTRIES {
             c.put(k(i), Standing::NotMember, t0 + Duration::seconds(60), t0);
-            assert!(c.len() <= MAX_ENTRIES);
         }
-        // Expired entries go first when full.
+        assert_eq!(c.len(), MAX_ENTRIES);
+        // Full of live answers: the next new key clears them rather than grow.
+        c.put(k(MAX_ENTRIES), Standing::Member, t0 + Duration::seconds(60), t0);
+        assert_eq!(c.len(), 1);
+        for i in 0..MAX_ENTRIES - 1 {
+            c.put(k(i), Standing::NotMember, t0 + Duration::seconds(60), t0);
+        }
+        assert_eq!(c.len(), MAX_ENTRIES);
+        // Full, but expired: the expired ones go first.
         let later = t0 + Duration::seconds(61);
-        c.put(
-            k(999_999),
-            Standing::Member,
-            later + Duration::seconds(60),
-            later,
-        );
+        c.put(k(999_999), Standing::Member, later + Duration::seconds(60), later);
         assert_eq!(c.len(), 1);
     }
 }
