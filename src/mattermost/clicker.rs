@@ -110,7 +110,12 @@ mod tests {
         }
         assert_eq!(c.len(), MAX_ENTRIES);
         // Full of live answers: the next new key clears them rather than grow.
-        c.put(k(MAX_ENTRIES), Standing::Member, t0 + Duration::seconds(60), t0);
+        c.put(
+            k(MAX_ENTRIES),
+            Standing::Member,
+            t0 + Duration::seconds(60),
+            t0,
+        );
         assert_eq!(c.len(), 1);
         for i in 0..MAX_ENTRIES - 1 {
             c.put(k(i), Standing::NotMember, t0 + Duration::seconds(60), t0);
@@ -118,7 +123,12 @@ mod tests {
         assert_eq!(c.len(), MAX_ENTRIES);
         // Full, but expired: the expired ones go first.
         let later = t0 + Duration::seconds(61);
-        c.put(k(999_999), Standing::Member, later + Duration::seconds(60), later);
+        c.put(
+            k(999_999),
+            Standing::Member,
+            later + Duration::seconds(60),
+            later,
+        );
         assert_eq!(c.len(), 1);
     }
 }

@@ -414,6 +414,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn audited_fields_are_bounded() {
+        assert_eq!(
+            bounded("rd49ehbqyjytddasoownkuqrxe"),
+            "rd49ehbqyjytddasoownkuqrxe"
+        );
+        let long = "x".repeat(4096);
+        let b = bounded(&long);
+        assert!(b.starts_with("sha256:") && b.len() == 7 + 32, "{b}");
+        assert_eq!(b, bounded(&long));
+        assert_ne!(b, bounded(&"y".repeat(4096)));
+        assert_eq!(bounded(&"é".repeat(32)).len(), 64);
+        assert!(bounded(&"é".repeat(33)).starts_with("sha256:"));
+    }
+
+    #[test]
     fn callbacks_parse_leniently() {
         let c = Callback::parse(
             &json!({"user_id": "u1", "context": {"token": " t "}, "trigger_id": 5}),
