@@ -111,6 +111,7 @@ resource "azurerm_function_app_flex_consumption" "hub" {
     "ICAHUB_MATTERMOST_ACTION_SECRETS" = local.secret_ref["mattermost-action-secrets"]
     "ICAHUB_MATTERMOST_URL"            = var.mattermost_url
     "ICAHUB_MATTERMOST_TOKEN"          = local.secret_ref["mattermost-token"]
+    "ICAHUB_MATTERMOST_CHECK_TTL_SECS" = tostring(var.mattermost_check_ttl_secs)
 
     # --- PagerDuty ----------------------------------------------------------------------------
     "ICAHUB_PAGERDUTY_ROUTING_KEY"     = local.secret_ref["pagerduty-routing-key"]

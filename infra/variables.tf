@@ -282,9 +282,20 @@ variable "mattermost_icon_url" {
 }
 
 variable "mattermost_url" {
-  description = "ICAHUB_MATTERMOST_URL: Mattermost server URL, to open the rejection dialog (with mattermost_token: both or neither)."
+  description = "ICAHUB_MATTERMOST_URL: Mattermost server URL (with mattermost_token: both or neither): checks that whoever clicks an approval button exists, is active and is in the channel, and opens the rejection dialog."
   type        = string
   default     = ""
+}
+
+variable "mattermost_check_ttl_secs" {
+  description = "ICAHUB_MATTERMOST_CHECK_TTL_SECS: how long the Mattermost server's answer about a clicker (active, channel member) is reused, per user and channel (0-3600)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.mattermost_check_ttl_secs >= 0 && var.mattermost_check_ttl_secs <= 3600
+    error_message = "mattermost_check_ttl_secs must be 0-3600."
+  }
 }
 
 variable "pagerduty_events_url" {

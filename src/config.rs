@@ -43,8 +43,9 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
     ("ICAHUB_PUBLIC_URL", "unset", "The hub's external base URL (e.g. https://icahub.azurewebsites.net); Mattermost approval buttons call <it>/api/v1/mattermost/actions, so without it approval messages carry no buttons"),
     ("ICAHUB_MATTERMOST_ACTION_SECRETS", "unset", "Comma-separated secrets (32+ characters each) signing the approval buttons' tokens: the first signs, any verifies (rotation); buttons need this and ICAHUB_PUBLIC_URL"),
-    ("ICAHUB_MATTERMOST_URL", "unset", "Mattermost server URL, for opening the rejection dialog (with ICAHUB_MATTERMOST_TOKEN)"),
+    ("ICAHUB_MATTERMOST_URL", "unset", "Mattermost server URL (with ICAHUB_MATTERMOST_TOKEN): resolves `roles link-mattermost` names to user ids, checks that whoever clicks an approval button exists, is active and is a member of the channel, and opens the rejection dialog"),
     ("ICAHUB_MATTERMOST_TOKEN", "unset", "Mattermost bot or personal access token used with ICAHUB_MATTERMOST_URL"),
+    ("ICAHUB_MATTERMOST_CHECK_TTL_SECS", "60", "How long the answer to a clicker's check (user active, channel member) is reused, per user and channel, 0-3600 (0: ask every time)"),
     ("ICAHUB_MATTERMOST_WEBHOOKS", "unset", "More Mattermost incoming webhooks for routing rules, as a JSON object of name to URL (secrets: the URL is the credential)"),
     ("ICAHUB_MATTERMOST_USERNAME", "icahub", "Post as this user name (the Mattermost server must allow overrides)"),
     ("ICAHUB_MATTERMOST_ICON_URL", "unset", "Post with this icon"),
@@ -252,19 +253,35 @@ impl AzdoHookAuth {
 
 /// Approval buttons in Mattermost messages and the rejection dialog: `ICAHUB_PUBLIC_URL`,
 /// `ICAHUB_MATTERMOST_ACTION_SECRETS`, `ICAHUB_MATTERMOST_URL`, `ICAHUB_MATTERMOST_TOKEN`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MattermostActions {
     /// The hub's external base URL, without a trailing slash.
     pub public_url: Option<String>,
     /// The first signs button tokens; any verifies them.
     pub secrets: Vec<Secret>,
-    /// Mattermost server URL (no trailing slash) and token, for opening dialogs.
+    /// Mattermost server URL (no trailing slash) and token: name lookups, the clicker's check,
+    /// the rejection dialog.
     pub server: Option<(String, Secret)>,
+    /// `ICAHUB_MATTERMOST_CHECK_TTL_SECS`: how long a clicker's check is reused.
+    pub check_ttl_secs: u64,
+}
+
+impl Default for MattermostActions {
+    fn default() -> Self {
+        MattermostActions {
+            public_url: None,
+            secrets: Vec::new(),
+            server: None,
+            check_ttl_secs: MattermostActions::DEFAULT_CHECK_TTL_SECS,
+        }
+    }
 }
 
 impl MattermostActions {
     /// Where Mattermost sends button clicks and dialog submissions, below the public URL.
     pub const PATH: &'static str = "/api/v1/mattermost/actions";
+    pub const DEFAULT_CHECK_TTL_SECS: u64 = 60;
+    pub const MAX_CHECK_TTL_SECS: u64 = 3600;
 
     /// Read and check the four variables (already trimmed, empty = unset). An error names the
     /// variable and never shows a secret.
@@ -299,14 +316,28 @@ impl MattermostActions {
             (None, None) => None,
             _ => {
                 return Err(
-                    "ICAHUB_MATTERMOST_URL and ICAHUB_MATTERMOST_TOKEN go together: set both (to open the rejection dialog) or neither".into(),
+                    "ICAHUB_MATTERMOST_URL and ICAHUB_MATTERMOST_TOKEN go together: set both (to resolve user names, check clickers and open the rejection dialog) or neither".into(),
                 )
             }
+        };
+        let check_ttl_secs = match get("ICAHUB_MATTERMOST_CHECK_TTL_SECS") {
+            None => Self::DEFAULT_CHECK_TTL_SECS,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= Self::MAX_CHECK_TTL_SECS)
+                .ok_or_else(|| {
+                    format!(
+                        "ICAHUB_MATTERMOST_CHECK_TTL_SECS={v:?} must be a whole number of seconds, 0-{}",
+                        Self::MAX_CHECK_TTL_SECS
+                    )
+                })?,
         };
         Ok(MattermostActions {
             public_url,
             secrets,
             server,
+            check_ttl_secs,
         })
     }
 

@@ -3,8 +3,8 @@
 //! atomic commit as the change itself.
 
 use crate::domain::identity::{
-    key_hash, key_id, new_api_key, valid_identity, ApiKeyRecord, IdentityRecord, MattermostUser,
-    Role,
+    key_hash, key_id, legacy_mattermost_name_key, mattermost_index_key, new_api_key,
+    valid_identity, valid_mattermost_id, ApiKeyRecord, IdentityRecord, MattermostUser, Role,
 };
 use crate::storage::{DocCommit, DocWrite, Expect, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -243,6 +243,7 @@ fn read_identity(
                 roles: Vec::new(),
                 mattermost_user: None,
                 mattermost_user_id: None,
+                mattermost_username: None,
             },
             Expect::Absent,
         ),
@@ -257,14 +258,16 @@ fn linked_identity(doc: &Option<crate::storage::Doc>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Map a Mattermost user to `name` (replacing the identity's earlier link of the same kind).
-/// A user already linked to another identity is refused: unlink it there first. Returns whether
-/// anything changed. The identity record and the index document the lookup reads are written
-/// together, with an audit entry.
+/// Link the Mattermost user with this id (`user_id`, [`valid_mattermost_id`]) to `name`,
+/// replacing the identity's earlier link, and a legacy link by name; `username` is kept as a
+/// display label only. A user already linked to another identity is refused: unlink it there
+/// first. Returns whether anything changed. The identity record and the index document the
+/// lookup reads are written together, with an audit entry.
 pub async fn link_mattermost(
     store: &dyn Store,
     name: &str,
-    user: &MattermostUser,
+    user_id: &str,
+    username: Option<&str>,
     by: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, IdentityError> {
@@ -273,44 +276,67 @@ pub async fn link_mattermost(
             "identity {name:?} is not a valid name"
         )));
     }
+    if !valid_mattermost_id(user_id) {
+        return Err(IdentityError::Invalid(format!(
+            "{user_id:?} is not a Mattermost user id (26 lowercase letters and digits)"
+        )));
+    }
+    let username = username
+        .and_then(MattermostUser::name)
+        .map(|u| u.value().to_string());
     let key = format!("id|{name}");
+    let index_key = mattermost_index_key(user_id);
     for _ in 0..10 {
         let doc = store.doc_get(IDENTITIES, &key).await?;
         let (mut rec, expect) = read_identity(&doc, name)?;
-        let index = store.doc_get(IDENTITIES, &user.index_key()).await?;
-        let previous = user.linked_in(&rec);
+        let index = store.doc_get(IDENTITIES, &index_key).await?;
+        let previous = rec.mattermost_user_id.clone();
         match linked_identity(&index) {
             Some(other) if other != name => {
                 // Only a link the other record agrees with binds (both are written together).
                 let holds = identity(store, &other)
                     .await?
-                    .is_some_and(|r| user.linked_in(&r).as_ref() == Some(user));
+                    .is_some_and(|r| r.mattermost_user_id.as_deref() == Some(user_id));
                 if holds {
                     return Err(IdentityError::Invalid(format!(
-                        "{} is already linked to {other}; run `icahub roles unlink-mattermost {other}` first",
-                        user.describe()
+                        "Mattermost user id {user_id} is already linked to {other}; run `icahub roles unlink-mattermost {other}` first"
                     )));
                 }
             }
-            Some(_) if previous.as_ref() == Some(user) => return Ok(false),
+            Some(_)
+                if previous.as_deref() == Some(user_id)
+                    && rec.mattermost_username == username
+                    && rec.mattermost_user.is_none() =>
+            {
+                return Ok(false)
+            }
             _ => {}
         }
         let mut writes = vec![DocWrite {
-            key: user.index_key(),
+            key: index_key.clone(),
             value: json!({"identity": name, "linked_at": now, "by": by}),
             expect: expect_of(&index),
         }];
-        if let Some(old) = previous.as_ref().filter(|p| *p != user) {
-            let old_doc = store.doc_get(IDENTITIES, &old.index_key()).await?;
-            if linked_identity(&old_doc).as_deref() == Some(name) {
+        let mut stale = Vec::new();
+        if let Some(old) = previous.as_deref().filter(|p| *p != user_id) {
+            stale.push(mattermost_index_key(old));
+        }
+        if let Some(legacy) = rec.legacy_mattermost_name() {
+            stale.push(legacy_mattermost_name_key(legacy));
+        }
+        for k in stale {
+            let d = store.doc_get(IDENTITIES, &k).await?;
+            if linked_identity(&d).as_deref() == Some(name) {
                 writes.push(DocWrite {
-                    key: old.index_key(),
+                    key: k,
                     value: json!({"identity": null, "unlinked_at": now, "by": by}),
-                    expect: expect_of(&old_doc),
+                    expect: expect_of(&d),
                 });
             }
         }
-        MattermostUser::set_in(user, &mut rec, Some(user));
+        let legacy = rec.mattermost_user.take();
+        rec.mattermost_user_id = Some(user_id.to_string());
+        rec.mattermost_username = username.clone();
         writes.push(DocWrite {
             key: key.clone(),
             value: serde_json::to_value(&rec).unwrap_or_default(),
@@ -318,8 +344,9 @@ pub async fn link_mattermost(
         });
         writes.push(crate::audit::note(
             now,
-            json!({"action": "mattermost.linked", "identity": name, "mattermost_user": user.describe(),
-                   "previous": previous.map(|p| p.describe()), "by": by, "at": now}),
+            json!({"action": "mattermost.linked", "identity": name, "mattermost_user_id": user_id,
+                   "mattermost_username": username, "previous_user_id": previous,
+                   "replaced_legacy_name_link": legacy, "by": by, "at": now}),
         ));
         if store.doc_commit(&commit(IDENTITIES, writes, now)).await? {
             return Ok(true);
@@ -328,7 +355,8 @@ pub async fn link_mattermost(
     Err(StoreError::Contention("identity changed concurrently".into()).into())
 }
 
-/// Remove every Mattermost link of `name`. Returns whether anything changed.
+/// Remove every Mattermost link of `name` (a legacy name link too). Returns whether anything
+/// changed.
 pub async fn unlink_mattermost(
     store: &dyn Store,
     name: &str,
@@ -341,33 +369,31 @@ pub async fn unlink_mattermost(
             return Ok(false);
         };
         let (mut rec, expect) = read_identity(&Some(doc), name)?;
-        let links: Vec<MattermostUser> = [
-            rec.mattermost_user
-                .as_deref()
-                .and_then(MattermostUser::name),
-            rec.mattermost_user_id
-                .as_deref()
-                .and_then(MattermostUser::id),
+        if rec.mattermost_user.is_none() && rec.mattermost_user_id.is_none() {
+            return Ok(false);
+        }
+        let keys: Vec<String> = [
+            rec.mattermost_user_id.as_deref().map(mattermost_index_key),
+            rec.legacy_mattermost_name()
+                .and_then(MattermostUser::name)
+                .map(|n| legacy_mattermost_name_key(n.value())),
         ]
         .into_iter()
         .flatten()
         .collect();
-        if links.is_empty() && rec.mattermost_user.is_none() && rec.mattermost_user_id.is_none() {
-            return Ok(false);
-        }
         let mut writes = Vec::new();
-        for l in &links {
-            let d = store.doc_get(IDENTITIES, &l.index_key()).await?;
+        for k in keys {
+            let d = store.doc_get(IDENTITIES, &k).await?;
             if linked_identity(&d).as_deref() == Some(name) {
                 writes.push(DocWrite {
-                    key: l.index_key(),
+                    key: k,
                     value: json!({"identity": null, "unlinked_at": now, "by": by}),
                     expect: expect_of(&d),
                 });
             }
         }
-        rec.mattermost_user = None;
-        rec.mattermost_user_id = None;
+        let (old_id, old_name) = (rec.mattermost_user_id.take(), rec.mattermost_user.take());
+        rec.mattermost_username = None;
         writes.push(DocWrite {
             key: key.clone(),
             value: serde_json::to_value(&rec).unwrap_or_default(),
@@ -376,7 +402,7 @@ pub async fn unlink_mattermost(
         writes.push(crate::audit::note(
             now,
             json!({"action": "mattermost.unlinked", "identity": name,
-                   "mattermost_users": links.iter().map(|l| l.describe()).collect::<Vec<_>>(), "by": by, "at": now}),
+                   "mattermost_user_id": old_id, "legacy_name_link": old_name, "by": by, "at": now}),
         ));
         if store.doc_commit(&commit(IDENTITIES, writes, now)).await? {
             return Ok(true);
@@ -385,30 +411,26 @@ pub async fn unlink_mattermost(
     Err(StoreError::Contention("identity changed concurrently".into()).into())
 }
 
-/// The identity a Mattermost user maps to: by user name when one is given and linked, else by
-/// user id. Names and ids that cannot be Mattermost's are never looked up.
+/// The identity the Mattermost user with this id maps to. Only the immutable user id is ever
+/// matched (user names can be changed by their owners, so a name proves nothing); ids that
+/// cannot be Mattermost's are never looked up.
 pub async fn by_mattermost(
     store: &dyn Store,
-    user_name: Option<&str>,
-    user_id: Option<&str>,
+    user_id: &str,
 ) -> Result<Option<IdentityRecord>, IdentityError> {
-    let candidates = [
-        user_name.and_then(MattermostUser::name),
-        user_id.and_then(MattermostUser::id),
-    ];
-    for user in candidates.into_iter().flatten() {
-        let index = store.doc_get(IDENTITIES, &user.index_key()).await?;
-        let Some(name) = linked_identity(&index) else {
-            continue;
-        };
-        // The record must still agree (a link is written to both in one commit).
-        if let Some(rec) = identity(store, &name).await? {
-            if user.linked_in(&rec).as_ref() == Some(&user) {
-                return Ok(Some(rec));
-            }
-        }
+    if !valid_mattermost_id(user_id) {
+        return Ok(None);
     }
-    Ok(None)
+    let index = store
+        .doc_get(IDENTITIES, &mattermost_index_key(user_id))
+        .await?;
+    let Some(name) = linked_identity(&index) else {
+        return Ok(None);
+    };
+    // The record must still agree (a link is written to both in one commit).
+    Ok(identity(store, &name)
+        .await?
+        .filter(|rec| rec.mattermost_user_id.as_deref() == Some(user_id)))
 }
 
 fn expect_of(doc: &Option<crate::storage::Doc>) -> Expect {

@@ -26,6 +26,10 @@ pub struct App {
     pub replay: crate::http::verify::ReplayCache,
     /// Counters and the sinks' last results (`GET /api/metrics`, `GET /api/readyz`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The Mattermost API, when `ICAHUB_MATTERMOST_URL` and `ICAHUB_MATTERMOST_TOKEN` are set.
+    pub mattermost_api: Option<crate::mattermost::api::MattermostApi>,
+    /// Recent answers of the check of whoever clicks an approval button.
+    pub clickers: crate::mattermost::clicker::ClickerCache,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -92,6 +96,7 @@ impl App {
             metrics.clone(),
         ));
         let entra = config.entra.clone().map(crate::entra::EntraVerifier::new);
+        let mattermost_api = crate::mattermost::api::MattermostApi::from_config(&config.mattermost);
         Ok(Arc::new(App {
             config,
             store,
@@ -102,6 +107,8 @@ impl App {
             entra,
             replay: Default::default(),
             metrics,
+            mattermost_api,
+            clickers: Default::default(),
         }))
     }
 }

@@ -407,46 +407,32 @@ async fn check_mattermost(
         (get("ICAHUB_MATTERMOST_URL"), get("ICAHUB_MATTERMOST_TOKEN"))
     {
         let server = server.trim_end_matches('/');
-        match http
-            .get(format!("{server}/api/v4/users/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => {
-                let user = r
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v["username"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "?".into());
-                out.push(finding(
-                    "mattermost:api",
-                    Level::Ok,
-                    format!("ICAHUB_MATTERMOST_TOKEN is accepted by {server} (user @{user}): the rejection dialog can open"),
-                ))
-            }
-            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => out.push(finding(
+        let api =
+            crate::mattermost::api::MattermostApi::new(server, crate::config::Secret::new(token));
+        use crate::mattermost::api::MmError;
+        match api.me().await {
+            Ok(me) => out.push(finding(
+                "mattermost:api",
+                Level::Ok,
+                format!("ICAHUB_MATTERMOST_TOKEN is accepted by {server} (user @{}): user names can be resolved, clickers checked and the rejection dialog opened", me.username),
+            )),
+            Err(MmError::Refused(status)) => out.push(finding(
                 "mattermost:api",
                 Level::Fail,
                 format!(
-                    "{server} refused ICAHUB_MATTERMOST_TOKEN (HTTP {}): make a new bot or \
-                     personal access token",
-                    r.status().as_u16()
+                    "{server} refused ICAHUB_MATTERMOST_TOKEN (HTTP {status}): make a new bot or \
+                     personal access token"
                 ),
             )),
-            Ok(r) => out.push(finding(
+            Err(MmError::Unreachable(why)) => out.push(finding(
                 "mattermost:api",
-                Level::Warn,
-                format!(
-                    "{server}/api/v4/users/me answered HTTP {}",
-                    r.status().as_u16()
-                ),
+                Level::Fail,
+                format!("{server}: {why}; approval buttons are refused while it cannot be reached"),
             )),
             Err(e) => out.push(finding(
                 "mattermost:api",
-                Level::Fail,
-                format!("{server}: {}", net_error(&e)),
+                Level::Warn,
+                format!("{server}/api/v4/users/me: {e}"),
             )),
         }
     }

@@ -85,10 +85,16 @@ pub struct Claims {
     /// shows its state to that user's client, so it must not work for anyone else).
     #[serde(rename = "uid", default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// That user's name, as Mattermost sent it with the click (dialog submissions carry only the
-    /// id).
+    /// Set by earlier versions on a dialog's state (the name Mattermost sent with the click);
+    /// read but never trusted or set now: only the user id identifies a user.
     #[serde(rename = "uname", default, skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
+    /// The message's group: every button token of one posted message carries the same `grp`,
+    /// and each one's nonce is [`group_nonce`]`(grp, action)`, so the post's update after a click
+    /// re-derives exactly the tokens that message was posted with (never new ones). Tokens of
+    /// earlier versions have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grp: Option<String>,
 }
 
 impl Claims {
@@ -101,6 +107,15 @@ impl Claims {
             nonce,
             user_id: None,
             user_name: None,
+            grp: None,
+        }
+    }
+
+    /// The token of `action` in message group `grp` (nonce [`group_nonce`]).
+    pub fn grouped(approval_id: &str, action: Action, expires: i64, grp: &str) -> Claims {
+        Claims {
+            grp: Some(grp.to_string()),
+            ..Claims::button(approval_id, action, expires, group_nonce(grp, action))
         }
     }
 
@@ -137,6 +152,19 @@ pub fn derived_nonce(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     B64.encode(&h.finalize()[..16])
+}
+
+/// A message group id derived from `parts` (the outbox row's idempotency key when a message is
+/// rendered), so a retried delivery renders the same tokens.
+pub fn group_id(parts: &[&str]) -> String {
+    let mut all = vec!["icahub.mattermost.grp"];
+    all.extend_from_slice(parts);
+    derived_nonce(&all)
+}
+
+/// The nonce of `action`'s button in message group `grp`.
+pub fn group_nonce(grp: &str, action: Action) -> String {
+    derived_nonce(&[grp, action.as_str()])
 }
 
 /// The signing secrets: the first signs, any verifies. Never printed.
@@ -320,6 +348,33 @@ mod tests {
         let plain = keys().sign(&claims());
         let json = B64.decode(plain.split_once('.').unwrap().0).unwrap();
         assert!(!String::from_utf8(json).unwrap().contains("uid"));
+    }
+
+    #[test]
+    fn grouped_tokens_rederive_exactly() {
+        let grp = group_id(&["row-key-1"]);
+        assert_ne!(grp, group_id(&["row-key-2"]));
+        let t = keys().sign(&Claims::grouped(
+            "APR-2026-000001",
+            Action::ApproveTechnical,
+            2_000_000_000,
+            &grp,
+        ));
+        let c = keys().verify(&t, 0).unwrap();
+        assert_eq!(c.grp.as_deref(), Some(grp.as_str()));
+        assert_eq!(c.nonce, group_nonce(&grp, Action::ApproveTechnical));
+        // The same claims sign to the same string: the update can hand out the posted token.
+        let again = keys().sign(&Claims::grouped(
+            "APR-2026-000001",
+            Action::ApproveTechnical,
+            c.expires,
+            &grp,
+        ));
+        assert_eq!(t, again);
+        assert_ne!(group_nonce(&grp, Action::ApproveBusiness), c.nonce);
+        // Older tokens carry no group.
+        let old = keys().sign(&claims());
+        assert_eq!(keys().verify(&old, 0).unwrap().grp, None);
     }
 
     #[test]

@@ -72,25 +72,57 @@ impl Role {
     }
 }
 
-/// An identity's record: its roles, and the Mattermost user (by name, by id, or both) that maps
-/// to it (`icahub roles link-mattermost`).
+/// An identity's record: its roles, and the Mattermost user that maps to it (`icahub roles
+/// link-mattermost`), by the user's immutable id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdentityRecord {
     pub name: String,
     pub roles: Vec<Role>,
+    /// A link by user name from an earlier version. User names can be changed by their owners,
+    /// so such a link grants nothing any more: `icahub roles list` flags it, and linking again
+    /// (which resolves the name to its id) replaces it.
     #[serde(default)]
     pub mattermost_user: Option<String>,
+    /// The linked Mattermost user's id: the only thing a callback is matched on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mattermost_user_id: Option<String>,
+    /// That user's name when the link was made, for display only (it may have changed since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mattermost_username: Option<String>,
 }
 
-/// A Mattermost user as a link names it. Button callbacks carry the user id, and newer servers
-/// the user name too; dialog submissions carry only the id.
+impl IdentityRecord {
+    /// A link by name only, from an earlier version (grants nothing).
+    pub fn legacy_mattermost_name(&self) -> Option<&str> {
+        self.mattermost_user.as_deref()
+    }
+}
+
+/// A Mattermost user id: 26 lowercase letters and digits (Mattermost's `NewId`). Nothing else
+/// is looked up, linked or put into a URL.
+pub fn valid_mattermost_id(s: &str) -> bool {
+    s.len() == 26
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// The index document that maps a Mattermost user id to an identity (one read per lookup).
+pub fn mattermost_index_key(user_id: &str) -> String {
+    format!("mm|id|{user_id}")
+}
+
+/// The index document of a legacy link by name (cleared when the identity is linked again).
+pub fn legacy_mattermost_name_key(name: &str) -> String {
+    format!("mm|name|{name}")
+}
+
+/// A Mattermost user as an operator names one: by user name (resolved to its id through the
+/// API) or by user id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MattermostUser {
     /// A user name: lowercase letters, digits, `.`, `_`, `-` (Mattermost's own rule), 1-64.
     Name(String),
-    /// A user id: 26 lowercase letters and digits on current servers; 1-64 accepted.
+    /// A user id ([`valid_mattermost_id`]).
     Id(String),
 }
 
@@ -105,18 +137,10 @@ impl MattermostUser {
         ok.then_some(MattermostUser::Name(s))
     }
 
+    /// A user id as typed (case is ignored); `None` when it cannot be one.
     pub fn id(s: &str) -> Option<MattermostUser> {
         let s = s.trim().to_ascii_lowercase();
-        let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric());
-        ok.then_some(MattermostUser::Id(s))
-    }
-
-    /// The index document that maps this user to an identity (one read per lookup).
-    pub fn index_key(&self) -> String {
-        match self {
-            MattermostUser::Name(n) => format!("mm|name|{n}"),
-            MattermostUser::Id(i) => format!("mm|id|{i}"),
-        }
+        valid_mattermost_id(&s).then_some(MattermostUser::Id(s))
     }
 
     pub fn value(&self) -> &str {
@@ -130,23 +154,6 @@ impl MattermostUser {
         match self {
             MattermostUser::Name(n) => format!("Mattermost user name {n}"),
             MattermostUser::Id(i) => format!("Mattermost user id {i}"),
-        }
-    }
-
-    /// The link this record holds of the same kind.
-    pub fn linked_in(&self, rec: &IdentityRecord) -> Option<MattermostUser> {
-        match self {
-            MattermostUser::Name(_) => rec.mattermost_user.as_deref().and_then(Self::name),
-            MattermostUser::Id(_) => rec.mattermost_user_id.as_deref().and_then(Self::id),
-        }
-    }
-
-    /// Set this link (`Some`) or clear the link of this kind (`None`) on a record.
-    pub fn set_in(kind: &MattermostUser, rec: &mut IdentityRecord, to: Option<&MattermostUser>) {
-        let v = to.map(|u| u.value().to_string());
-        match kind {
-            MattermostUser::Name(_) => rec.mattermost_user = v,
-            MattermostUser::Id(_) => rec.mattermost_user_id = v,
         }
     }
 }
@@ -224,16 +231,17 @@ mod tests {
         assert_eq!(MattermostUser::name("<username>"), None);
         assert_eq!(MattermostUser::name("a|b"), None);
         assert_eq!(
-            MattermostUser::id("rd49ehbqyjytddasoownkuqrxe")
-                .unwrap()
-                .index_key(),
-            "mm|id|rd49ehbqyjytddasoownkuqrxe"
+            MattermostUser::id("RD49ehbqyjytddasoownkuqrxe"),
+            Some(MattermostUser::Id("rd49ehbqyjytddasoownkuqrxe".into()))
         );
         assert_eq!(MattermostUser::id("rd49-x"), None);
+        assert_eq!(MattermostUser::id("rd49ehbqyjytddasoownkuqrx"), None);
         assert_eq!(
-            MattermostUser::name("bob").unwrap().index_key(),
-            "mm|name|bob"
+            mattermost_index_key("rd49ehbqyjytddasoownkuqrxe"),
+            "mm|id|rd49ehbqyjytddasoownkuqrxe"
         );
+        assert!(valid_mattermost_id("rd49ehbqyjytddasoownkuqrxe"));
+        assert!(!valid_mattermost_id("../../api/v4/users/me000000"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! reason. Answers: `{}` closes the dialog, `{"errors": {"reason"}}` marks the field,
 //! `{"error"}` shows a refusal.
 
+use super::api::MmError;
 use super::{ephemeral, refusal_text, verify, who, Callback};
 use crate::approvals::{self, Signer};
 use crate::domain::action_token::Claims;
@@ -12,14 +13,11 @@ use crate::sinks::mattermost_approval::ButtonConfig;
 use crate::startup::App;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 /// The longest rejection reason (the API's limit for comments).
 pub const MAX_REASON_CHARS: usize = 2000;
 /// Mattermost limits a dialog's title to 24 characters.
 const MAX_DIALOG_TITLE_CHARS: usize = 24;
-/// Older servers honour a trigger id for 3 s only: a slow open is as good as a failed one.
-const DIALOG_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reject: ask for the reason in a dialog, when the hub can open one.
 pub(super) async fn open(
@@ -32,7 +30,7 @@ pub(super) async fn open(
     let api_way = format!(
         "`POST /api/v1/azdev/approval/{id}/sign` with {{\"approval_type\": \"technical\" or \"business\", \"decision\": \"rejected\", \"comments\": \"<reason>\"}}"
     );
-    let Some((server, token)) = &app.config.mattermost.server else {
+    let Some(api) = &app.mattermost_api else {
         return ephemeral(format!(
             "A rejection needs a reason, and this icahub cannot open a dialog to ask for it (set ICAHUB_MATTERMOST_URL and ICAHUB_MATTERMOST_TOKEN). Reject with {api_way}."
         ));
@@ -44,7 +42,7 @@ pub(super) async fn open(
     };
     let state = config.keys.sign(&Claims {
         user_id: Some(user_id.clone()),
-        user_name: cb.user_name.clone(),
+        user_name: None,
         ..claims.clone()
     });
     let title = format!("Reject {id}");
@@ -73,42 +71,21 @@ pub(super) async fn open(
             "state": state,
         },
     });
-    let url = format!("{server}/api/v4/actions/dialogs/open");
-    let sent = dialog_client()
-        .post(&url)
-        .bearer_auth(token.expose())
-        .json(&body)
-        .send()
-        .await;
-    match sent {
-        Ok(r) if r.status().is_success() => json!({}),
-        Ok(r) => {
-            tracing::warn!(status = r.status().as_u16(), approval_id = %id, "Mattermost refused to open the rejection dialog");
+    match api.open_dialog(&body).await {
+        Ok(()) => json!({}),
+        Err(e @ (MmError::Refused(_) | MmError::Status(_))) => {
+            tracing::warn!(error = %e, approval_id = %id, "Mattermost refused to open the rejection dialog");
             ephemeral(format!(
-                "Mattermost would not open the rejection dialog (HTTP {}). Reject with {api_way}.",
-                r.status().as_u16()
+                "Mattermost would not open the rejection dialog ({e}). Reject with {api_way}."
             ))
         }
         Err(e) => {
-            let e = e.without_url();
             tracing::warn!(error = %e, approval_id = %id, "could not reach Mattermost to open the rejection dialog");
             ephemeral(format!(
                 "icahub could not reach Mattermost to open the rejection dialog. Try again, or reject with {api_way}."
             ))
         }
     }
-}
-
-fn dialog_client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(DIALOG_OPEN_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("icahub/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the TLS backend initializes")
-    })
 }
 
 /// The half a rejection is signed as: the one the user can give (by role) that is still open;

@@ -1,29 +1,38 @@
-//! Mattermost approval buttons and the rejection dialog (PROTOCOLS.md §5.2, §5.3): what
-//! `POST /api/v1/mattermost/actions` does ([`crate::http::mattermost`] is the route).
+//! Mattermost approval buttons and the rejection dialog (PROTOCOLS.md §5.2, §5.3;
+//! docs/mattermost.md): what `POST /api/v1/mattermost/actions` does ([`crate::http::mattermost`]
+//! is the route).
 //!
 //! Mattermost does not sign its callbacks, so the token in the button's `integration.context`
 //! (kept server-side by Mattermost) is the authentication; see [`crate::domain::action_token`].
-//! A click is: verify the token (forged, altered, expired: refused and audited in the
-//! [`crate::approvals::REGISTRY`] partition, and on the approval's own trail when the token is
-//! authentic), map the Mattermost user to an identity ([`crate::identity::by_mattermost`]), then
-//! [`crate::approvals::sign`], which applies every rule the API applies and refuses a token used
-//! before. Reject opens a dialog for the reason; its state is a token bound to the clicking user,
-//! because the dialog hands its state to that user's client.
+//! A click is: verify the token (forged, altered, expired: refused and audited, in the
+//! [`SECURITY`] partition when no authentic token names the approval, else on the approval's
+//! own trail), check the clicker with the Mattermost API when a server is configured
+//! ([`clicker`]: exists, active, a member of the callback's channel), map the Mattermost user
+//! **id** (never the name, which its owner can change) to an identity
+//! ([`crate::identity::by_mattermost`]), then [`crate::approvals::sign`], which applies every
+//! rule the API applies and refuses a token used before. The post's update shows the remaining
+//! buttons with exactly the tokens the message was posted with (re-derived from the clicked
+//! token's message group), never new ones. Reject opens a dialog for the reason; its state is a
+//! token bound to the clicking user id, because the dialog hands its state to that user's client.
 //!
 //! Every answer is HTTP 200 (Mattermost shows a generic error for anything else): refusals are
 //! an `ephemeral_text` (buttons) or `{"error"}` / `{"errors"}` (dialogs).
 
-use crate::approvals::{self, Signer, REGISTRY};
+use crate::approvals::{self, Signer};
 use crate::domain::action_token::{self, Action, Claims, TokenError, TokenKeys};
 use crate::domain::approval::{ApprovalType, Decision, SignIn};
 use crate::domain::identity::IdentityRecord;
 use crate::error::ApiError;
+use crate::http::auth::SECURITY;
 use crate::sinks::mattermost_approval::{self, ApprovalView, ButtonConfig, Buttons, Phase};
 use crate::startup::App;
 use crate::storage::DocCommit;
 use chrono::{DateTime, Utc};
+use clicker::Standing;
 use serde_json::{json, Value};
 
+pub mod api;
+pub mod clicker;
 mod dialog;
 
 pub use dialog::MAX_REASON_CHARS;
@@ -145,8 +154,27 @@ async fn verify(
     }
 }
 
-/// Record a refused callback in the registry's audit trail, and on the approval's own trail when
-/// the approval id comes from an authentic token. Best effort: the refusal stands either way.
+/// At most this many bytes of a caller-supplied field go into an audit entry; a longer value is
+/// recorded as `sha256:` and 32 hex digits of its SHA-256 (the same value, the same record).
+pub const MAX_AUDIT_FIELD_BYTES: usize = 64;
+
+/// A caller-supplied field as it may be recorded.
+pub fn bounded(s: &str) -> String {
+    if s.len() <= MAX_AUDIT_FIELD_BYTES {
+        s.to_string()
+    } else {
+        use sha2::Digest;
+        format!(
+            "sha256:{}",
+            hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
+        )
+    }
+}
+
+/// Record a refused callback: on the approval's own trail when the approval id comes from an
+/// authentic token, else in the [`SECURITY`] partition (never in the approvals partitions, which
+/// anyone could otherwise fill). Every caller-supplied field is [`bounded`]. Best effort: the
+/// refusal stands either way.
 async fn audit(
     app: &App,
     cb: &Callback,
@@ -158,57 +186,105 @@ async fn audit(
         .token
         .as_deref()
         .and_then(action_token::unverified_approval_id);
+    let field = |v: &Option<String>| v.as_deref().map(bounded);
     let entry = json!({
         "action": "mattermost.token_refused", "reason": reason,
         "approval_id": trusted_id, "claimed_approval_id": if trusted_id.is_none() { claimed } else { None },
         "token_fingerprint": cb.token.as_deref().map(action_token::fingerprint),
         "kind": if cb.dialog { "dialog_submission" } else { "button" },
-        "mattermost_user_id": cb.user_id, "mattermost_user_name": cb.user_name,
-        "channel_id": cb.channel_id, "post_id": cb.post_id, "at": now,
+        "mattermost_user_id": field(&cb.user_id), "mattermost_user_name": field(&cb.user_name),
+        "channel_id": field(&cb.channel_id), "post_id": field(&cb.post_id), "at": now,
     });
-    tracing::warn!(reason, approval_id = ?trusted_id, user_id = ?cb.user_id, "refused a Mattermost callback");
-    let mut partitions = vec![REGISTRY.to_string()];
-    partitions.extend(trusted_id.and_then(approvals::partition_of));
-    for p in partitions {
-        let c = DocCommit {
-            partition: p,
-            writes: vec![crate::audit::note(now, entry.clone())],
-            outbox: Vec::new(),
-            record_id: "mattermost-refusal".into(),
-            now,
-        };
-        if let Err(e) = app.store.doc_commit(&c).await {
-            tracing::warn!(error = %e, "could not audit a refused Mattermost callback");
+    tracing::warn!(reason, approval_id = ?trusted_id, user_id = ?field(&cb.user_id), "refused a Mattermost callback");
+    let partition = trusted_id
+        .and_then(approvals::partition_of)
+        .unwrap_or_else(|| SECURITY.to_string());
+    let c = DocCommit {
+        partition,
+        writes: vec![crate::audit::note(now, entry)],
+        outbox: Vec::new(),
+        record_id: "mattermost-refusal".into(),
+        now,
+    };
+    if let Err(e) = app.store.doc_commit(&c).await {
+        tracing::warn!(error = %e, "could not audit a refused Mattermost callback");
+    }
+}
+
+/// With a Mattermost server configured: the clicker must exist, be active and be a member of
+/// the callback's channel ([`clicker`]); `Err` is the text to show (the refusal is audited).
+async fn check_clicker(
+    app: &App,
+    api: &api::MattermostApi,
+    cb: &Callback,
+    user_id: &str,
+    claims: &Claims,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let id = Some(claims.approval_id.as_str());
+    let Some(channel) = cb.channel_id.as_deref() else {
+        audit(app, cb, id, "no_channel", now).await;
+        return Err("Mattermost sent no channel id with this request, so icahub cannot check that you are a member of the channel the approval was posted in; nothing was signed. The attempt was recorded.".into());
+    };
+    let ttl =
+        chrono::Duration::seconds(i64::try_from(app.config.mattermost.check_ttl_secs).unwrap_or(0));
+    match app.clickers.standing(api, user_id, channel, ttl, now).await {
+        Ok(Standing::Member) => Ok(()),
+        Ok(Standing::UnknownUser) => {
+            audit(app, cb, id, "user_unknown", now).await;
+            Err("Mattermost does not know the user this request names, so nothing was signed; the attempt was recorded.".into())
+        }
+        Ok(Standing::Deactivated) => {
+            audit(app, cb, id, "user_deactivated", now).await;
+            Err("Your Mattermost account is deactivated, so it cannot sign; nothing was signed. The attempt was recorded.".into())
+        }
+        Ok(Standing::NotMember) => {
+            audit(app, cb, id, "not_channel_member", now).await;
+            Err("You are not a member of the channel this approval was posted in (as Mattermost tells icahub), so nothing was signed; the attempt was recorded.".into())
+        }
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "could not check a Mattermost clicker");
+            audit(app, cb, id, "mattermost_unavailable", now).await;
+            Err(format!("icahub could not check your account with the Mattermost server ({e}), so nothing was signed. Try again in a moment."))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check a Mattermost clicker");
+            audit(app, cb, id, "mattermost_token_refused", now).await;
+            Err(format!("icahub could not check your account with the Mattermost server: {e}. Nothing was signed; tell an icahub admin."))
         }
     }
 }
 
-/// The identity behind the callback's Mattermost user, or the text to show instead.
+/// The identity behind the callback's Mattermost user id (never its user name, which the user
+/// can change), after the server's check when one is configured; or the text to show instead.
 async fn who(
     app: &App,
     cb: &Callback,
     claims: &Claims,
     now: DateTime<Utc>,
 ) -> Result<IdentityRecord, String> {
-    // A dialog submission carries only the user id; the state carries the name it was opened for.
-    let name = if cb.dialog {
-        claims.user_name.as_deref()
-    } else {
-        cb.user_name.as_deref()
+    let Some(user_id) = cb
+        .user_id
+        .as_deref()
+        .filter(|u| crate::domain::identity::valid_mattermost_id(u))
+    else {
+        audit(app, cb, Some(&claims.approval_id), "no_user_id", now).await;
+        return Err("Mattermost sent no valid user id with this request, so icahub cannot tell who you are; nothing was signed. The attempt was recorded.".into());
     };
-    match crate::identity::by_mattermost(app.store.as_ref(), name, cb.user_id.as_deref()).await {
+    if let Some(api) = &app.mattermost_api {
+        check_clicker(app, api, cb, user_id, claims, now).await?;
+    }
+    match crate::identity::by_mattermost(app.store.as_ref(), user_id).await {
         Ok(Some(rec)) => Ok(rec),
         Ok(None) => {
             audit(app, cb, Some(&claims.approval_id), "unknown_user", now).await;
-            let link = match name {
-                Some(n) => format!("icahub roles link-mattermost <identity> {n}"),
-                None => format!(
-                    "icahub roles link-mattermost <identity> --user-id {}",
-                    cb.user_id.as_deref().unwrap_or("<user id>")
-                ),
+            let by_name = if app.mattermost_api.is_some() {
+                " (or `icahub roles link-mattermost <identity> <your user name>`)"
+            } else {
+                ""
             };
             Err(format!(
-                "Your Mattermost account is not linked to an icahub identity, so icahub cannot tell which roles you hold. Ask an icahub admin to run `{link}`."
+                "Your Mattermost account is not linked to an icahub identity, so icahub cannot tell which roles you hold. Ask an icahub admin to run `icahub roles link-mattermost <identity> --user-id {user_id}`{by_name}."
             ))
         }
         Err(e) => {
@@ -228,16 +304,26 @@ fn refusal_text(e: &ApiError) -> String {
 }
 
 /// The post's new content for the approval as it now stands: the buttons still open while it
-/// is pending, none once it is final (fresh tokens; the clicked one is spent).
-async fn update(app: &App, id: &str, config: &ButtonConfig, now: DateTime<Utc>) -> Option<Value> {
-    let (a, _) = approvals::load(app.store.as_ref(), id).await.ok()??;
+/// is pending, none once it is final. The buttons carry exactly the tokens the message was
+/// posted with, re-derived from the clicked token's (verified) message group and expiry; a token
+/// of an earlier version has no group, and its post gets no buttons back. So one token never
+/// hands out another.
+async fn update(
+    app: &App,
+    claims: &Claims,
+    config: &ButtonConfig,
+    now: DateTime<Utc>,
+) -> Option<Value> {
+    let (a, _) = approvals::load(app.store.as_ref(), &claims.approval_id)
+        .await
+        .ok()??;
     let view = ApprovalView::from_value(&approvals::view(&a, now)).ok()?;
-    let nonce = |_: Action| action_token::nonce(*uuid::Uuid::new_v4().as_bytes());
-    let buttons = Buttons {
+    let buttons = claims.grp.as_ref().map(|grp| Buttons {
         config,
-        nonce: &nonce,
-    };
-    let mut card = mattermost_approval::card(&view, Phase::Request, Some(&buttons));
+        grp: grp.clone(),
+        expires: Some(claims.expires),
+    });
+    let mut card = mattermost_approval::card(&view, Phase::Clicked, buttons.as_ref());
     let headline = mattermost_approval::headline(&view);
     card["fallback"] = json!(headline);
     Some(json!({"message": headline, "props": {"attachments": [card]}}))
@@ -271,7 +357,7 @@ async fn click(app: &App, cb: &Callback, now: DateTime<Utc>) -> Value {
                             a.status.as_str()
                         }
                     ));
-                    if let Some(u) = update(app, &a.id, &config, now).await {
+                    if let Some(u) = update(app, &claims, &config, now).await {
                         out["update"] = u;
                     }
                     return out;
@@ -301,7 +387,7 @@ async fn click(app: &App, cb: &Callback, now: DateTime<Utc>) -> Value {
                 approval_type.as_str(),
                 rec.name
             ));
-            if let Some(u) = update(app, id, &config, now).await {
+            if let Some(u) = update(app, &claims, &config, now).await {
                 out["update"] = u;
             }
             out
@@ -312,7 +398,7 @@ async fn click(app: &App, cb: &Callback, now: DateTime<Utc>) -> Value {
             if matches!(e, ApiError::Conflict(_)) {
                 if let Ok(Some((a, _))) = approvals::load(app.store.as_ref(), id).await {
                     if a.status.is_final() || a.is_overdue(now) {
-                        if let Some(u) = update(app, id, &config, now).await {
+                        if let Some(u) = update(app, &claims, &config, now).await {
                             out["update"] = u;
                         }
                     }
@@ -326,6 +412,21 @@ async fn click(app: &App, cb: &Callback, now: DateTime<Utc>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audited_fields_are_bounded() {
+        assert_eq!(
+            bounded("rd49ehbqyjytddasoownkuqrxe"),
+            "rd49ehbqyjytddasoownkuqrxe"
+        );
+        let long = "x".repeat(4096);
+        let b = bounded(&long);
+        assert!(b.starts_with("sha256:") && b.len() == 7 + 32, "{b}");
+        assert_eq!(b, bounded(&long));
+        assert_ne!(b, bounded(&"y".repeat(4096)));
+        assert_eq!(bounded(&"é".repeat(32)).len(), 64);
+        assert!(bounded(&"é".repeat(33)).starts_with("sha256:"));
+    }
 
     #[test]
     fn callbacks_parse_leniently() {

@@ -149,7 +149,18 @@ impl Receiver {
     /// Mattermost incoming webhooks at `/hooks/<key>`, and `POST /api/v4/actions/dialogs/open`
     /// (interactive dialogs, PROTOCOLS.md §5.3).
     pub async fn mattermost() -> Receiver {
-        Receiver::start(Box::new(check_mattermost)).await
+        Receiver::start(Box::new(|r: &Recorded| check_mattermost(r, None))).await
+    }
+
+    /// Like [`Receiver::mattermost`], and the REST API's user and channel-member reads answered
+    /// from `dir` as Mattermost answers them: `Authorization: Bearer <dir.token>` required on
+    /// every `/api/v4` call (401 otherwise), 404 Mattermost errors for unknown users and
+    /// non-members. Change `dir` while the test runs (deactivate, remove from a channel).
+    pub async fn mattermost_with(dir: Directory) -> Receiver {
+        Receiver::start(Box::new(move |r: &Recorded| {
+            check_mattermost(r, Some(&dir))
+        }))
+        .await
     }
 
     /// PagerDuty Events API v2 at `/v2/enqueue`.
@@ -270,7 +281,7 @@ fn mm_error(reason: &str, id: &str, message: &str) -> Result<Reply, (String, Rep
 /// `POST /api/v4/actions/dialogs/open` as Mattermost checks it (`OpenDialogRequest.IsValid`
 /// and the dialog element rules): a trigger id, a URL, a dialog with a title of at most 24
 /// characters, valid elements.
-fn check_dialog_open(r: &Recorded) -> Result<Reply, (String, Reply)> {
+fn check_dialog_open(r: &Recorded, dir: Option<&Directory>) -> Result<Reply, (String, Reply)> {
     let bad = |why: &str| {
         mm_error(
             why,
@@ -281,10 +292,16 @@ fn check_dialog_open(r: &Recorded) -> Result<Reply, (String, Reply)> {
     if r.method != "POST" {
         return Err(("dialogs/open: not POST".into(), Reply::new(405, "")));
     }
-    if !r
-        .header("authorization")
-        .is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7)
-    {
+    let token_ok = match dir {
+        Some(d) => {
+            r.header("authorization")
+                == Some(format!("Bearer {}", d.lock().unwrap().token).as_str())
+        }
+        None => r
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7),
+    };
+    if !token_ok {
         return Err((
             "dialogs/open without a bearer token".into(),
             Reply::json(
@@ -394,9 +411,114 @@ fn check_actions(a: &serde_json::Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
-fn check_mattermost(r: &Recorded) -> Result<Reply, (String, Reply)> {
+/// The users and channel memberships a fake Mattermost server knows, and the token its API
+/// accepts.
+#[derive(Debug, Default)]
+pub struct MmDirectory {
+    pub token: String,
+    /// user id → (user name, delete_at)
+    pub users: std::collections::HashMap<String, (String, i64)>,
+    /// (channel id, user id)
+    pub members: std::collections::HashSet<(String, String)>,
+}
+
+pub type Directory = Arc<Mutex<MmDirectory>>;
+
+impl MmDirectory {
+    pub fn new(token: &str) -> Directory {
+        Arc::new(Mutex::new(MmDirectory {
+            token: token.into(),
+            ..Default::default()
+        }))
+    }
+}
+
+fn mm_not_found(id: &str, message: &str) -> Reply {
+    Reply::json(
+        404,
+        &json!({"id": id, "message": message, "detailed_error": "", "request_id": "r", "status_code": 404}),
+    )
+}
+
+fn user_json(id: &str, name: &str, delete_at: i64) -> Value {
+    json!({"id": id, "username": name, "delete_at": delete_at, "create_at": 1_700_000_000_000i64,
+           "update_at": 1_700_000_000_000i64, "email": format!("{name}@example.com"),
+           "nickname": "", "first_name": "", "last_name": "", "roles": "system_user", "locale": "en"})
+}
+
+/// The REST API reads, as Mattermost answers them (api4 `getUser`, `getUserByUsername`,
+/// `getChannelMember`): session check first, then 404 for what does not exist.
+fn check_mm_api(r: &Recorded, dir: &Directory) -> Option<Result<Reply, (String, Reply)>> {
+    let rest = r.path.strip_prefix("/api/v4/")?;
+    if rest == "actions/dialogs/open" || rest == "system/ping" {
+        return None;
+    }
+    let d = dir.lock().unwrap();
+    if r.header("authorization") != Some(format!("Bearer {}", d.token).as_str()) {
+        return Some(Err((
+            format!("{} without the API token", r.path),
+            Reply::json(
+                401,
+                &json!({"id": "api.context.session_expired.app_error",
+                        "message": "Invalid or expired session, please login again.",
+                        "detailed_error": "", "request_id": "r", "status_code": 401}),
+            ),
+        )));
+    }
+    if r.method != "GET" {
+        return Some(Err((
+            format!("{} {}", r.method, r.path),
+            Reply::new(405, ""),
+        )));
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    let missing_user =
+        || mm_not_found("app.user.missing_account.const", "Unable to find the user.");
+    Some(Ok(match parts.as_slice() {
+        ["users", "me"] => Reply::json(
+            200,
+            &user_json("icahubbotuserid00000000000", "icahub-bot", 0),
+        ),
+        ["users", "username", name] => match d.users.iter().find(|(_, (n, _))| n == name) {
+            Some((id, (n, del))) => Reply::json(200, &user_json(id, n, *del)),
+            None => missing_user(),
+        },
+        ["users", id] => match d.users.get(*id) {
+            Some((n, del)) => Reply::json(200, &user_json(id, n, *del)),
+            None => missing_user(),
+        },
+        ["channels", channel, "members", user] => {
+            if d.members.contains(&(channel.to_string(), user.to_string())) {
+                Reply::json(
+                    200,
+                    &json!({"channel_id": channel, "user_id": user, "roles": "channel_user",
+                            "last_viewed_at": 0, "msg_count": 0, "mention_count": 0}),
+                )
+            } else {
+                mm_not_found(
+                    "app.channel.get_member.missing.app_error",
+                    "No channel member found for that user ID and channel ID.",
+                )
+            }
+        }
+        _ => {
+            return Some(Err((
+                format!("unknown API path {}", r.path),
+                mm_not_found(
+                    "api.context.404.app_error",
+                    "Sorry, we could not find the page.",
+                ),
+            )))
+        }
+    }))
+}
+
+fn check_mattermost(r: &Recorded, dir: Option<&Directory>) -> Result<Reply, (String, Reply)> {
+    if let Some(verdict) = dir.and_then(|d| check_mm_api(r, d)) {
+        return verdict;
+    }
     if r.path == "/api/v4/actions/dialogs/open" {
-        return check_dialog_open(r);
+        return check_dialog_open(r, dir);
     }
     // Read-only calls `icahub doctor` makes (they post nothing).
     if r.method == "GET" && r.path == "/api/v4/system/ping" {
@@ -406,7 +528,7 @@ fn check_mattermost(r: &Recorded) -> Result<Reply, (String, Reply)> {
         return match r.header("authorization") {
             Some(a) if a == format!("Bearer {MATTERMOST_TOKEN}") => Ok(Reply::json(
                 200,
-                &serde_json::json!({"id": "bot1", "username": "icahub-bot"}),
+                &serde_json::json!({"id": "icahubbotuserid00000000000", "username": "icahub-bot", "delete_at": 0}),
             )),
             _ => Err((
                 "users/me without the token".into(),

@@ -1,5 +1,6 @@
 //! Mattermost messages for approvals (PROTOCOLS.md §5.1, §5.2): the request, with buttons
-//! Approve (technical), Approve (business) and Reject; reminders (buttons again, fresh tokens);
+//! Approve (technical), Approve (business) and Reject; reminders (buttons again, new tokens of
+//! the reminder's own message group);
 //! the finance review; the escalation of an expired request; the decision. Pure: the rows'
 //! payload carries the approval view ([`crate::approvals::view`]); tokens are minted here, at
 //! send time, with the configured secret, and expire with the approval.
@@ -49,10 +50,12 @@ pub struct ButtonConfig {
     pub keys: TokenKeys,
 }
 
-/// Buttons to put on a card: the configuration and how each token's nonce is made.
+/// Buttons to put on a card: the configuration, the message's group (each button's token is
+/// [`Claims::grouped`] in it) and the tokens' expiry (the approval's when `None`).
 pub struct Buttons<'a> {
     pub config: &'a ButtonConfig,
-    pub nonce: &'a dyn Fn(Action) -> String,
+    pub grp: String,
+    pub expires: Option<i64>,
 }
 
 /// The message kinds this module renders.
@@ -67,8 +70,9 @@ pub fn handles(kind: &str) -> bool {
     )
 }
 
-/// The webhook body for an `approval.*` row. Button tokens get nonces derived from the row's
-/// idempotency key, so a retried delivery renders the same message.
+/// The webhook body for an `approval.*` row. The message's group id (and so every button's
+/// nonce) is derived from the row's idempotency key, so a retried delivery renders the same
+/// message, and the update after a click can re-derive the very tokens it was posted with.
 pub fn render(row: &OutboxRow, opts: &RenderOptions) -> Result<Value, SendError> {
     let view = row
         .payload
@@ -78,11 +82,11 @@ pub fn render(row: &OutboxRow, opts: &RenderOptions) -> Result<Value, SendError>
             ApprovalView::from_value(v)
                 .map_err(|e| SendError::permanent(format!("{} payload: approval: {e}", row.kind)))
         })?;
-    let key = row.idempotency_key.clone();
-    let nonce = move |a: Action| action_token::derived_nonce(&[&key, a.as_str()]);
+    let grp = action_token::group_id(&[&row.idempotency_key]);
     let buttons = opts.buttons.as_ref().map(|config| Buttons {
         config,
-        nonce: &nonce,
+        grp: grp.clone(),
+        expires: None,
     });
     let (headline, attachment) = match row.kind.as_str() {
         "approval.requested" => (
@@ -176,8 +180,11 @@ pub fn headline(view: &ApprovalView) -> String {
 /// Which message a card belongs to (colour, title, what the text adds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// The request, a reminder, or the post after a click.
+    /// The request or a reminder.
     Request,
+    /// The post after a click: like the request, and without buttons when the clicked token
+    /// came from an earlier version (no message group to re-derive the posted tokens from).
+    Clicked,
     Finance,
     Escalated,
     Decided,
@@ -219,10 +226,10 @@ pub fn card(view: &ApprovalView, phase: Phase, buttons: Option<&Buttons<'_>>) ->
         "footer".into(),
         json!(truncate(&format!("icahub · {}", view.id), MAX_FOOTER_CHARS)),
     );
-    if let (Phase::Request, Some(b)) = (phase, buttons) {
+    if let (Phase::Request | Phase::Clicked, Some(b)) = (phase, buttons) {
         let actions = view.open_actions();
         if !actions.is_empty() {
-            let expires = view.expires_at.timestamp();
+            let expires = b.expires.unwrap_or_else(|| view.expires_at.timestamp());
             let list: Vec<Value> = actions
                 .into_iter()
                 .map(|act| button(view, act, expires, b))
@@ -237,7 +244,7 @@ fn button(view: &ApprovalView, act: Action, expires: i64, b: &Buttons<'_>) -> Va
     let token = b
         .config
         .keys
-        .sign(&Claims::button(&view.id, act, expires, (b.nonce)(act)));
+        .sign(&Claims::grouped(&view.id, act, expires, &b.grp));
     json!({
         "id": act.button_id(),
         "type": "button",
@@ -289,6 +296,9 @@ fn text(view: &ApprovalView, phase: Phase, with_buttons: bool) -> String {
     match phase {
         Phase::Request if !view.status.is_final() && !with_buttons => parts.push(format!(
             "_No buttons: approval buttons need ICAHUB_PUBLIC_URL and ICAHUB_MATTERMOST_ACTION_SECRETS on the hub. Sign with `{sign_path}`._"
+        )),
+        Phase::Clicked if !view.status.is_final() && !with_buttons => parts.push(format!(
+            "_The buttons of this message came from an earlier icahub version and are not shown again: use the next reminder's, or sign with `{sign_path}`._"
         )),
         Phase::Finance => parts.push(format!(
             "Finance: give the business approval with the buttons on the request, or with `{sign_path}` (approval_type business)."
