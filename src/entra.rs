@@ -8,6 +8,7 @@
 //! the tenant's (v2 or v1 form); `tid` is the tenant; `exp` and `nbf` hold with [`LEEWAY_SECS`] of
 //! skew; and its `roles` claim maps to at least one icahub role.
 
+use crate::domain::bounded;
 use crate::domain::identity::Role;
 use crate::identity::Caller;
 use jsonwebtoken::jwk::JwkSet;
@@ -308,7 +309,7 @@ impl EntraVerifier {
             .is_some_and(|t| t.elapsed() < self.config.refresh_floor);
         let have_keys = self.keys.read().await.is_some();
         if recently && have_keys {
-            return Err(TokenError::UnknownKey(kid.to_string()));
+            return Err(unknown_key(kid));
         }
         let fresh = self.fetch().await?;
         let found = fresh
@@ -316,7 +317,7 @@ impl EntraVerifier {
             .get(kid)
             .map(|k| (k.clone(), fresh.issuer.clone()));
         *self.keys.write().await = Some(fresh);
-        found.ok_or_else(|| TokenError::UnknownKey(kid.to_string()))
+        found.ok_or_else(|| unknown_key(kid))
     }
 
     /// Verify `token`; the caller it names, with its mapped roles.
@@ -365,7 +366,14 @@ impl EntraConfig {
         }
         let roles = self.map_roles(&c.roles);
         if roles.is_empty() {
-            return Err(TokenError::NoRole(c.roles));
+            // Bounded: the message is echoed to the caller and counted in the refusals.
+            return Err(TokenError::NoRole(
+                c.roles
+                    .iter()
+                    .take(8)
+                    .map(|r| bounded::truncate(r, 64).into_owned())
+                    .collect(),
+            ));
         }
         let name = c
             .preferred_username
@@ -386,7 +394,7 @@ pub fn check_header(token: &str) -> Result<String, TokenError> {
         // algorithm rather than the parser's complaint.
         match raw_alg(token) {
             Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
-            _ => TokenError::Malformed(e.to_string()),
+            _ => TokenError::Malformed(bounded::truncate(&e.to_string(), 120).into_owned()),
         }
     })?;
     if header.alg != Algorithm::RS256 {
@@ -395,6 +403,11 @@ pub fn check_header(token: &str) -> Result<String, TokenError> {
     header
         .kid
         .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))
+}
+
+/// An unknown `kid`, bounded: it is the caller's, and may be 300 KB long.
+fn unknown_key(kid: &str) -> TokenError {
+    TokenError::UnknownKey(bounded::truncate(kid, 64).into_owned())
 }
 
 /// The `alg` of a token's header, read without trusting anything else.

@@ -15,7 +15,7 @@
 //! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
 //! - [`identity`]: API keys and roles (stored as documents) and request authentication;
 //!   [`auth_methods`]: which methods (keys, Entra ID, Standard Webhooks signatures) each route
-//!   group accepts.
+//!   group accepts; [`refusals`]: refused requests, bounded and summarized per minute.
 //! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
@@ -36,6 +36,7 @@ pub mod identity;
 pub mod ingest;
 pub mod mattermost;
 pub mod metrics;
+pub mod refusals;
 pub mod runs;
 pub mod sinks;
 pub mod startup;

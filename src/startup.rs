@@ -26,6 +26,8 @@ pub struct App {
     pub replay: crate::http::verify::ReplayCache,
     /// Counters and the sinks' last results (`GET /api/metrics`, `GET /api/readyz`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Refused requests of the current minute, summarized onto the security audit trail.
+    pub refusals: crate::refusals::Refusals,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -102,6 +104,7 @@ impl App {
             entra,
             replay: Default::default(),
             metrics,
+            refusals: Default::default(),
         }))
     }
 }
@@ -113,6 +116,7 @@ pub async fn drain_periodically(app: Arc<App>, every: Duration) {
     loop {
         tick.tick().await;
         crate::audit::periodic_checkpoint(&app).await;
+        crate::refusals::flush_due(&app).await;
         if let Err(e) = crate::approvals::sweep(&app, app.clock.now()).await {
             tracing::warn!(error = %e, "approval sweep failed; will retry");
         }
@@ -132,17 +136,34 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Serve until `shutdown` resolves, then finish the requests in flight and return.
+/// Serve until `shutdown` resolves, then finish the requests in flight, write the refusals
+/// counted so far ([`crate::refusals::flush_all`]) and return.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(crate::http::routes(app))
+    let ticker = tokio::spawn(flush_refusals_periodically(app.clone()));
+    warp::serve(crate::http::routes(app.clone()))
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
+    ticker.abort();
+    crate::refusals::flush_all(&app).await;
+}
+
+/// How often the server looks for a refusal window that has ended (whatever the dispatch
+/// settings: the summaries are written within this of their minute's end).
+const REFUSALS_FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+async fn flush_refusals_periodically(app: Arc<App>) {
+    let mut tick = tokio::time::interval(REFUSALS_FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::refusals::flush_due(&app).await;
+    }
 }
 
 /// Resolves on SIGTERM (what the Functions host and container runtimes send) or SIGINT (Ctrl-C).

@@ -42,6 +42,7 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
     let checkpoint = crate::audit::periodic_checkpoint(&app).await;
+    crate::refusals::flush_due(&app).await;
     // Approvals first: expiries and reminders write outbox rows this drain then delivers.
     let sweep = match crate::approvals::sweep(&app, app.clock.now()).await {
         Ok(r) => format!(
