@@ -408,13 +408,9 @@ impl Config {
                 let https = parsed.as_ref().is_some_and(|u| u.scheme() == "https");
                 // Plain http only to this machine (Azurite, test stand-ins): the bearer token
                 // would travel in clear text.
-                let local_http = parsed.as_ref().is_some_and(|u| {
-                    u.scheme() == "http"
-                        && matches!(
-                            u.host_str(),
-                            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-                        )
-                });
+                let local_http = parsed
+                    .as_ref()
+                    .is_some_and(|u| u.scheme() == "http" && is_loopback(u));
                 let clean = parsed
                     .as_ref()
                     .is_some_and(|u| u.query().is_none() && u.password().is_none());
@@ -605,6 +601,17 @@ impl Config {
     }
 }
 
+/// Whether `url` names this machine: a loopback address (127.0.0.0/8, ::1) or `localhost`, parsed
+/// (never matched by prefix: `127.0.0.1.evil.example` is a domain). Where plain http is allowed.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 fn parse_num<T: std::str::FromStr>(
     get: &impl Fn(&str) -> Option<String>,
     name: &str,
@@ -657,6 +664,29 @@ mod tests {
         assert!(c.under_functions_host);
         assert!(matches!(c.storage, StorageConfig::Tables { .. }));
         assert_eq!(cfg(&[], Some(8080)).unwrap().port, 8080);
+    }
+
+    #[test]
+    fn the_entra_authority_is_a_url_with_http_only_to_loopback() {
+        let with = |a: &str| {
+            cfg(
+                &[
+                    ("ICAHUB_ENTRA_TENANT_ID", "t"),
+                    ("ICAHUB_ENTRA_AUDIENCES", "api://icahub"),
+                    ("ICAHUB_ENTRA_AUTHORITY", a),
+                ],
+                None,
+            )
+        };
+        let e = with("http://127.0.0.1.evil.example").unwrap_err();
+        assert!(
+            e.0.contains("ICAHUB_ENTRA_AUTHORITY") && e.0.contains("not this machine"),
+            "{e}"
+        );
+        assert!(with("http://localhost.evil.example:80").is_err());
+        let c = with("http://127.0.0.1:4000/").unwrap();
+        assert_eq!(c.entra.unwrap().authority, "http://127.0.0.1:4000");
+        assert!(with("https://login.microsoftonline.us").is_ok());
     }
 
     #[test]

@@ -69,9 +69,7 @@ impl EntraConfig {
             .unwrap_or_else(|| "https://login.microsoftonline.com".into())
             .trim_end_matches('/')
             .to_string();
-        if !(authority.starts_with("https://") || authority.starts_with("http://127.0.0.1")) {
-            return Err("ICAHUB_ENTRA_AUTHORITY must be an https URL".into());
-        }
+        check_authority(&authority)?;
         let mut role_map: BTreeMap<String, Vec<Role>> = BTreeMap::new();
         role_map.insert(
             ACTION_GROUP_ROLE.to_ascii_lowercase(),
@@ -405,6 +403,35 @@ pub fn check_header(token: &str) -> Result<String, TokenError> {
         .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))
 }
 
+/// `ICAHUB_ENTRA_AUTHORITY` parsed as a URL, not read by prefix (`http://127.0.0.1.evil.example`
+/// starts like a loopback address): https, or plain http only to a loopback host (a local test
+/// stand-in), with no credentials, query or fragment. The signing keys come from there, so
+/// whoever answers it decides which tokens are valid.
+pub fn check_authority(authority: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "ICAHUB_ENTRA_AUTHORITY={:?} {why}: it must be an https URL such as \
+             https://login.microsoftonline.com (plain http only to 127.0.0.0/8, ::1 or localhost)",
+            bounded::truncate(authority, 100)
+        ))
+    };
+    let Ok(url) = url::Url::parse(authority) else {
+        return bad("is not a URL");
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("carries credentials");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return bad("has a query or fragment");
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if crate::config::is_loopback(&url) => Ok(()),
+        "http" => bad("is plain http to a host that is not this machine"),
+        _ => bad("is not https"),
+    }
+}
+
 /// An unknown `kid`, bounded: it is the caller's, and may be 300 KB long.
 fn unknown_key(kid: &str) -> TokenError {
     TokenError::UnknownKey(bounded::truncate(kid, 64).into_owned())
@@ -435,6 +462,36 @@ mod tests {
         })
         .unwrap()
         .unwrap()
+    }
+
+    #[test]
+    fn the_authority_is_parsed_not_matched_by_prefix() {
+        for ok in [
+            "https://login.microsoftonline.com",
+            "https://login.microsoftonline.us/",
+            "http://127.0.0.1:8080",
+            "http://127.8.9.10",
+            "http://[::1]:9000",
+            "http://localhost:1234",
+            "http://LOCALHOST",
+        ] {
+            assert_eq!(check_authority(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1.evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://localhost.evil.example",
+            "http://login.microsoftonline.com",
+            "http://10.0.0.1",
+            "https://user:pw@login.microsoftonline.com",
+            "https://login.microsoftonline.com?x=1",
+            "ftp://127.0.0.1",
+            "login.microsoftonline.com",
+            "https://",
+        ] {
+            let e = check_authority(bad).unwrap_err();
+            assert!(e.contains("ICAHUB_ENTRA_AUTHORITY"), "{bad}: {e}");
+        }
     }
 
     #[test]
