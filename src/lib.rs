@@ -1,7 +1,8 @@
 //! icahub: a webhook gateway and notification hub that runs as an Azure Functions custom handler.
 //!
 //! - [`config`]: typed configuration from the environment, validated at start.
-//! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener.
+//! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener;
+//!   [`server`]: the accept loop, with header, body and idle timeouts and a connection cap.
 //! - [`functions_host`]: the only Azure Functions-specific code (port, envelopes).
 //! - [`http`]: one module per ingress route, each exporting its warp filter; [`error`] maps
 //!   failures to status codes and JSON bodies.
@@ -38,6 +39,7 @@ pub mod mattermost;
 pub mod metrics;
 pub mod refusals;
 pub mod runs;
+pub mod server;
 pub mod sinks;
 pub mod startup;
 pub mod storage;

@@ -144,11 +144,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let ticker = tokio::spawn(flush_refusals_periodically(app.clone()));
-    warp::serve(crate::http::routes(app.clone()))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    crate::server::run(
+        crate::http::routes(app.clone()),
+        listener,
+        app.config.connections,
+        shutdown,
+    )
+    .await;
     ticker.abort();
     crate::refusals::flush_all(&app).await;
 }
