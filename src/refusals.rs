@@ -199,14 +199,23 @@ mod tests {
         // 1_800_000_000 is a multiple of 60: second 0 of a minute.
         let big = "k".repeat(300_000);
         for i in 0..1000 {
-            let d = if i % 2 == 0 { big.clone() } else { format!("id {i}") };
-            assert!(r.count(at(i % 60), "token_unknown_key", "alerts", &d).is_empty());
+            let d = if i % 2 == 0 {
+                big.clone()
+            } else {
+                format!("id {i}")
+            };
+            assert!(r
+                .count(at(i % 60), "token_unknown_key", "alerts", &d)
+                .is_empty());
         }
         assert!(r.count(at(5), "unknown_key", "read", "").is_empty());
         assert!(r.take(at(59), false).is_empty(), "the window is still open");
         let closed = r.count(at(60), "unknown_key", "read", "");
         assert_eq!(closed.len(), 2, "{closed:?}");
-        let s = closed.iter().find(|s| s.kind == "token_unknown_key").unwrap();
+        let s = closed
+            .iter()
+            .find(|s| s.kind == "token_unknown_key")
+            .unwrap();
         assert_eq!((s.count, s.group.as_str()), (1000, "alerts"));
         assert_eq!(s.examples.len(), EXAMPLES);
         assert!(s.examples.iter().all(|e| e.len() < 120), "{:?}", s.examples);
@@ -221,7 +230,12 @@ mod tests {
     fn sources_are_bounded_in_length_and_number() {
         let r = Refusals::default();
         for i in 0..10_000 {
-            r.count(at(0), "no_credentials", &format!("{i}{}", "g".repeat(1000)), "");
+            r.count(
+                at(0),
+                "no_credentials",
+                &format!("{i}{}", "g".repeat(1000)),
+                "",
+            );
         }
         let all = r.take(at(0), true);
         assert_eq!(all.len(), MAX_BUCKETS + 1);

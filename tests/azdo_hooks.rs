@@ -524,7 +524,10 @@ async fn hook_credentials_and_api_keys() {
         .collect();
     let count: u64 = refused.iter().map(|d| d["count"].as_u64().unwrap()).sum();
     assert_eq!(count, 6, "{refused:?}");
-    assert!(refused.iter().all(|d| d["group"] == "azdo_hooks"), "{refused:?}");
+    assert!(
+        refused.iter().all(|d| d["group"] == "azdo_hooks"),
+        "{refused:?}"
+    );
     assert!(!format!("{refused:?}").contains(PASSWORD) && !format!("{refused:?}").contains(SECRET));
     // The hook's basic auth is checked first: with it, a stray secret header does not matter.
     let r = post_raw(

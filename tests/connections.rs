@@ -67,7 +67,10 @@ async fn slow_and_silent_connections_over_the_cap_are_dropped_and_healthz_is_ans
     // Every slow connection was closed by the server, with no answer to a request never sent.
     for (i, s) in slow.iter_mut().enumerate() {
         let got = until_closed(s).await;
-        assert!(!got.starts_with("HTTP/1.1 200"), "slow connection {i}: {got}");
+        assert!(
+            !got.starts_with("HTTP/1.1 200"),
+            "slow connection {i}: {got}"
+        );
     }
     // And the hub still serves new connections.
     assert_eq!(hub.get("/api/healthz").await.status, 200);

@@ -159,13 +159,29 @@ async fn duplicate_keys_are_refused_on_every_json_route_and_nothing_is_stored() 
     assert_eq!(hub.get("/api/v1/azdev/run/r1").await.status, 404);
     assert_eq!(hub.get("/api/v1/azdev/run/r2").await.status, 404);
     let incidents = hub.get("/api/v1/azdev/incidents").await;
-    assert_eq!(incidents.json["incidents"], Value::Array(vec![]), "{}", incidents.text);
-    let stats = hub.app.store.outbox_stats(chrono::Utc::now()).await.unwrap();
-    assert!(stats.values().all(|s| s.pending == 0 && s.dead == 0), "{stats:?}");
+    assert_eq!(
+        incidents.json["incidents"],
+        Value::Array(vec![]),
+        "{}",
+        incidents.text
+    );
+    let stats = hub
+        .app
+        .store
+        .outbox_stats(chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        stats.values().all(|s| s.pending == 0 && s.dead == 0),
+        "{stats:?}"
+    );
 
     // The same bodies without the duplicate are taken (the refusal was the duplicate's).
     let r = hub
-        .post_json("/api/v1/azdev/alert", fixture("azmon-common-metric-static-fired.json"))
+        .post_json(
+            "/api/v1/azdev/alert",
+            fixture("azmon-common-metric-static-fired.json"),
+        )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
 }

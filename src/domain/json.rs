@@ -507,7 +507,10 @@ mod tests {
             dup(r#"{"alerts":[{"labels":{}},{"labels":{"s":1,"s":1}}]}"#),
             ("alerts[1].labels.s".into(), "s".into())
         );
-        assert_eq!(dup(r#"[[{"k":{"x":0}, "k":0}]]"#), ("[0][0].k".into(), "k".into()));
+        assert_eq!(
+            dup(r#"[[{"k":{"x":0}, "k":0}]]"#),
+            ("[0][0].k".into(), "k".into())
+        );
         // Escapes decode first: "\u0061" is "a".
         assert_eq!(dup(r#"{"a":1,"\u0061":2}"#).0, "a");
         // Equal keys in different objects are fine; so are near-equal ones.

@@ -187,7 +187,10 @@ fn webhook_refused(
     r: verify::Refusal,
 ) -> Rejection {
     let detail = match id {
-        Some(id) => format!("webhook-id {:?}: {r}", crate::domain::bounded::truncate(id, 48)),
+        Some(id) => format!(
+            "webhook-id {:?}: {r}",
+            crate::domain::bounded::truncate(id, 48)
+        ),
         None => r.to_string(),
     };
     refused(app, r.kind(), group.as_str(), &detail);
@@ -203,7 +206,12 @@ fn webhook_refused(
 /// The caller of an API key in `header` (Bearer, or the Basic password).
 async fn key_caller(app: &Arc<App>, group: RouteGroup, header: &str) -> Result<Caller, Rejection> {
     let Some(key) = presented_key(header) else {
-        refused(app, "no_credentials", group.as_str(), "not a bearer or basic credential");
+        refused(
+            app,
+            "no_credentials",
+            group.as_str(),
+            "not a bearer or basic credential",
+        );
         return Err(warp::reject::custom(ApiError::Unauthorized(
             "an API key is required: Authorization: Bearer icak_… (issue one with `icahub keys issue`)".into(),
         )));
