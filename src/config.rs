@@ -38,6 +38,10 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_TABLE_PREFIX", "icahub", "Prefix of the hub's table names (letters and digits)"),
     ("ICAHUB_DATA_DIR", "./data", "Directory of the embedded store"),
     ("ICAHUB_MAX_BODY_BYTES", "524288", "Largest accepted request body; larger gets 413 (at most 900000 so a body fits one Table entity)"),
+    ("ICAHUB_HEADER_TIMEOUT_SECS", "10", "A connection whose request head (start line and headers) has not arrived within this is closed"),
+    ("ICAHUB_BODY_TIMEOUT_SECS", "30", "A request whose body has not arrived within this of its head gets 408"),
+    ("ICAHUB_IDLE_TIMEOUT_SECS", "60", "A connection with no request in flight and no traffic for this long is closed (keep-alive, or one that never sends)"),
+    ("ICAHUB_MAX_CONNECTIONS", "256", "Most connections served at once; more wait in the listen backlog until one closes (keep it under the process's file descriptor limit)"),
     ("ICAHUB_STORE_TIMEOUT_MS", "8000", "How long a request waits for durable storage before answering 503 with Retry-After"),
     ("ICAHUB_CONTROL_PLANE_URL", "unset", "Control-plane base URL; when set, every alert and incident change gets a control-plane outbox row"),
     ("ICAHUB_MATTERMOST_WEBHOOK_URL", "unset", "Mattermost incoming webhook; when set, incident openings and resolutions get Mattermost outbox rows"),
@@ -142,6 +146,8 @@ pub struct Config {
     pub under_functions_host: bool,
     pub storage: StorageConfig,
     pub max_body_bytes: usize,
+    /// Timeouts and the cap that keep slow or idle connections from holding the hub.
+    pub connections: ConnectionLimits,
     pub store_timeout: Duration,
     pub routing: Routing,
     pub retry: RetryPolicy,
@@ -354,6 +360,54 @@ impl MattermostActions {
 #[error("configuration error: {0}")]
 pub struct ConfigError(pub String);
 
+/// How long a connection may take to send a request, stay idle, and how many are served at once
+/// ([`crate::server`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = ConnectionLimits::default();
+        let secs = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
+            let n: f64 = parse_num(get, name, default.as_secs_f64())?;
+            if !(n > 0.0 && n <= 3600.0) {
+                return Err(ConfigError(format!(
+                    "{name} must be more than 0 and at most 3600 seconds"
+                )));
+            }
+            Ok(Duration::from_secs_f64(n))
+        };
+        let max_connections = parse_num(get, "ICAHUB_MAX_CONNECTIONS", d.max_connections)?;
+        if !(1..=100_000).contains(&max_connections) {
+            return Err(ConfigError(
+                "ICAHUB_MAX_CONNECTIONS must be between 1 and 100000".into(),
+            ));
+        }
+        Ok(ConnectionLimits {
+            header_timeout: secs("ICAHUB_HEADER_TIMEOUT_SECS", d.header_timeout)?,
+            body_timeout: secs("ICAHUB_BODY_TIMEOUT_SECS", d.body_timeout)?,
+            idle_timeout: secs("ICAHUB_IDLE_TIMEOUT_SECS", d.idle_timeout)?,
+            max_connections,
+        })
+    }
+}
+
 impl Config {
     /// Read the process environment; `cli_port` is `--port` (the host's port wins over it).
     pub fn from_env(cli_port: Option<u16>) -> Result<Config, ConfigError> {
@@ -445,13 +499,9 @@ impl Config {
                 let https = parsed.as_ref().is_some_and(|u| u.scheme() == "https");
                 // Plain http only to this machine (Azurite, test stand-ins): the bearer token
                 // would travel in clear text.
-                let local_http = parsed.as_ref().is_some_and(|u| {
-                    u.scheme() == "http"
-                        && matches!(
-                            u.host_str(),
-                            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-                        )
-                });
+                let local_http = parsed
+                    .as_ref()
+                    .is_some_and(|u| u.scheme() == "http" && is_loopback(u));
                 let clean = parsed
                     .as_ref()
                     .is_some_and(|u| u.query().is_none() && u.password().is_none());
@@ -505,6 +555,7 @@ impl Config {
                 "ICAHUB_MAX_BODY_BYTES must be between 1 and {MAX_BODY_CEILING}"
             )));
         }
+        let connections = ConnectionLimits::from_lookup(&get)?;
         let store_timeout =
             Duration::from_millis(parse_num(&get, "ICAHUB_STORE_TIMEOUT_MS", 8000u64)?);
 
@@ -605,6 +656,7 @@ impl Config {
             under_functions_host,
             storage,
             max_body_bytes,
+            connections,
             store_timeout,
             routing,
             retry,
@@ -630,6 +682,7 @@ impl Config {
             under_functions_host: false,
             storage: StorageConfig::Embedded { dir: dir.into() },
             max_body_bytes: 524_288,
+            connections: ConnectionLimits::default(),
             store_timeout: Duration::from_secs(8),
             routing: Routing::default(),
             retry: RetryPolicy::default(),
@@ -646,6 +699,17 @@ impl Config {
             azdo_organizations: Default::default(),
             mattermost: MattermostActions::default(),
         }
+    }
+}
+
+/// Whether `url` names this machine: a loopback address (127.0.0.0/8, ::1) or `localhost`, parsed
+/// (never matched by prefix: `127.0.0.1.evil.example` is a domain). Where plain http is allowed.
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -701,6 +765,29 @@ mod tests {
         assert!(c.under_functions_host);
         assert!(matches!(c.storage, StorageConfig::Tables { .. }));
         assert_eq!(cfg(&[], Some(8080)).unwrap().port, 8080);
+    }
+
+    #[test]
+    fn the_entra_authority_is_a_url_with_http_only_to_loopback() {
+        let with = |a: &str| {
+            cfg(
+                &[
+                    ("ICAHUB_ENTRA_TENANT_ID", "t"),
+                    ("ICAHUB_ENTRA_AUDIENCES", "api://icahub"),
+                    ("ICAHUB_ENTRA_AUTHORITY", a),
+                ],
+                None,
+            )
+        };
+        let e = with("http://127.0.0.1.evil.example").unwrap_err();
+        assert!(
+            e.0.contains("ICAHUB_ENTRA_AUTHORITY") && e.0.contains("not this machine"),
+            "{e}"
+        );
+        assert!(with("http://localhost.evil.example:80").is_err());
+        let c = with("http://127.0.0.1:4000/").unwrap();
+        assert_eq!(c.entra.unwrap().authority, "http://127.0.0.1:4000");
+        assert!(with("https://login.microsoftonline.us").is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! the tenant's (v2 or v1 form); `tid` is the tenant; `exp` and `nbf` hold with [`LEEWAY_SECS`] of
 //! skew; and its `roles` claim maps to at least one icahub role.
 
+use crate::domain::bounded;
 use crate::domain::identity::Role;
 use crate::identity::Caller;
 use jsonwebtoken::jwk::JwkSet;
@@ -68,9 +69,7 @@ impl EntraConfig {
             .unwrap_or_else(|| "https://login.microsoftonline.com".into())
             .trim_end_matches('/')
             .to_string();
-        if !(authority.starts_with("https://") || authority.starts_with("http://127.0.0.1")) {
-            return Err("ICAHUB_ENTRA_AUTHORITY must be an https URL".into());
-        }
+        check_authority(&authority)?;
         let mut role_map: BTreeMap<String, Vec<Role>> = BTreeMap::new();
         role_map.insert(
             ACTION_GROUP_ROLE.to_ascii_lowercase(),
@@ -308,7 +307,7 @@ impl EntraVerifier {
             .is_some_and(|t| t.elapsed() < self.config.refresh_floor);
         let have_keys = self.keys.read().await.is_some();
         if recently && have_keys {
-            return Err(TokenError::UnknownKey(kid.to_string()));
+            return Err(unknown_key(kid));
         }
         let fresh = self.fetch().await?;
         let found = fresh
@@ -316,7 +315,7 @@ impl EntraVerifier {
             .get(kid)
             .map(|k| (k.clone(), fresh.issuer.clone()));
         *self.keys.write().await = Some(fresh);
-        found.ok_or_else(|| TokenError::UnknownKey(kid.to_string()))
+        found.ok_or_else(|| unknown_key(kid))
     }
 
     /// Verify `token`; the caller it names, with its mapped roles.
@@ -365,7 +364,14 @@ impl EntraConfig {
         }
         let roles = self.map_roles(&c.roles);
         if roles.is_empty() {
-            return Err(TokenError::NoRole(c.roles));
+            // Bounded: the message is echoed to the caller and counted in the refusals.
+            return Err(TokenError::NoRole(
+                c.roles
+                    .iter()
+                    .take(8)
+                    .map(|r| bounded::truncate(r, 64).into_owned())
+                    .collect(),
+            ));
         }
         let name = c
             .preferred_username
@@ -386,7 +392,7 @@ pub fn check_header(token: &str) -> Result<String, TokenError> {
         // algorithm rather than the parser's complaint.
         match raw_alg(token) {
             Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
-            _ => TokenError::Malformed(e.to_string()),
+            _ => TokenError::Malformed(bounded::truncate(&e.to_string(), 120).into_owned()),
         }
     })?;
     if header.alg != Algorithm::RS256 {
@@ -395,6 +401,40 @@ pub fn check_header(token: &str) -> Result<String, TokenError> {
     header
         .kid
         .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))
+}
+
+/// `ICAHUB_ENTRA_AUTHORITY` parsed as a URL, not read by prefix (`http://127.0.0.1.evil.example`
+/// starts like a loopback address): https, or plain http only to a loopback host (a local test
+/// stand-in), with no credentials, query or fragment. The signing keys come from there, so
+/// whoever answers it decides which tokens are valid.
+pub fn check_authority(authority: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "ICAHUB_ENTRA_AUTHORITY={:?} {why}: it must be an https URL such as \
+             https://login.microsoftonline.com (plain http only to 127.0.0.0/8, ::1 or localhost)",
+            bounded::truncate(authority, 100)
+        ))
+    };
+    let Ok(url) = url::Url::parse(authority) else {
+        return bad("is not a URL");
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("carries credentials");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return bad("has a query or fragment");
+    }
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if crate::config::is_loopback(&url) => Ok(()),
+        "http" => bad("is plain http to a host that is not this machine"),
+        _ => bad("is not https"),
+    }
+}
+
+/// An unknown `kid`, bounded: it is the caller's, and may be 300 KB long.
+fn unknown_key(kid: &str) -> TokenError {
+    TokenError::UnknownKey(bounded::truncate(kid, 64).into_owned())
 }
 
 /// The `alg` of a token's header, read without trusting anything else.
@@ -422,6 +462,36 @@ mod tests {
         })
         .unwrap()
         .unwrap()
+    }
+
+    #[test]
+    fn the_authority_is_parsed_not_matched_by_prefix() {
+        for ok in [
+            "https://login.microsoftonline.com",
+            "https://login.microsoftonline.us/",
+            "http://127.0.0.1:8080",
+            "http://127.8.9.10",
+            "http://[::1]:9000",
+            "http://localhost:1234",
+            "http://LOCALHOST",
+        ] {
+            assert_eq!(check_authority(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1.evil.example",
+            "http://127.0.0.1@evil.example",
+            "http://localhost.evil.example",
+            "http://login.microsoftonline.com",
+            "http://10.0.0.1",
+            "https://user:pw@login.microsoftonline.com",
+            "https://login.microsoftonline.com?x=1",
+            "ftp://127.0.0.1",
+            "login.microsoftonline.com",
+            "https://",
+        ] {
+            let e = check_authority(bad).unwrap_err();
+            assert!(e.contains("ICAHUB_ENTRA_AUTHORITY"), "{bad}: {e}");
+        }
     }
 
     #[test]

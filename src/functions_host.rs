@@ -37,11 +37,16 @@ pub struct TimerInfo {
 impl InvocationRequest {
     /// Read the envelope the host POSTs: an empty (or whitespace) body is an envelope without
     /// bindings; anything else must be a JSON object of this shape.
-    pub fn from_body(body: &[u8]) -> Result<InvocationRequest, serde_json::Error> {
+    /// Duplicate keys are refused, as in every body the hub takes.
+    pub fn from_body(body: &[u8]) -> Result<InvocationRequest, crate::domain::json::StrictError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(InvocationRequest::default());
         }
-        serde_json::from_slice(body)
+        let text = std::str::from_utf8(body).map_err(|_| {
+            <serde_json::Error as serde::de::Error>::custom("the body is not valid UTF-8")
+        })?;
+        let v = crate::domain::json::parse_strict(text)?;
+        Ok(serde_json::from_value(v)?)
     }
 
     /// The first input binding that looks like a timer, if any.

@@ -3,6 +3,7 @@
 
 use crate::domain::alert::Source;
 use crate::domain::incident::{stream_key, IncidentAction};
+use crate::domain::json::StrictError;
 use crate::domain::{alertmanager, azure_monitor};
 use crate::error::ApiError;
 use crate::startup::App;
@@ -17,7 +18,9 @@ pub struct RequestCtx {
     pub invocation_id: Option<String>,
 }
 
-/// Turn the body into JSON, with an error that says what is wrong and where.
+/// Turn the body into JSON, with an error that says what is wrong and where: every route that
+/// takes a JSON body parses it here, so a key twice in one object is a 400 `duplicate_key`
+/// naming its path on all of them ([`crate::domain::json::parse_strict`]).
 pub fn decode_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request(
@@ -34,15 +37,22 @@ pub fn decode_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
             ),
         )
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Eof => "the JSON ends early (truncated body?)",
-            _ => "the body is not valid JSON",
-        };
-        ApiError::bad_request(
-            Some("$".into()),
-            format!("{what}: {e} (line {}, column {})", e.line(), e.column()),
-        )
+    let value: Value = crate::domain::json::parse_strict(text).map_err(|e| match e {
+        StrictError::Duplicate { ref path, .. } => ApiError::BadRequest {
+            code: "duplicate_key",
+            message: e.to_string(),
+            field: Some(path.clone()),
+        },
+        StrictError::Syntax(e) => {
+            let what = match e.classify() {
+                serde_json::error::Category::Eof => "the JSON ends early (truncated body?)",
+                _ => "the body is not valid JSON",
+            };
+            ApiError::bad_request(
+                Some("$".into()),
+                format!("{what}: {e} (line {}, column {})", e.line(), e.column()),
+            )
+        }
     })?;
     if !value.is_object() {
         return Err(ApiError::bad_request(

@@ -1,7 +1,8 @@
 //! icahub: a webhook gateway and notification hub that runs as an Azure Functions custom handler.
 //!
 //! - [`config`]: typed configuration from the environment, validated at start.
-//! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener.
+//! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener;
+//!   [`server`]: the accept loop, with header, body and idle timeouts and a connection cap.
 //! - [`functions_host`]: the only Azure Functions-specific code (port, envelopes).
 //! - [`http`]: one module per ingress route, each exporting its warp filter; [`error`] maps
 //!   failures to status codes and JSON bodies.
@@ -15,7 +16,7 @@
 //! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
 //! - [`identity`]: API keys and roles (stored as documents) and request authentication;
 //!   [`auth_methods`]: which methods (keys, Entra ID, Standard Webhooks signatures) each route
-//!   group accepts.
+//!   group accepts; [`refusals`]: refused requests, bounded and summarized per minute.
 //! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
@@ -36,7 +37,9 @@ pub mod identity;
 pub mod ingest;
 pub mod mattermost;
 pub mod metrics;
+pub mod refusals;
 pub mod runs;
+pub mod server;
 pub mod sinks;
 pub mod startup;
 pub mod storage;

@@ -30,6 +30,8 @@ pub struct App {
     pub mattermost_api: Option<crate::mattermost::api::MattermostApi>,
     /// Recent answers of the check of whoever clicks an approval button.
     pub clickers: crate::mattermost::clicker::ClickerCache,
+    /// Refused requests of the current minute, summarized onto the security audit trail.
+    pub refusals: crate::refusals::Refusals,
 }
 
 /// Open the configured store (creating tables or the database file).
@@ -109,6 +111,7 @@ impl App {
             metrics,
             mattermost_api,
             clickers: Default::default(),
+            refusals: Default::default(),
         }))
     }
 }
@@ -120,6 +123,7 @@ pub async fn drain_periodically(app: Arc<App>, every: Duration) {
     loop {
         tick.tick().await;
         crate::audit::periodic_checkpoint(&app).await;
+        crate::refusals::flush_due(&app).await;
         if let Err(e) = crate::approvals::sweep(&app, app.clock.now()).await {
             tracing::warn!(error = %e, "approval sweep failed; will retry");
         }
@@ -139,17 +143,36 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Serve until `shutdown` resolves, then finish the requests in flight and return.
+/// Serve until `shutdown` resolves, then finish the requests in flight, write the refusals
+/// counted so far ([`crate::refusals::flush_all`]) and return.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(crate::http::routes(app))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let ticker = tokio::spawn(flush_refusals_periodically(app.clone()));
+    crate::server::run(
+        crate::http::routes(app.clone()),
+        listener,
+        app.config.connections,
+        shutdown,
+    )
+    .await;
+    ticker.abort();
+    crate::refusals::flush_all(&app).await;
+}
+
+/// How often the server looks for a refusal window that has ended (whatever the dispatch
+/// settings: the summaries are written within this of their minute's end).
+const REFUSALS_FLUSH_EVERY: Duration = Duration::from_secs(10);
+
+async fn flush_refusals_periodically(app: Arc<App>) {
+    let mut tick = tokio::time::interval(REFUSALS_FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::refusals::flush_due(&app).await;
+    }
 }
 
 /// Resolves on SIGTERM (what the Functions host and container runtimes send) or SIGINT (Ctrl-C).

@@ -212,6 +212,22 @@ const NOT_FROM_TERRAFORM: &[(&str, &str)] = &[
     ),
     ("ICAHUB_BENCH_KEY", "`icahub bench` only"),
     (
+        "ICAHUB_HEADER_TIMEOUT_SECS",
+        "connection limits: the defaults fit the Functions host's forwarding",
+    ),
+    (
+        "ICAHUB_BODY_TIMEOUT_SECS",
+        "connection limits: the defaults fit the Functions host's forwarding",
+    ),
+    (
+        "ICAHUB_IDLE_TIMEOUT_SECS",
+        "connection limits: the defaults fit the Functions host's forwarding",
+    ),
+    (
+        "ICAHUB_MAX_CONNECTIONS",
+        "connection limits: the defaults fit the Functions host's forwarding",
+    ),
+    (
         "ICAHUB_TABLES_CREDENTIAL",
         "operators' workstations (azure_cli); the app uses the default",
     ),

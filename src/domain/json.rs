@@ -2,11 +2,173 @@
 //! values that are a string in one sample and a number in the next, lists sent as a real array or
 //! as JSON inside a string, timestamps with any number of fractional digits, with or without an
 //! offset, or in the old `3/22/2019 1:36:31 PM` form. Also the strict accessors the parsers use for
-//! the few fields they require, which name the JSON path of whatever is wrong.
+//! the few fields they require, which name the JSON path of whatever is wrong. And
+//! [`parse_strict`], the one parser of untrusted JSON: a key twice in one object is refused.
 
 use super::alert::PayloadError;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::fmt;
+
+/// Why [`parse_strict`] refused a text.
+#[derive(Debug, thiserror::Error)]
+pub enum StrictError {
+    /// A key appears twice in one object (at any depth). serde_json keeps the last value, other
+    /// parsers the first: one body would mean two things, so it means nothing. `path` is the JSON
+    /// path of the repeated key (`data.essentials.alertId`, `alerts[0].labels.severity`).
+    #[error("duplicate key {key:?} at {path}: a key may appear only once in an object")]
+    Duplicate { path: String, key: String },
+    /// Not JSON (or not of the expected shape, for typed envelopes).
+    #[error("{0}")]
+    Syntax(#[from] serde_json::Error),
+}
+
+/// The most characters of one key shown in a path or message (the key is the caller's).
+const KEY_CHARS: usize = 64;
+
+/// Parse untrusted JSON into a [`Value`] like `serde_json::from_str`, refusing duplicate keys at
+/// any depth. It builds the value in the same single pass (no second walk, no per-key path
+/// bookkeeping): only when a duplicate is found is its path collected, while the error unwinds.
+pub fn parse_strict(text: &str) -> Result<Value, StrictError> {
+    let mut trail = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Strict { trail: &mut trail }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if !trail.is_empty() => {
+            let key = trail.first().map(|s| s.key.clone()).unwrap_or_default();
+            Err(StrictError::Duplicate {
+                path: path_of(&trail),
+                key,
+            })
+        }
+        Err(e) => Err(StrictError::Syntax(e)),
+    }
+}
+
+/// One step of the path to a duplicate, innermost first.
+struct Step {
+    key: String,
+    index: Option<usize>,
+}
+
+fn path_of(trail: &[Step]) -> String {
+    let mut path = String::new();
+    for step in trail.iter().rev() {
+        match step.index {
+            Some(i) => path.push_str(&format!("[{i}]")),
+            None => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&step.key);
+            }
+        }
+    }
+    path
+}
+
+fn key_step(k: &str) -> Step {
+    Step {
+        key: super::bounded::truncate(k, KEY_CHARS).into_owned(),
+        index: None,
+    }
+}
+
+/// A [`Value`] that refuses duplicate keys; `trail` is empty unless one was found.
+struct Strict<'a> {
+    trail: &'a mut Vec<Step>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Strict { trail: self.trail }.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        loop {
+            match seq.next_element_seed(Strict {
+                trail: &mut *self.trail,
+            }) {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => return Ok(Value::Array(out)),
+                Err(e) => {
+                    if !self.trail.is_empty() {
+                        self.trail.push(Step {
+                            key: String::new(),
+                            index: Some(out.len()),
+                        });
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                self.trail.push(key_step(&key));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            match map.next_value_seed(Strict {
+                trail: &mut *self.trail,
+            }) {
+                Ok(v) => {
+                    out.insert(key, v);
+                }
+                Err(e) => {
+                    if !self.trail.is_empty() {
+                        self.trail.push(key_step(&key));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
 
 /// The JSON type of `v` as a phrase for error messages: "a string", "a number", "null", ...
 pub fn type_name(v: &Value) -> &'static str {
@@ -43,7 +205,7 @@ pub fn lenient_field(obj: &Map<String, Value>, key: &str) -> Option<String> {
 pub fn array_or_json_string(v: &Value) -> Option<Vec<Value>> {
     match v {
         Value::Array(items) => Some(items.clone()),
-        Value::String(s) => match serde_json::from_str::<Value>(s.trim()) {
+        Value::String(s) => match parse_strict(s.trim()) {
             Ok(Value::Array(items)) => Some(items),
             _ => None,
         },
@@ -328,5 +490,62 @@ mod tests {
         assert_eq!(get_path(&v, &["a", "x"]), None);
         assert_eq!(truncate("héllo", 10), "héllo");
         assert_eq!(truncate("héllo", 2), "hé…");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth_with_their_path() {
+        let dup = |t: &str| match parse_strict(t) {
+            Err(StrictError::Duplicate { path, key }) => (path, key),
+            other => panic!("{t}: {other:?}"),
+        };
+        assert_eq!(dup(r#"{"a":1,"a":2}"#), ("a".into(), "a".into()));
+        assert_eq!(
+            dup(r#"{"data":{"essentials":{"alertId":"x","b":[],"alertId":"y"}}}"#),
+            ("data.essentials.alertId".into(), "alertId".into())
+        );
+        assert_eq!(
+            dup(r#"{"alerts":[{"labels":{}},{"labels":{"s":1,"s":1}}]}"#),
+            ("alerts[1].labels.s".into(), "s".into())
+        );
+        assert_eq!(
+            dup(r#"[[{"k":{"x":0}, "k":0}]]"#),
+            ("[0][0].k".into(), "k".into())
+        );
+        // Escapes decode first: "\u0061" is "a".
+        assert_eq!(dup(r#"{"a":1,"\u0061":2}"#).0, "a");
+        // Equal keys in different objects are fine; so are near-equal ones.
+        let v = parse_strict(r#"{"a":{"a":1},"b":[{"a":1},{"a":2}],"A":0,"a ":0}"#).unwrap();
+        assert_eq!(v["b"][1]["a"], 2);
+        // A caller-sized key is cut in the path.
+        let long = "k".repeat(10_000);
+        let (path, _) = dup(&format!(r#"{{"{long}":1,"{long}":2}}"#));
+        assert!(path.len() < 100, "{path}");
+        // Not JSON stays a syntax error; so does trailing garbage.
+        assert!(matches!(parse_strict("{"), Err(StrictError::Syntax(_))));
+        assert!(matches!(parse_strict("{} x"), Err(StrictError::Syntax(_))));
+        // A list inside a string is strict too.
+        assert_eq!(array_or_json_string(&json!(r#"[{"a":1,"a":2}]"#)), None);
+    }
+
+    #[test]
+    fn strict_parsing_agrees_with_serde_json_on_every_fixture() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut stack = vec![root];
+        let mut seen = 0;
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "json") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                        assert_eq!(parse_strict(&text).unwrap(), v, "{}", p.display());
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 20, "{seen}");
     }
 }

@@ -9,6 +9,7 @@ pub mod alertmanager;
 pub mod approval;
 pub mod azdo;
 pub mod azure_monitor;
+pub mod bounded;
 pub mod check;
 pub mod identity;
 pub mod incident;

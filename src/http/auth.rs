@@ -153,8 +153,8 @@ async fn authenticate(
         };
         if methods.accepts(group, method) {
             return match jwt {
-                Some(token) => entra_caller(app, token).await,
-                None => key_caller(app, h).await,
+                Some(token) => entra_caller(app, group, token).await,
+                None => key_caller(app, group, h).await,
             }
             .map(Pending::Caller);
         }
@@ -168,7 +168,7 @@ async fn authenticate(
         .map(Method::as_str)
         .collect();
     if presented.is_empty() {
-        refused(app, "no_credentials", group.as_str());
+        refused(app, "no_credentials", group.as_str(), "");
         let ways: Vec<&str> = accepted.iter().map(|m| how(*m)).collect();
         return Err(warp::reject::custom(ApiError::Unauthorized(format!(
             "credentials are required: {}",
@@ -176,11 +176,7 @@ async fn authenticate(
         ))));
     }
     let presented = presented.join(" and ");
-    refused(
-        app,
-        "method_not_allowed",
-        &format!("{presented} on {group} routes"),
-    );
+    refused(app, "method_not_allowed", group.as_str(), &presented);
     Err(warp::reject::custom(ApiError::Unauthorized(format!(
         "{presented} is not accepted on {group} routes (ICAHUB_AUTH_METHODS); accepted: {}",
         methods.describe(group)
@@ -211,10 +207,13 @@ fn webhook_refused(
     r: verify::Refusal,
 ) -> Rejection {
     let detail = match id {
-        Some(id) => format!("{group} routes, webhook-id {id:?}: {r}"),
-        None => format!("{group} routes: {r}"),
+        Some(id) => format!(
+            "webhook-id {:?}: {r}",
+            crate::domain::bounded::truncate(id, 48)
+        ),
+        None => r.to_string(),
     };
-    refused(app, r.kind(), &detail);
+    refused(app, r.kind(), group.as_str(), &detail);
     warp::reject::custom(match r {
         verify::Refusal::CacheFull => ApiError::Unavailable {
             message: r.to_string(),
@@ -225,9 +224,14 @@ fn webhook_refused(
 }
 
 /// The caller of an API key in `header` (Bearer, or the Basic password).
-async fn key_caller(app: &Arc<App>, header: &str) -> Result<Caller, Rejection> {
+async fn key_caller(app: &Arc<App>, group: RouteGroup, header: &str) -> Result<Caller, Rejection> {
     let Some(key) = presented_key(header) else {
-        refused(app, "no_credentials", "");
+        refused(
+            app,
+            "no_credentials",
+            group.as_str(),
+            "not a bearer or basic credential",
+        );
         return Err(warp::reject::custom(ApiError::Unauthorized(
             "an API key is required: Authorization: Bearer icak_… (issue one with `icahub keys issue`)".into(),
         )));
@@ -239,7 +243,7 @@ async fn key_caller(app: &Arc<App>, header: &str) -> Result<Caller, Rejection> {
     {
         Ok(Some(c)) => Ok(c),
         Ok(None) => {
-            refused(app, "unknown_key", "");
+            refused(app, "unknown_key", group.as_str(), "");
             Err(warp::reject::custom(ApiError::Unauthorized(
                 "the API key is unknown or revoked".into(),
             )))
@@ -266,10 +270,10 @@ pub fn bearer_jwt(header: &str) -> Option<&str> {
 }
 
 /// Verify an Entra ID token; refusals are logged and audited.
-async fn entra_caller(app: &Arc<App>, token: &str) -> Result<Caller, Rejection> {
+async fn entra_caller(app: &Arc<App>, group: RouteGroup, token: &str) -> Result<Caller, Rejection> {
     use crate::entra::TokenError;
     let Some(verifier) = &app.entra else {
-        refused(app, "entra_not_configured", "");
+        refused(app, "entra_not_configured", group.as_str(), "");
         return Err(warp::reject::custom(ApiError::Unauthorized(
             "Entra ID tokens are not accepted here: set ICAHUB_ENTRA_TENANT_ID and ICAHUB_ENTRA_AUDIENCES, or send an icahub API key".into(),
         )));
@@ -285,7 +289,7 @@ async fn entra_caller(app: &Arc<App>, token: &str) -> Result<Caller, Rejection> 
                 TokenError::NoRole(_) => "token_no_role",
                 TokenError::Unavailable(_) => "jwks_unavailable",
             };
-            refused(app, kind, &e.to_string());
+            refused(app, kind, group.as_str(), &e.to_string());
             Err(warp::reject::custom(match e {
                 TokenError::NoRole(_) => ApiError::Forbidden(e.to_string()),
                 TokenError::Unavailable(_) => ApiError::Unavailable {
@@ -298,28 +302,14 @@ async fn entra_caller(app: &Arc<App>, token: &str) -> Result<Caller, Rejection> 
     }
 }
 
-/// Partition of security audit entries (refused authentication attempts).
+/// Partition of security audit entries (refused authentication attempts, summarized per minute
+/// by [`crate::refusals`]).
 pub const SECURITY: &str = "security";
 
-/// Log a refused attempt and record it in the store's security audit entries (in the
-/// background: a flood of bad tokens must not slow the refusals down).
-pub fn refused(app: &Arc<App>, kind: &'static str, detail: &str) {
-    tracing::info!(target: "icahub::auth", kind, detail, "refused");
-    let (store, now) = (app.store.clone(), app.clock.now());
-    let entry =
-        serde_json::json!({"action": "auth.refused", "kind": kind, "detail": detail, "at": now});
-    tokio::spawn(async move {
-        let c = crate::storage::DocCommit {
-            partition: SECURITY.into(),
-            writes: vec![crate::audit::note(now, entry)],
-            outbox: Vec::new(),
-            record_id: "security".into(),
-            now,
-        };
-        if let Err(e) = store.doc_commit(&c).await {
-            tracing::warn!(error = %e, "could not audit a refused attempt");
-        }
-    });
+/// Log a refused attempt on `source` (a route group) and count it in the minute's summary on the
+/// security audit trail ([`crate::refusals::record`]: bounded, never waiting for the store).
+pub fn refused(app: &App, kind: &'static str, source: &str, detail: &str) {
+    crate::refusals::record(app, kind, source, detail);
 }
 
 /// The key from a Bearer token or a Basic password (`Authorization` header value).

@@ -49,7 +49,12 @@ fn hook_caller(app: Arc<App>) -> impl Filter<Extract = (Caller,), Error = Reject
         async move {
             authenticate(&app, &headers).await.map_err(|e| {
                 if e.status().is_client_error() {
-                    super::auth::refused(&app, "azdo_hook_credentials", &e.to_string());
+                    super::auth::refused(
+                        &app,
+                        "azdo_hook_credentials",
+                        "azdo_hooks",
+                        &e.to_string(),
+                    );
                 }
                 warp::reject::custom(e)
             })

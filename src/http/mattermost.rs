@@ -2,8 +2,9 @@
 //! rejection dialog's submissions. No API key: Mattermost cannot send one, and the signed token
 //! each button carries is the authentication ([`crate::mattermost`] does the work). Anything
 //! that is a JSON object gets HTTP 200 (Mattermost shows a generic error for any other status),
-//! with the refusal in `ephemeral_text`, `error` or `errors`; a body that is not a JSON object is
-//! a 400 JSON error like everywhere else.
+//! with the refusal in `ephemeral_text`, `error` or `errors` (a key twice in one object too, with
+//! its `code` and `field`); a body that is not a JSON object is a 400 JSON error like everywhere
+//! else.
 
 use super::{ctx, json_body, with_app};
 use crate::error::{json_response, ApiError};
@@ -34,6 +35,20 @@ async fn handle(ctx: RequestCtx, body: Bytes, app: Arc<App>) -> Response {
                 "expected a Mattermost action callback or dialog submission (a JSON object)",
             )
             .into_response(&ctx.request_id)
+        }
+        // A body with a key twice is a refusal like any other here: HTTP 200 with the reason
+        // where Mattermost shows it (`ephemeral_text` for a button, `error` for a dialog), and
+        // the error object for everyone else.
+        Err(ApiError::BadRequest {
+            code: code @ "duplicate_key",
+            field,
+            message,
+        }) => {
+            let text = format!("Refused: {message}");
+            let answer = serde_json::json!({
+                "ephemeral_text": text, "error": text, "code": code, "field": field,
+            });
+            return json_response(StatusCode::OK, &answer, &ctx.request_id);
         }
         Err(e) => return e.into_response(&ctx.request_id),
     };

@@ -207,9 +207,13 @@ pub(crate) fn body_filter(
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<String>("content-length"))
+        .and(warp::ext::optional::<crate::server::BodyDeadline>())
         .and(warp::body::stream())
         .and_then(
-            move |ct: Option<String>, cl: Option<String>, body| async move {
+            move |ct: Option<String>,
+                  cl: Option<String>,
+                  deadline: Option<crate::server::BodyDeadline>,
+                  body| async move {
                 match ct.as_deref() {
                     _ if accept == Accept::Any => {}
                     Some(ct) if is_json_content_type(ct) => {}
@@ -239,7 +243,18 @@ pub(crate) fn body_filter(
                         }
                     }
                 }
-                collect_body(body, limit).await
+                // The body must arrive by the connection's deadline (crate::server): a sender
+                // trickling it cannot hold the request open.
+                match deadline {
+                    Some(crate::server::BodyDeadline { at, secs }) => {
+                        tokio::time::timeout_at(at, collect_body(body, limit))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(warp::reject::custom(ApiError::RequestTimeout { secs }))
+                            })
+                    }
+                    None => collect_body(body, limit).await,
+                }
             },
         )
 }

@@ -4,6 +4,7 @@
 //! envelope. Any 2xx with that shape is success to the host.
 
 use super::with_app;
+use crate::domain::json::StrictError;
 use crate::error::{json_response, ApiError};
 use crate::functions_host::{InvocationRequest, InvocationResponse};
 use crate::startup::App;
@@ -33,15 +34,21 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
     let envelope = match InvocationRequest::from_body(&body) {
         Ok(e) => e,
         Err(e) => {
-            return ApiError::bad_request(
-                Some("$".into()),
-                format!("not a Functions host invocation envelope: {e}"),
-            )
-            .into_response(&request_id)
+            let message = format!("not a Functions host invocation envelope: {e}");
+            return match e {
+                StrictError::Duplicate { path, .. } => ApiError::BadRequest {
+                    code: "duplicate_key",
+                    field: Some(path),
+                    message,
+                },
+                StrictError::Syntax(_) => ApiError::bad_request(Some("$".into()), message),
+            }
+            .into_response(&request_id);
         }
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
     let checkpoint = crate::audit::periodic_checkpoint(&app).await;
+    crate::refusals::flush_due(&app).await;
     // Approvals first: expiries and reminders write outbox rows this drain then delivers.
     let sweep = match crate::approvals::sweep(&app, app.clock.now()).await {
         Ok(r) => format!(

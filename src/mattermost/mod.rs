@@ -172,16 +172,36 @@ pub fn bounded(s: &str) -> String {
 }
 
 /// Record a refused callback: on the approval's own trail when the approval id comes from an
-/// authentic token, else in the [`SECURITY`] partition (never in the approvals partitions, which
-/// anyone could otherwise fill). Every caller-supplied field is [`bounded`]. Best effort: the
-/// refusal stands either way.
+/// authentic token, else counted in the minute's refusal summary ([`crate::refusals`], in the
+/// security partition; never in the approvals partitions, which anyone could otherwise fill).
+/// Every caller-supplied field is [`bounded`]. Best effort: the refusal stands either way.
 async fn audit(
     app: &App,
     cb: &Callback,
     trusted_id: Option<&str>,
-    reason: &str,
+    reason: &'static str,
     now: DateTime<Utc>,
 ) {
+    // Without an authentic token nothing proves the request came from Mattermost at all: it is
+    // unauthenticated noise, counted in the minute's refusal summary rather than recorded one by
+    // one (a flood must not grow the permanent trail).
+    if trusted_id.is_none() {
+        let detail = format!(
+            "{} {}, token {}",
+            if cb.dialog {
+                "dialog_submission"
+            } else {
+                "button"
+            },
+            cb.user_id.as_deref().map(bounded).unwrap_or_default(),
+            cb.token
+                .as_deref()
+                .map(action_token::fingerprint)
+                .unwrap_or_default()
+        );
+        crate::refusals::record(app, reason, "mattermost", &detail);
+        return;
+    }
     let claimed = cb
         .token
         .as_deref()

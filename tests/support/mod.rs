@@ -95,3 +95,28 @@ pub fn declared_routes(
     }
     out
 }
+
+/// Write the refusals counted so far ([`icahub::refusals::flush_all`]) and read every summary on
+/// the security audit trail, one `(kind, group, count, examples)` note per kind, group and minute.
+pub async fn refusal_summaries(app: &icahub::startup::App) -> Vec<serde_json::Value> {
+    icahub::refusals::flush_all(app).await;
+    app.store
+        .doc_list(icahub::http::auth::SECURITY, "audit|")
+        .await
+        .expect("security audit entries")
+        .into_iter()
+        .map(|d| d.value)
+        .filter(|v| v["action"] == "auth.refused.summary")
+        .collect()
+}
+
+/// Each refused kind as often as it was counted (from [`refusal_summaries`]).
+pub async fn refused_kinds(app: &icahub::startup::App) -> Vec<String> {
+    let mut kinds = Vec::new();
+    for s in refusal_summaries(app).await {
+        for _ in 0..s["count"].as_u64().unwrap_or(0) {
+            kinds.push(s["kind"].as_str().unwrap_or("").to_string());
+        }
+    }
+    kinds
+}
