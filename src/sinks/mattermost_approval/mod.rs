@@ -326,11 +326,19 @@ fn fields(view: &ApprovalView) -> Vec<Value> {
         f.push((
             "Budget utilization".into(),
             format!(
-                "{:.1}% of {} in {} (spent {} + this {})",
+                "{:.1}% of {} in {} (spent {}{} + this {})",
                 b.utilization * 100.0,
                 usd(b.monthly_budget),
                 b.month,
                 usd(b.current_spend),
+                if b.committed > 0.0 {
+                    format!(
+                        " + committed to approved, unfinished runs {}",
+                        usd(b.committed)
+                    )
+                } else {
+                    String::new()
+                },
                 usd(b.estimated_cost)
             ),
             false,
