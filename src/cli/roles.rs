@@ -24,7 +24,8 @@ pub struct RolesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RolesCommand {
-    /// Give IDENTITY the ROLE: devops, technical_approver, business_approver, finance, auditor, admin.
+    /// Give IDENTITY the ROLE: devops, technical_approver, business_approver, finance, auditor,
+    /// admin, alert_sender, reader, override_approver.
     Grant { identity: String, role: String },
     /// Take ROLE away from IDENTITY.
     Revoke { identity: String, role: String },
