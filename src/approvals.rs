@@ -714,6 +714,31 @@ pub async fn budget(store: &dyn Store, project: &str) -> Result<Option<Budget>, 
     }
 }
 
+/// One change of a budget document, with the audit note saying what changed.
+fn budget_write(
+    key: &str,
+    b: &Budget,
+    expect: Expect,
+    note: Value,
+    record_id: &str,
+    now: DateTime<Utc>,
+) -> DocCommit {
+    commit_of(
+        REGISTRY.into(),
+        vec![
+            DocWrite {
+                key: key.into(),
+                value: serde_json::to_value(b).unwrap_or_default(),
+                expect,
+            },
+            crate::audit::note(now, note),
+        ],
+        Vec::new(),
+        record_id,
+        now,
+    )
+}
+
 pub async fn list_budgets(store: &dyn Store) -> Result<Vec<Budget>, StoreError> {
     store
         .doc_list(REGISTRY, "budget|")
@@ -769,20 +794,11 @@ pub async fn set_budget(
                 .map(|b| b.committed.clone())
                 .unwrap_or_default(),
         };
-        let c = commit_of(
-            REGISTRY.into(),
-            vec![
-                DocWrite {
-                    key: key.clone(),
-                    value: serde_json::to_value(&b).unwrap_or_default(),
-                    expect: expect_of(&doc),
-                },
-                crate::audit::note(
-                    now,
-                    json!({"action": "budget.set", "project": b.project, "before": before, "after": b, "by": by, "at": now}),
-                ),
-            ],
-            Vec::new(),
+        let c = budget_write(
+            &key,
+            &b,
+            expect_of(&doc),
+            json!({"action": "budget.set", "project": b.project, "before": before, "after": b, "by": by, "at": now}),
             "budget-change",
             now,
         );
@@ -937,7 +953,8 @@ async fn commit_estimate(
         }
         let check = b.check(estimate, Some(&a.id), now);
         if enforce {
-            if let Some(why) = over_budget_text(&check, app.config.approvals.policy.max_utilization)
+            if let Some(why) =
+                approval::over_budget(&check, app.config.approvals.policy.max_utilization)
             {
                 return Err(ApiError::Conflict(format!(
                     "{} cannot be approved now: {why}; other approved deployments of {} have not finished yet",
@@ -953,20 +970,11 @@ async fn commit_estimate(
                 at: now,
             },
         );
-        let c = commit_of(
-            REGISTRY.into(),
-            vec![
-                DocWrite {
-                    key: key.clone(),
-                    value: serde_json::to_value(&b).unwrap_or_default(),
-                    expect: Expect::Version(doc.version),
-                },
-                crate::audit::note(
-                    now,
-                    json!({"action": "budget.committed", "project": b.project, "approval_id": a.id, "run_id": a.run_id, "estimate": estimate, "utilization": check.utilization, "at": now}),
-                ),
-            ],
-            Vec::new(),
+        let c = budget_write(
+            &key,
+            &b,
+            Expect::Version(doc.version),
+            json!({"action": "budget.committed", "project": b.project, "approval_id": a.id, "run_id": a.run_id, "estimate": estimate, "utilization": check.utilization, "at": now}),
             &a.id,
             now,
         );
@@ -976,10 +984,6 @@ async fn commit_estimate(
         pause(attempt).await;
     }
     Err(contention())
-}
-
-fn over_budget_text(b: &approval::BudgetCheck, max: f64) -> Option<String> {
-    approval::over_budget(b, max)
 }
 
 /// Take `id`'s commitment off `project`'s budget; with `spent`, add its estimate to the
@@ -999,20 +1003,11 @@ async fn release_estimate(app: &App, project: &str, id: &str, spent: bool, now: 
         if spent {
             b.current_spend += c.estimate;
         }
-        let write = commit_of(
-            REGISTRY.into(),
-            vec![
-                DocWrite {
-                    key: key.clone(),
-                    value: serde_json::to_value(&b).unwrap_or_default(),
-                    expect: Expect::Version(doc.version),
-                },
-                crate::audit::note(
-                    now,
-                    json!({"action": if spent { "budget.spent" } else { "budget.released" }, "project": b.project, "approval_id": id, "run_id": c.run_id, "estimate": c.estimate, "at": now}),
-                ),
-            ],
-            Vec::new(),
+        let write = budget_write(
+            &key,
+            &b,
+            Expect::Version(doc.version),
+            json!({"action": if spent { "budget.spent" } else { "budget.released" }, "project": b.project, "approval_id": id, "run_id": c.run_id, "estimate": c.estimate, "at": now}),
             id,
             now,
         );
@@ -1538,9 +1533,16 @@ async fn sign_inner(
         }
         // Who triggered the run, as the ledger says now (the run may have been reported after
         // the request was made).
-        let trigger = crate::runs::run_record(app, &a.run_id)
-            .await?
-            .map(|r| r.start.triggered_by);
+        let run = crate::runs::run_record(app, &a.run_id).await?;
+        let trigger = run.as_ref().map(|r| r.start.triggered_by.clone());
+        // A request made before its run was on the ledger had no pipeline to take its project
+        // from; now that there is one, its budget applies (asking early must not dodge it). The
+        // budget itself is checked when the approval would become approved.
+        let mut a = a;
+        if let (None, Some(r)) = (&a.run_triggered_by, &run) {
+            a.project =
+                project_for(app, Some(&r.start.pipeline_name), &a.deployment_target).await?;
+        }
         let (mut next, sig) = match a
             .with_ledger(trigger.as_deref())
             .and_then(|a| approval::sign(&a, &signer.name, &signer.roles, input, &signer.via, now))

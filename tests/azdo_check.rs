@@ -113,20 +113,9 @@ async fn world_of(accepted_token: &str, also: &[&str]) -> World {
     let config = Config::from_lookup(|k| env.get(k).cloned(), Some(0)).expect("config");
     let sinks = Sinks::from_lookup(&|k| env.get(k).cloned()).expect("sinks");
     let hub = TestHub::start_with(config, sinks, clock.clone()).await;
-    let store = hub.app.store.as_ref();
-    let now = Utc::now();
-    let key = |name: &'static str, role: Role| async move {
-        let (k, _) = icahub::identity::issue_key(store, name, "test", now)
-            .await
-            .unwrap();
-        icahub::identity::set_role(store, name, role, true, "test", now)
-            .await
-            .unwrap();
-        k
-    };
-    let pipeline = key("azdo-pipeline", Role::Devops).await;
-    let alice = key("alice", Role::TechnicalApprover).await;
-    let bob = key("bob", Role::BusinessApprover).await;
+    let pipeline = hub.person("azdo-pipeline", &[Role::Devops]).await;
+    let alice = hub.person("alice", &[Role::TechnicalApprover]).await;
+    let bob = hub.person("bob", &[Role::BusinessApprover]).await;
     World {
         hub,
         ado,

@@ -7,26 +7,10 @@ mod support;
 use icahub::config::{Config, Secret, StorageConfig};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
 use support::hub::TestHub;
 
 fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_icahub"))
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("ICAHUB_LOG", "warn")
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    support::cli(args, envs)
 }
 
 /// Alerts on three streams (one resolved), a finished run, an approval request.

@@ -123,15 +123,8 @@ async fn approval(hub: &TestHub, id: &str) -> Value {
 
 /// The audit notes of an approval's partition with this action.
 async fn notes(hub: &TestHub, id: &str, action: &str) -> Vec<Value> {
-    hub.app
-        .store
-        .doc_list(&icahub::approvals::partition_of(id).unwrap(), "audit|")
+    hub.audit_notes(&icahub::approvals::partition_of(id).unwrap(), action)
         .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.value)
-        .filter(|v| v["action"] == action)
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -457,6 +450,51 @@ async fn budgets_cannot_be_dodged_or_spent_twice(hub: TestHub, _clock: Arc<Manua
     assert!(budget.committed.is_empty(), "{budget:?}");
 }
 both!(budgets_cannot_be_dodged_or_spent_twice);
+
+/// Asking before the run is on the ledger (so no pipeline decides the project yet) does not
+/// dodge the budget: once the run is recorded, its pipeline's budget applies to the signature.
+async fn asking_early_does_not_dodge_the_budget(hub: TestHub, _clock: Arc<ManualClock>) {
+    let dave = person(&hub, "dave", &[Role::Devops]).await;
+    let alice = person(&hub, "alice", &[Role::TechnicalApprover]).await;
+    let bob = person(&hub, "bob", &[Role::BusinessApprover]).await;
+    let store = hub.app.store.as_ref();
+    icahub::approvals::set_budget(
+        store,
+        "payments",
+        20_000.0,
+        Some(19_000.0),
+        "fiona",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    icahub::approvals::set_budget_map(
+        store,
+        "payments-deploy",
+        Some("payments"),
+        "fiona",
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = post(&hub, &dave, APPROVAL, request("7601", "staging", 4_000.0)).await;
+    assert_eq!(r.json["status"], "pending", "{}", r.text);
+    assert_eq!(
+        r.json["project"], "staging",
+        "no pipeline yet: the target's (no budget)"
+    );
+    let id = r.json["approval_id"].as_str().unwrap().to_string();
+    start_run(&hub, &dave, "7601", "payments-deploy", "carol").await;
+    let t = post(&hub, &alice, &sign_path(&id), approve("technical")).await;
+    assert_eq!(t.status, 200, "{}", t.text);
+    let b = post(&hub, &bob, &sign_path(&id), approve("business")).await;
+    let msg = b.expect_error(409)["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("115.0%") && msg.contains("payments"), "{msg}");
+    let a = approval(&hub, &id).await;
+    assert_eq!(a["status"], "technical_approved");
+    assert_eq!(a["project"], "payments");
+}
+both!(asking_early_does_not_dodge_the_budget);
 
 /// `ICAHUB_BUDGET_REQUIRED=true`: a production request whose project has no budget is refused.
 async fn production_needs_a_budget_when_required(hub: TestHub, _clock: Arc<ManualClock>) {

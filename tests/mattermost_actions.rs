@@ -299,16 +299,7 @@ async fn get_approval(env: &Env, id: &str) -> Value {
 
 /// Audit entries of a partition with this `action`.
 async fn audits(env: &Env, partition: &str, action: &str) -> Vec<Value> {
-    env.hub
-        .app
-        .store
-        .doc_list(partition, "audit|")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.value)
-        .filter(|v| v["action"] == action)
-        .collect()
+    env.hub.audit_notes(partition, action).await
 }
 
 fn ephemeral(r: &Reply) -> String {

@@ -18,7 +18,6 @@ use icahub::sinks::Sinks;
 use icahub::storage::{OutboxFilter, OutboxStatus, Store};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::hub::{Reply as HubReply, TestHub};
@@ -87,20 +86,9 @@ async fn world(backend: Backend) -> World {
     let sinks = Sinks::from_lookup(&|k| hub_env.get(k).cloned()).expect("sinks");
     let clock = Arc::new(ManualClock::new(Utc::now()));
     let hub = TestHub::start_with(config, sinks, clock).await;
-    let store = hub.app.store.as_ref();
-    let now = Utc::now();
-    let key = |name: &'static str, role: Role| async move {
-        let (k, _) = icahub::identity::issue_key(store, name, "test", now)
-            .await
-            .unwrap();
-        icahub::identity::set_role(store, name, role, true, "test", now)
-            .await
-            .unwrap();
-        k
-    };
-    let pipeline = key("azdo-pipeline", Role::Devops).await;
-    let alice = key("alice", Role::TechnicalApprover).await;
-    let bob = key("bob", Role::BusinessApprover).await;
+    let pipeline = hub.person("azdo-pipeline", &[Role::Devops]).await;
+    let alice = hub.person("alice", &[Role::TechnicalApprover]).await;
+    let bob = hub.person("bob", &[Role::BusinessApprover]).await;
     env.push(("ICAHUB_LOG", "warn".into()));
     World {
         hub,
@@ -154,21 +142,7 @@ async fn sign(w: &World, key: &str, id: &str, kind: &str) {
 }
 
 fn cli(w: &World, args: &[&str]) -> (bool, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_icahub"))
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(w.env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    support::cli(args, &w.env)
 }
 
 /// The token, or its signature part alone, in `haystack` (bytes: backups are binary).

@@ -116,6 +116,19 @@ impl TestHub {
         key
     }
 
+    /// The audit notes of `partition` whose `action` is this.
+    pub async fn audit_notes(&self, partition: &str, action: &str) -> Vec<serde_json::Value> {
+        self.app
+            .store
+            .doc_list(partition, "audit|")
+            .await
+            .expect("audit notes")
+            .into_iter()
+            .map(|d| d.value)
+            .filter(|v| v["action"] == action)
+            .collect()
+    }
+
     /// POST a JSON body with another caller's key.
     pub async fn post_as(&self, key: &str, path: &str, body: &serde_json::Value) -> Reply {
         let r = reqwest::Client::new()

@@ -120,3 +120,23 @@ pub async fn refused_kinds(app: &icahub::startup::App) -> Vec<String> {
     }
     kinds
 }
+
+/// Run the `icahub` binary with only these settings (and `PATH`): (success, stdout + stderr).
+pub fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("ICAHUB_LOG", "warn")
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run icahub");
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
