@@ -187,3 +187,44 @@ pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     };
     Ok(err.into_response(&request_id))
 }
+
+/// The HTTP status of each service outcome. A storage failure is logged here, once, with its
+/// cause; the caller is told only what was not done.
+impl From<crate::services::ServiceError> for ApiError {
+    fn from(e: crate::services::ServiceError) -> Self {
+        use crate::services::ServiceError as S;
+        match e {
+            S::Invalid {
+                code,
+                field,
+                message,
+            } => ApiError::BadRequest {
+                code,
+                field,
+                message,
+            },
+            S::NotFound(m) => ApiError::NotFound(m),
+            S::Forbidden(m) => ApiError::Forbidden(m),
+            S::Unauthorized(m) => ApiError::Unauthorized(m),
+            S::Conflict(m) => ApiError::Conflict(m),
+            S::Busy {
+                message,
+                retry_after,
+            }
+            | S::Unavailable {
+                message,
+                retry_after,
+            } => ApiError::Unavailable {
+                message,
+                retry_after,
+            },
+            S::Storage { what, source } => {
+                tracing::error!(error = %source, "storage failed");
+                ApiError::Unavailable {
+                    message: format!("storage is unavailable; {what}, retry later"),
+                    retry_after: 5,
+                }
+            }
+        }
+    }
+}

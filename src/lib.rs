@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod refusals;
 pub mod runs;
 pub mod server;
+pub mod services;
 pub mod sinks;
 pub mod startup;
 pub mod storage;
