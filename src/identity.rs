@@ -28,18 +28,7 @@ pub enum IdentityError {
     Store(#[from] StoreError),
 }
 
-/// Who made a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub name: String,
-    pub roles: Vec<Role>,
-}
-
-impl Caller {
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
-}
+pub use crate::domain::identity::Caller;
 
 fn commit(partition: &str, writes: Vec<DocWrite>, now: DateTime<Utc>) -> DocCommit {
     DocCommit {

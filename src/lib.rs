@@ -23,13 +23,15 @@
 
 pub mod approvals;
 pub mod audit;
-pub mod auth_methods;
+pub mod auth;
+/// Which methods each route group accepts: [`config::auth_methods`].
+pub use config::auth_methods;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dispatcher;
 pub mod domain;
-pub mod entra;
+pub use auth::entra;
 pub mod error;
 pub mod functions_host;
 pub mod http;
@@ -39,6 +41,7 @@ pub mod mattermost;
 pub mod metrics;
 pub mod refusals;
 pub mod runs;
+pub mod secret;
 pub mod server;
 pub mod services;
 pub mod sinks;

@@ -16,3 +16,4 @@ pub mod incident;
 pub mod json;
 pub mod routing;
 pub mod run;
+pub mod standard_webhooks;

@@ -15,7 +15,8 @@ pub mod incidents;
 pub mod mattermost;
 pub mod runs;
 pub mod timer;
-pub mod verify;
+/// Standard Webhooks verification, now in [`crate::auth::webhooks`].
+pub use crate::auth::webhooks as verify;
 
 use crate::auth_methods::RouteGroup;
 use crate::error::ApiError;

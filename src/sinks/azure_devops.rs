@@ -159,13 +159,7 @@ impl AzureDevopsClient {
     }
 }
 
-/// `ICAHUB_AZDO_PLAN_HOSTS`, shared by the endpoint (refuses other hosts up front) and the sink.
-pub fn plan_hosts(get: &dyn Fn(&str) -> Option<String>) -> Result<PlanHosts, String> {
-    match get("ICAHUB_AZDO_PLAN_HOSTS") {
-        None => Ok(PlanHosts::default()),
-        Some(list) => PlanHosts::parse(&list).map_err(|e| format!("ICAHUB_AZDO_PLAN_HOSTS: {e}")),
-    }
-}
+pub use crate::config::plan_hosts;
 
 #[async_trait]
 impl SinkClient for AzureDevopsClient {

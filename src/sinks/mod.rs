@@ -11,7 +11,8 @@ pub mod control_plane;
 pub mod mattermost;
 pub mod mattermost_approval;
 pub mod pagerduty;
-pub mod signature;
+/// The Standard Webhooks signature, shared with the verifier ([`crate::domain::standard_webhooks`]).
+pub use crate::domain::standard_webhooks as signature;
 
 use crate::domain::routing::Sink;
 use crate::storage::OutboxRow;
@@ -265,14 +266,7 @@ pub fn truncate(s: &str, max: usize) -> String {
     out
 }
 
-/// Check a configured URL without echoing it (it may carry a secret).
-pub(crate) fn check_url(var: &str, url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| format!("{var} is not a valid URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(format!("{var} must be an http(s) URL"));
-    }
-    Ok(parsed)
-}
+pub(crate) use crate::config::check_url;
 
 /// Parse a JSON object of name → string (`ICAHUB_MATTERMOST_WEBHOOKS`, ...).
 pub(crate) fn name_map(var: &str, json: &str) -> Result<Vec<(String, String)>, String> {

@@ -1,9 +1,9 @@
 //! The signed senders: `ICAHUB_WEBHOOK_SECRETS` (who signs, with which secrets) and
 //! `ICAHUB_WEBHOOK_ROLES` (what each may do).
 
+use crate::domain::identity::Caller;
 use crate::domain::identity::Role;
-use crate::identity::Caller;
-use crate::sinks::signature::SigningKey;
+use crate::domain::standard_webhooks::SigningKey;
 
 /// Prefix of a signed sender's caller name.
 pub const CALLER_PREFIX: &str = "webhook:";

@@ -1,30 +1,16 @@
 //! Configuration: read once from the environment into typed values, validated at start.
 //! Every variable the hub reads is listed in [`VARS`] (and in the README) with its default.
 
+pub mod auth_methods;
+pub mod entra;
+pub mod webhooks;
+
 use crate::dispatcher::policy::RetryPolicy;
 use crate::domain::routing::Routing;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A secret value: never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// (name, default, meaning) of every environment variable the hub reads.
 pub const VARS: &[(&str, &str, &str)] = &[
@@ -160,11 +146,11 @@ pub struct Config {
     /// How often an audit checkpoint is written (None: never).
     pub audit_checkpoint_every: Option<Duration>,
     /// Microsoft Entra ID tokens, when configured.
-    pub entra: Option<crate::entra::EntraConfig>,
+    pub entra: Option<entra::EntraConfig>,
     /// Standard Webhooks senders and their secrets (`ICAHUB_WEBHOOK_SECRETS`).
-    pub webhooks: crate::http::verify::WebhookSenders,
+    pub webhooks: webhooks::WebhookSenders,
     /// The methods each route group accepts (`ICAHUB_AUTH_METHODS`).
-    pub auth_methods: crate::auth_methods::AuthMethods,
+    pub auth_methods: auth_methods::AuthMethods,
     /// Approval policy and where approval notifications go.
     pub approvals: crate::approvals::ApprovalConfig,
     /// The credentials Azure DevOps service hooks may present instead of an API key.
@@ -294,7 +280,7 @@ impl MattermostActions {
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<MattermostActions, String> {
         let base_url = |var: &str| -> Result<Option<String>, String> {
             let Some(v) = get(var) else { return Ok(None) };
-            let u = crate::sinks::check_url(var, &v)?;
+            let u = check_url(var, &v)?;
             if u.query().is_some() || u.fragment().is_some() {
                 return Err(format!(
                     "{var} must be a base URL without a query or fragment"
@@ -628,19 +614,17 @@ impl Config {
 
         let approvals = crate::approvals::ApprovalConfig::from_lookup(&|k: &str| get(k))
             .map_err(ConfigError)?;
-        let entra =
-            crate::entra::EntraConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
-        let webhooks = crate::http::verify::WebhookSenders::from_lookup(&|k: &str| get(k))
-            .map_err(ConfigError)?;
-        let auth_methods = crate::auth_methods::AuthMethods::parse(
+        let entra = entra::EntraConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
+        let webhooks =
+            webhooks::WebhookSenders::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
+        let auth_methods = auth_methods::AuthMethods::parse(
             get("ICAHUB_AUTH_METHODS").as_deref(),
             entra.is_some(),
             webhooks.configured(),
         )
         .map_err(ConfigError)?;
         let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
-        let azdo_plan_hosts =
-            crate::sinks::azure_devops::plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
+        let azdo_plan_hosts = plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
         let mattermost = MattermostActions::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
         let azdo_organizations = match get("ICAHUB_AZDO_ORGANIZATIONS") {
             None => Default::default(),
@@ -710,6 +694,26 @@ pub fn is_loopback(url: &url::Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
+    }
+}
+
+/// Check a configured URL without echoing it (it may carry a secret).
+pub fn check_url(var: &str, url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| format!("{var} is not a valid URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("{var} must be an http(s) URL"));
+    }
+    Ok(parsed)
+}
+
+/// `ICAHUB_AZDO_PLAN_HOSTS`, shared by the endpoint (refuses other hosts up front) and the sink.
+pub fn plan_hosts(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::domain::check::PlanHosts, String> {
+    match get("ICAHUB_AZDO_PLAN_HOSTS") {
+        None => Ok(crate::domain::check::PlanHosts::default()),
+        Some(list) => crate::domain::check::PlanHosts::parse(&list)
+            .map_err(|e| format!("ICAHUB_AZDO_PLAN_HOSTS: {e}")),
     }
 }
 

@@ -12,12 +12,11 @@
 //! Everything here but [`ReplayCache`]'s lock is pure: headers, body and clock are passed in.
 
 mod replay;
-mod senders;
 
+pub use crate::config::webhooks::{Sender, WebhookSenders, CALLER_PREFIX, DEFAULT_ROLES};
 pub use replay::{ReplayCache, REPLAY_CAPACITY};
-pub use senders::{Sender, WebhookSenders, CALLER_PREFIX, DEFAULT_ROLES};
 
-use crate::sinks::signature::{self, VerifyError};
+use crate::domain::standard_webhooks::{self as signature, VerifyError};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
