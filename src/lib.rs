@@ -35,7 +35,11 @@ pub use auth::entra;
 pub mod error;
 pub mod functions_host;
 pub mod http;
-pub mod identity;
+/// Identities, keys and roles ([`services::identities`]) and the key check ([`auth::api_keys`]).
+pub mod identity {
+    pub use crate::auth::api_keys::Authenticator;
+    pub use crate::services::identities::*;
+}
 pub mod ingest;
 pub mod mattermost;
 pub mod metrics;

@@ -62,7 +62,7 @@ impl EntraConfig {
 
 /// Why a token was refused. Everything but `NoRole` (403) and `Unavailable` (503) is a 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub enum EntraTokenError {
     #[error("the bearer token is not a JWT: {0}")]
     Malformed(String),
     #[error("token algorithm {0} is not allowed (RS256 only)")]
@@ -136,8 +136,9 @@ impl EntraVerifier {
         &self.config
     }
 
-    async fn fetch(&self) -> Result<Keys, TokenError> {
-        let unavailable = |e: reqwest::Error| TokenError::Unavailable(e.without_url().to_string());
+    async fn fetch(&self) -> Result<Keys, EntraTokenError> {
+        let unavailable =
+            |e: reqwest::Error| EntraTokenError::Unavailable(e.without_url().to_string());
         let url = format!(
             "{}/{}/v2.0/.well-known/openid-configuration",
             self.config.authority, self.config.tenant_id
@@ -189,7 +190,7 @@ impl EntraVerifier {
     }
 
     /// The key for `kid` and the tenant's issuer, fetching the JWKS when needed.
-    async fn key(&self, kid: &str) -> Result<(DecodingKey, String), TokenError> {
+    async fn key(&self, kid: &str) -> Result<(DecodingKey, String), EntraTokenError> {
         {
             let keys = self.keys.read().await;
             if let Some(k) = keys.as_ref() {
@@ -232,7 +233,7 @@ impl EntraVerifier {
     }
 
     /// Verify `token`; the caller it names, with its mapped roles.
-    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Caller, EntraTokenError> {
         let kid = check_header(token)?;
         let (key, issuer) = self.key(&kid).await?;
         self.config.validate(token, &key, &issuer)
@@ -248,7 +249,7 @@ impl EntraConfig {
         token: &str,
         key: &DecodingKey,
         issuer: &str,
-    ) -> Result<Caller, TokenError> {
+    ) -> Result<Caller, EntraTokenError> {
         let mut v = Validation::new(Algorithm::RS256);
         v.leeway = LEEWAY_SECS;
         v.validate_nbf = true;
@@ -257,7 +258,7 @@ impl EntraConfig {
         v.set_required_spec_claims(&["exp", "aud", "iss"]);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
-            TokenError::Invalid(match e.kind() {
+            EntraTokenError::Invalid(match e.kind() {
                 K::ExpiredSignature => "expired".into(),
                 K::ImmatureSignature => "not valid yet (nbf)".into(),
                 K::InvalidAudience => "wrong audience".into(),
@@ -273,12 +274,12 @@ impl EntraConfig {
             .as_deref()
             .is_some_and(|t| t.eq_ignore_ascii_case(&self.tenant_id))
         {
-            return Err(TokenError::Invalid("wrong tenant (tid)".into()));
+            return Err(EntraTokenError::Invalid("wrong tenant (tid)".into()));
         }
         let roles = self.map_roles(&c.roles);
         if roles.is_empty() {
             // Bounded: the message is echoed to the caller and counted in the refusals.
-            return Err(TokenError::NoRole(
+            return Err(EntraTokenError::NoRole(
                 c.roles
                     .iter()
                     .take(8)
@@ -299,26 +300,26 @@ impl EntraConfig {
 
 /// The `kid` of a token whose header names RS256; anything else is refused before any key is
 /// looked up (`alg: none`, HMAC algorithms, no `kid`, not a JWT). Pure.
-pub fn check_header(token: &str) -> Result<String, TokenError> {
+pub fn check_header(token: &str) -> Result<String, EntraTokenError> {
     let header = jsonwebtoken::decode_header(token).map_err(|e| {
         // `alg: none` (and algorithms the library does not know) fail to parse: name the
         // algorithm rather than the parser's complaint.
         match raw_alg(token) {
-            Some(alg) if alg != "RS256" => TokenError::Algorithm(alg),
-            _ => TokenError::Malformed(bounded::truncate(&e.to_string(), 120).into_owned()),
+            Some(alg) if alg != "RS256" => EntraTokenError::Algorithm(alg),
+            _ => EntraTokenError::Malformed(bounded::truncate(&e.to_string(), 120).into_owned()),
         }
     })?;
     if header.alg != Algorithm::RS256 {
-        return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
+        return Err(EntraTokenError::Algorithm(format!("{:?}", header.alg)));
     }
     header
         .kid
-        .ok_or_else(|| TokenError::Malformed("the token header has no kid".into()))
+        .ok_or_else(|| EntraTokenError::Malformed("the token header has no kid".into()))
 }
 
 /// An unknown `kid`, bounded: it is the caller's, and may be 300 KB long.
-fn unknown_key(kid: &str) -> TokenError {
-    TokenError::UnknownKey(bounded::truncate(kid, 64).into_owned())
+fn unknown_key(kid: &str) -> EntraTokenError {
+    EntraTokenError::UnknownKey(bounded::truncate(kid, 64).into_owned())
 }
 
 /// The `alg` of a token's header, read without trusting anything else.

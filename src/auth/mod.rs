@@ -12,6 +12,7 @@
 //!
 //! The HTTP filter that applies all of this to a request is [`crate::http::auth`].
 
+pub mod api_keys;
 pub mod entra;
 pub mod webhooks;
 

@@ -204,7 +204,7 @@ fn webhook_refused(
     app: &Arc<App>,
     group: RouteGroup,
     id: Option<&str>,
-    r: verify::Refusal,
+    r: verify::SignatureRefusal,
 ) -> Rejection {
     let detail = match id {
         Some(id) => format!(
@@ -215,7 +215,7 @@ fn webhook_refused(
     };
     refused(app, r.kind(), group.as_str(), &detail);
     warp::reject::custom(match r {
-        verify::Refusal::CacheFull => ApiError::Unavailable {
+        verify::SignatureRefusal::CacheFull => ApiError::Unavailable {
             message: r.to_string(),
             retry_after: 5,
         },
@@ -271,7 +271,7 @@ pub fn bearer_jwt(header: &str) -> Option<&str> {
 
 /// Verify an Entra ID token; refusals are logged and audited.
 async fn entra_caller(app: &Arc<App>, group: RouteGroup, token: &str) -> Result<Caller, Rejection> {
-    use crate::entra::TokenError;
+    use crate::auth::entra::EntraTokenError as TokenError;
     let Some(verifier) = &app.entra else {
         refused(app, "entra_not_configured", group.as_str(), "");
         return Err(warp::reject::custom(ApiError::Unauthorized(

@@ -5,6 +5,8 @@
 //!
 //! Data flows one way: `http/` and `cli/` → `services/` → `domain/` (pure) and `storage/`.
 
+pub mod identities;
+
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError};

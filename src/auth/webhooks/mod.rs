@@ -30,9 +30,9 @@ pub const TIMESTAMP_HEADER: &str = "webhook-timestamp";
 pub const SIGNATURE_HEADER: &str = "webhook-signature";
 pub const HEADERS: [&str; 3] = [ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER];
 
-/// Why a signed request was refused. Each is a 401 but [`Refusal::CacheFull`] (503).
+/// Why a signed request was refused. Each is a 401 but [`SignatureRefusal::CacheFull`] (503).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub enum SignatureRefusal {
     #[error("signed requests are not accepted here: ICAHUB_WEBHOOK_SECRETS is not set")]
     NotConfigured,
     #[error(
@@ -59,18 +59,20 @@ pub enum Refusal {
     CacheFull,
 }
 
-impl Refusal {
+impl SignatureRefusal {
     /// The `kind` of the security audit entry.
     pub fn kind(&self) -> &'static str {
         match self {
-            Refusal::NotConfigured => "webhook_not_configured",
-            Refusal::MissingHeaders(_) => "webhook_headers_missing",
-            Refusal::BadId => "webhook_id_invalid",
-            Refusal::BadTimestamp | Refusal::TooOld(_) | Refusal::TooNew(_) => "webhook_timestamp",
-            Refusal::NoSignature => "webhook_signature_malformed",
-            Refusal::Mismatch => "webhook_signature_mismatch",
-            Refusal::Replayed(_) => "webhook_replayed",
-            Refusal::CacheFull => "webhook_replay_cache_full",
+            SignatureRefusal::NotConfigured => "webhook_not_configured",
+            SignatureRefusal::MissingHeaders(_) => "webhook_headers_missing",
+            SignatureRefusal::BadId => "webhook_id_invalid",
+            SignatureRefusal::BadTimestamp
+            | SignatureRefusal::TooOld(_)
+            | SignatureRefusal::TooNew(_) => "webhook_timestamp",
+            SignatureRefusal::NoSignature => "webhook_signature_malformed",
+            SignatureRefusal::Mismatch => "webhook_signature_mismatch",
+            SignatureRefusal::Replayed(_) => "webhook_replayed",
+            SignatureRefusal::CacheFull => "webhook_replay_cache_full",
         }
     }
 }
@@ -91,14 +93,17 @@ pub fn is_signed(headers: &warp::http::HeaderMap) -> bool {
 
 /// The headers of a signed request, or why they cannot be one: all three present, a sane id, an
 /// integer timestamp within [`TOLERANCE`] of `now` (unix seconds).
-pub fn check_headers(headers: &warp::http::HeaderMap, now: i64) -> Result<Signed, Refusal> {
+pub fn check_headers(
+    headers: &warp::http::HeaderMap,
+    now: i64,
+) -> Result<Signed, SignatureRefusal> {
     let get = |name: &str| headers.get(name).map(|v| header_text(v));
     let missing: Vec<&str> = HEADERS
         .into_iter()
         .filter(|h| !headers.contains_key(*h))
         .collect();
     if !missing.is_empty() {
-        return Err(Refusal::MissingHeaders(missing.join(", ")));
+        return Err(SignatureRefusal::MissingHeaders(missing.join(", ")));
     }
     let id = match get(ID_HEADER) {
         Some(Ok(id))
@@ -108,23 +113,25 @@ pub fn check_headers(headers: &warp::http::HeaderMap, now: i64) -> Result<Signed
         {
             id.to_string()
         }
-        _ => return Err(Refusal::BadId),
+        _ => return Err(SignatureRefusal::BadId),
     };
     let timestamp = match get(TIMESTAMP_HEADER) {
         Some(Ok(t)) => t.to_string(),
-        _ => return Err(Refusal::BadTimestamp),
+        _ => return Err(SignatureRefusal::BadTimestamp),
     };
-    let ts: i64 = timestamp.parse().map_err(|_| Refusal::BadTimestamp)?;
+    let ts: i64 = timestamp
+        .parse()
+        .map_err(|_| SignatureRefusal::BadTimestamp)?;
     let tol = TOLERANCE.as_secs() as i64;
     if now.saturating_sub(ts) > tol {
-        return Err(Refusal::TooOld(now.saturating_sub(ts)));
+        return Err(SignatureRefusal::TooOld(now.saturating_sub(ts)));
     }
     if ts.saturating_sub(now) > tol {
-        return Err(Refusal::TooNew(ts.saturating_sub(now)));
+        return Err(SignatureRefusal::TooNew(ts.saturating_sub(now)));
     }
     let signature = match get(SIGNATURE_HEADER) {
         Some(Ok(s)) => s.to_string(),
-        _ => return Err(Refusal::NoSignature),
+        _ => return Err(SignatureRefusal::NoSignature),
     };
     Ok(Signed {
         id,
@@ -177,9 +184,9 @@ pub fn verify(
     signed: &Signed,
     body: &[u8],
     now: i64,
-) -> Result<usize, Refusal> {
+) -> Result<usize, SignatureRefusal> {
     if !senders.configured() {
-        return Err(Refusal::NotConfigured);
+        return Err(SignatureRefusal::NotConfigured);
     }
     for (i, s) in senders.senders.iter().enumerate() {
         match signature::verify(
@@ -193,13 +200,13 @@ pub fn verify(
         ) {
             Ok(()) => return Ok(i),
             Err(VerifyError::Mismatch | VerifyError::NoKeys) => continue,
-            Err(VerifyError::NoSignature) => return Err(Refusal::NoSignature),
-            Err(VerifyError::InvalidTimestamp) => return Err(Refusal::BadTimestamp),
-            Err(VerifyError::TooOld) => return Err(Refusal::TooOld(now - signed.ts)),
-            Err(VerifyError::TooNew) => return Err(Refusal::TooNew(signed.ts - now)),
+            Err(VerifyError::NoSignature) => return Err(SignatureRefusal::NoSignature),
+            Err(VerifyError::InvalidTimestamp) => return Err(SignatureRefusal::BadTimestamp),
+            Err(VerifyError::TooOld) => return Err(SignatureRefusal::TooOld(now - signed.ts)),
+            Err(VerifyError::TooNew) => return Err(SignatureRefusal::TooNew(signed.ts - now)),
         }
     }
-    Err(Refusal::Mismatch)
+    Err(SignatureRefusal::Mismatch)
 }
 
 #[cfg(test)]
@@ -250,10 +257,13 @@ mod tests {
         let c = s.senders[i].caller();
         assert_eq!(c.name, "webhook:monitoring");
         assert_eq!(c.roles, [Role::AlertSender]);
-        assert_eq!(verify(&s, &signed, b"{}", TS), Err(Refusal::Mismatch));
+        assert_eq!(
+            verify(&s, &signed, b"{}", TS),
+            Err(SignatureRefusal::Mismatch)
+        );
         assert_eq!(
             verify(&WebhookSenders::default(), &signed, BODY, TS),
-            Err(Refusal::NotConfigured)
+            Err(SignatureRefusal::NotConfigured)
         );
     }
 
@@ -283,37 +293,46 @@ mod tests {
         h.remove(ID_HEADER);
         assert_eq!(
             check(&h, TS),
-            Err(Refusal::MissingHeaders(
+            Err(SignatureRefusal::MissingHeaders(
                 "webhook-id, webhook-signature".into()
             ))
         );
-        assert_eq!(check(&headers("a.b", &ts, SIG), TS), Err(Refusal::BadId));
+        assert_eq!(
+            check(&headers("a.b", &ts, SIG), TS),
+            Err(SignatureRefusal::BadId)
+        );
         assert_eq!(
             check(&headers(&"x".repeat(257), &ts, SIG), TS),
-            Err(Refusal::BadId)
+            Err(SignatureRefusal::BadId)
         );
         assert_eq!(
             check(&headers(ID, "soon", SIG), TS),
-            Err(Refusal::BadTimestamp)
+            Err(SignatureRefusal::BadTimestamp)
         );
         assert_eq!(
             check(&headers(ID, &ts, SIG), TS + 360),
-            Err(Refusal::TooOld(360))
+            Err(SignatureRefusal::TooOld(360))
         );
         assert_eq!(
             check(&headers(ID, &ts, SIG), TS - 360),
-            Err(Refusal::TooNew(360))
+            Err(SignatureRefusal::TooNew(360))
         );
         assert!(check(&headers(ID, &ts, SIG), TS + 300).is_ok());
         assert!(check(&headers(ID, &ts, SIG), TS - 300).is_ok());
         let s = senders(&[("ICAHUB_WEBHOOK_SECRETS", &format!("m={SECRET}"))]).unwrap();
         let garbage = check(&headers(ID, &ts, "v1,@@not-base64@@"), TS).unwrap();
-        assert_eq!(verify(&s, &garbage, BODY, TS), Err(Refusal::NoSignature));
+        assert_eq!(
+            verify(&s, &garbage, BODY, TS),
+            Err(SignatureRefusal::NoSignature)
+        );
         let v2 = check(
             &headers(ID, &ts, "v2,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="),
             TS,
         )
         .unwrap();
-        assert_eq!(verify(&s, &v2, BODY, TS), Err(Refusal::NoSignature));
+        assert_eq!(
+            verify(&s, &v2, BODY, TS),
+            Err(SignatureRefusal::NoSignature)
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The replay cache: which `webhook-id`s each sender had accepted lately, in this process.
 
-use super::{Refusal, Signed};
+use super::{SignatureRefusal, Signed};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
@@ -52,7 +52,7 @@ impl ReplayCache {
 
     /// Record `sender`'s `signed.id` as accepted: refused when the sender used that id within
     /// the window, or when the cache is full.
-    pub fn claim(&self, sender: usize, signed: &Signed, now: i64) -> Result<(), Refusal> {
+    pub fn claim(&self, sender: usize, signed: &Signed, now: i64) -> Result<(), SignatureRefusal> {
         let mut inner = self.lock();
         inner.expire(now);
         if inner
@@ -60,10 +60,10 @@ impl ReplayCache {
             .get(&signed.id)
             .is_some_and(|v| v.iter().any(|s| s.sender == sender))
         {
-            return Err(Refusal::Replayed(signed.id.clone()));
+            return Err(SignatureRefusal::Replayed(signed.id.clone()));
         }
         if inner.len >= self.capacity {
-            return Err(Refusal::CacheFull);
+            return Err(SignatureRefusal::CacheFull);
         }
         let expires = signed.expires(now);
         inner.seen.entry(signed.id.clone()).or_default().push(Seen {
@@ -159,7 +159,7 @@ mod tests {
         cache.claim(0, &m, TS).unwrap();
         assert_eq!(
             cache.claim(0, &m, TS + 1),
-            Err(Refusal::Replayed("msg_1".into()))
+            Err(SignatureRefusal::Replayed("msg_1".into()))
         );
         // Another sender's ids are its own.
         cache.claim(1, &m, TS).unwrap();
@@ -184,9 +184,12 @@ mod tests {
         let (a, b, c) = (signed("a", TS), signed("b", TS), signed("c", TS));
         cache.claim(0, &a, TS).unwrap();
         cache.claim(0, &b, TS).unwrap();
-        assert_eq!(cache.claim(0, &c, TS), Err(Refusal::CacheFull));
+        assert_eq!(cache.claim(0, &c, TS), Err(SignatureRefusal::CacheFull));
         // A replay is named as one even when the cache is full.
-        assert!(matches!(cache.claim(0, &a, TS), Err(Refusal::Replayed(_))));
+        assert!(matches!(
+            cache.claim(0, &a, TS),
+            Err(SignatureRefusal::Replayed(_))
+        ));
         // Releasing needs the exact message.
         cache.release("a", &fingerprint("a", &TS.to_string(), "v1,other"));
         assert_eq!(cache.len(), 2);

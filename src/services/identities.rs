@@ -1,5 +1,6 @@
-//! API keys and roles, kept in the document store: issue, revoke and list keys; grant, revoke and
-//! list roles; authenticate a presented key. Every change writes an audit entry in the same
+//! Identities, API keys and roles, kept in the document store: issue, revoke and list keys; grant,
+//! revoke and list roles; link Mattermost users. Checking a presented key is
+//! [`crate::auth::api_keys`]. Every change writes an audit entry in the same
 //! atomic commit as the change itself.
 
 use crate::domain::identity::{
@@ -9,9 +10,6 @@ use crate::domain::identity::{
 use crate::storage::{DocCommit, DocWrite, Expect, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// Partition of API keys (one document per key hash) and their audit entries.
 pub const KEYS: &str = "apikeys";
@@ -426,60 +424,5 @@ fn expect_of(doc: &Option<crate::storage::Doc>) -> Expect {
     match doc {
         Some(d) => Expect::Version(d.version.clone()),
         None => Expect::Absent,
-    }
-}
-
-/// Looks presented keys up, remembering answers for a few seconds (a revocation takes effect
-/// within [`Authenticator::TTL`]).
-#[derive(Default)]
-pub struct Authenticator {
-    cache: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
-}
-
-impl Authenticator {
-    pub const TTL: Duration = Duration::from_secs(10);
-
-    pub async fn authenticate(
-        &self,
-        store: &dyn Store,
-        key: &str,
-    ) -> Result<Option<Caller>, IdentityError> {
-        if !key.starts_with(crate::domain::identity::KEY_PREFIX) || key.len() > 100 {
-            return Ok(None);
-        }
-        let hash = key_hash(key);
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((caller, at)) = cache.get(&hash) {
-                if at.elapsed() < Self::TTL {
-                    return Ok(caller.clone());
-                }
-            }
-        }
-        let caller = match store.doc_get(KEYS, &hash).await? {
-            None => None,
-            Some(d) => {
-                let rec: ApiKeyRecord = serde_json::from_value(d.value)
-                    .map_err(|e| StoreError::Corrupt(format!("api key record: {e}")))?;
-                if rec.revoked_at.is_some() {
-                    None
-                } else {
-                    let roles = identity(store, &rec.identity)
-                        .await?
-                        .map(|i| i.roles)
-                        .unwrap_or_default();
-                    Some(Caller {
-                        name: rec.identity,
-                        roles,
-                    })
-                }
-            }
-        };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(hash, (caller.clone(), Instant::now()));
-        }
-        Ok(caller)
     }
 }
