@@ -76,8 +76,7 @@ pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn Stor
 impl App {
     /// The app with sinks configured from the environment and the real clock.
     pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
-        let sinks = Sinks::from_lookup(&|k| std::env::var(k).ok())
-            .map_err(|e| anyhow::anyhow!("sink configuration: {e}"))?;
+        let sinks = Sinks::from_config(&config);
         App::build_with(config, sinks, Arc::new(SystemClock)).await
     }
 

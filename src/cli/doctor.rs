@@ -118,7 +118,16 @@ pub async fn diagnose(get: &dyn Fn(&str) -> Option<String>, timeout: Duration) -
         ));
     }
 
-    let config = match Config::from_lookup(get, None) {
+    // The sinks' settings are checked on their own ("sinks" below), so that a bad one does not
+    // keep the storage from being checked.
+    let core = |k: &str| {
+        if crate::config::sinks::VARS.contains(&k) {
+            None
+        } else {
+            get(k)
+        }
+    };
+    let config = match Config::from_lookup(core, None) {
         Ok(c) => {
             out.push(finding(
                 "config",

@@ -3,6 +3,7 @@
 
 pub mod auth_methods;
 pub mod entra;
+pub mod sinks;
 pub mod webhooks;
 
 use crate::dispatcher::policy::RetryPolicy;
@@ -161,6 +162,9 @@ pub struct Config {
     pub azdo_organizations: crate::domain::check::Organizations,
     /// Approval buttons and the rejection dialog in Mattermost.
     pub mattermost: MattermostActions,
+    /// Where the outbox delivers (`ICAHUB_MATTERMOST_*`, `ICAHUB_PAGERDUTY_*`,
+    /// `ICAHUB_CONTROL_PLANE_*`, `ICAHUB_AZDO_API_VERSION`).
+    pub sinks: sinks::SinkSettings,
 }
 
 /// How `POST /api/v1/azdo/hooks` recognises Azure DevOps: basic auth, a secret header, or both.
@@ -626,6 +630,7 @@ impl Config {
         let azdo_hooks = AzdoHookAuth::from_lookup(&get)?;
         let azdo_plan_hosts = plan_hosts(&|k: &str| get(k)).map_err(ConfigError)?;
         let mattermost = MattermostActions::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
+        let sinks = sinks::SinkSettings::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
         let azdo_organizations = match get("ICAHUB_AZDO_ORGANIZATIONS") {
             None => Default::default(),
             Some(v) => crate::domain::check::Organizations::parse(&v)
@@ -656,6 +661,7 @@ impl Config {
             azdo_plan_hosts,
             azdo_organizations,
             mattermost,
+            sinks,
         })
     }
 
@@ -682,6 +688,7 @@ impl Config {
             azdo_plan_hosts: crate::domain::check::PlanHosts::default(),
             azdo_organizations: Default::default(),
             mattermost: MattermostActions::default(),
+            sinks: Default::default(),
         }
     }
 }

@@ -22,7 +22,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Value};
 
 /// The version the task documentation uses; the REST reference lists `7.1-preview.1` too.
-pub const DEFAULT_API_VERSION: &str = "2.0-preview.1";
+pub use crate::config::sinks::{AzureDevopsSink, DEFAULT_API_VERSION};
 
 /// The secret store key of the row's job token (`check.auth_token_secret`), if it names one.
 pub fn secret_key_of(row: &OutboxRow) -> Option<String> {
@@ -134,28 +134,13 @@ impl AzureDevopsClient {
         }
     }
 
-    /// Always configured. `ICAHUB_AZDO_API_VERSION` (default [`DEFAULT_API_VERSION`]) and
-    /// `ICAHUB_AZDO_PLAN_HOSTS` (default [`PlanHosts::DEFAULT`]).
-    pub fn from_lookup(
-        get: &dyn Fn(&str) -> Option<String>,
+    /// Always configured: `ICAHUB_AZDO_API_VERSION` and `ICAHUB_AZDO_PLAN_HOSTS`.
+    pub fn from_settings(
+        settings: &AzureDevopsSink,
+        hosts: PlanHosts,
         client: reqwest::Client,
-    ) -> Result<Self, String> {
-        let api_version =
-            get("ICAHUB_AZDO_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.to_string());
-        if api_version.len() > 32
-            || !api_version
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        {
-            return Err(
-                "ICAHUB_AZDO_API_VERSION must look like 2.0-preview.1 or 7.1-preview.1".into(),
-            );
-        }
-        Ok(AzureDevopsClient::new(
-            client,
-            api_version,
-            plan_hosts(get)?,
-        ))
+    ) -> Self {
+        AzureDevopsClient::new(client, settings.api_version.clone(), hosts)
     }
 }
 
@@ -288,15 +273,20 @@ mod tests {
 
     #[test]
     fn configuration() {
-        let none = |_: &str| None;
-        let c = AzureDevopsClient::from_lookup(&none, reqwest::Client::new()).unwrap();
-        assert_eq!(c.api_version, DEFAULT_API_VERSION);
-        assert_eq!(c.hosts, PlanHosts::default());
-        let bad = |k: &str| (k == "ICAHUB_AZDO_API_VERSION").then(|| "7.1&x=y".to_string());
-        let e = AzureDevopsClient::from_lookup(&bad, reqwest::Client::new()).unwrap_err();
-        assert!(e.contains("ICAHUB_AZDO_API_VERSION"), "{e}");
-        let bad = |k: &str| (k == "ICAHUB_AZDO_PLAN_HOSTS").then(|| "a/b".to_string());
-        let e = AzureDevopsClient::from_lookup(&bad, reqwest::Client::new()).unwrap_err();
-        assert!(e.contains("ICAHUB_AZDO_PLAN_HOSTS"), "{e}");
+        let config = |k: &'static str, v: &'static str| {
+            crate::config::Config::from_lookup(move |n| (n == k).then(|| v.to_string()), None)
+        };
+        let c = crate::config::Config::from_lookup(|_| None, None).unwrap();
+        let client = AzureDevopsClient::from_settings(
+            &c.sinks.azure_devops,
+            c.azdo_plan_hosts.clone(),
+            reqwest::Client::new(),
+        );
+        assert_eq!(client.api_version, DEFAULT_API_VERSION);
+        assert_eq!(client.hosts, PlanHosts::default());
+        let e = config("ICAHUB_AZDO_API_VERSION", "7.1&x=y").unwrap_err();
+        assert!(e.0.contains("ICAHUB_AZDO_API_VERSION"), "{e}");
+        let e = config("ICAHUB_AZDO_PLAN_HOSTS", "a/b").unwrap_err();
+        assert!(e.0.contains("ICAHUB_AZDO_PLAN_HOSTS"), "{e}");
     }
 }

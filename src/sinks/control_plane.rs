@@ -8,7 +8,8 @@
 //! exact body bytes sent.
 
 use super::signature::{sign, SigningKey};
-use super::{check_url, post, prefix, Delivered, SendError, SinkClient};
+use super::{post, prefix, Delivered, SendError, SinkClient};
+use crate::config::sinks::ControlPlaneSink;
 use crate::config::Secret;
 use crate::domain::routing::Sink;
 use crate::storage::OutboxRow;
@@ -92,45 +93,13 @@ impl ControlPlaneClient {
         }
     }
 
-    /// `ICAHUB_CONTROL_PLANE_URL` (base URL; `None` when unset), `ICAHUB_CONTROL_PLANE_TOKEN`
-    /// (optional bearer token), `ICAHUB_CONTROL_PLANE_SIGNING_SECRETS` (optional, comma-separated
-    /// `whsec_<base64>`; every one signs, so a new secret can be added before the old is removed).
-    pub fn from_lookup(
-        get: &dyn Fn(&str) -> Option<String>,
-        client: reqwest::Client,
-    ) -> Result<Option<Self>, String> {
-        let Some(url) = get("ICAHUB_CONTROL_PLANE_URL") else {
-            return Ok(None);
-        };
-        let base = check_url("ICAHUB_CONTROL_PLANE_URL", &url)?;
-        if base.cannot_be_a_base() || base.query().is_some() {
-            return Err("ICAHUB_CONTROL_PLANE_URL must be a base URL without a query".into());
-        }
-        let token = get("ICAHUB_CONTROL_PLANE_TOKEN").map(Secret::new);
-        if let Some(t) = &token {
-            if HeaderValue::from_str(&format!("Bearer {}", t.expose())).is_err() {
-                return Err(
-                    "ICAHUB_CONTROL_PLANE_TOKEN has characters not allowed in a header".into(),
-                );
-            }
-        }
-        let mut keys = Vec::new();
-        if let Some(list) = get("ICAHUB_CONTROL_PLANE_SIGNING_SECRETS") {
-            for (i, s) in list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .enumerate()
-            {
-                keys.push(SigningKey::parse(s).map_err(|e| {
-                    format!(
-                        "ICAHUB_CONTROL_PLANE_SIGNING_SECRETS: secret #{} {e}",
-                        i + 1
-                    )
-                })?);
-            }
-        }
-        Ok(Some(ControlPlaneClient::new(client, base, token, keys)))
+    pub fn from_settings(settings: &ControlPlaneSink, client: reqwest::Client) -> Self {
+        ControlPlaneClient::new(
+            client,
+            settings.base.clone(),
+            settings.token.clone(),
+            settings.keys.clone(),
+        )
     }
 
     fn url(&self, segments: &[String]) -> reqwest::Url {

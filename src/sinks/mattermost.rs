@@ -9,9 +9,10 @@
 
 use super::mattermost_approval::{self, ButtonConfig};
 use super::{
-    check_url, http_link, human_duration, incident_payload, name_map, post, prefix, ranked_details,
-    route_field, short_targets, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
+    http_link, human_duration, incident_payload, post, prefix, ranked_details, route_field,
+    short_targets, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
 };
+use crate::config::sinks::MattermostSink;
 use crate::config::Secret;
 use crate::domain::alert::{NormalizedAlert, Severity};
 use crate::domain::incident::Incident;
@@ -251,42 +252,19 @@ impl MattermostClient {
         }
     }
 
-    /// `ICAHUB_MATTERMOST_WEBHOOK_URL` (the `default` webhook), `ICAHUB_MATTERMOST_WEBHOOKS`
-    /// (JSON object name → URL; the explicit URL variable wins for `default`),
-    /// `ICAHUB_MATTERMOST_USERNAME` (default `icahub`), `ICAHUB_MATTERMOST_ICON_URL`, and for
-    /// the approval buttons `ICAHUB_PUBLIC_URL` with `ICAHUB_MATTERMOST_ACTION_SECRETS`.
-    /// `None` when no webhook is configured.
-    pub fn from_lookup(
-        get: &dyn Fn(&str) -> Option<String>,
+    /// The client for [`MattermostSink`] settings; `buttons` from
+    /// [`crate::config::MattermostActions::buttons`].
+    pub fn from_settings(
+        settings: &MattermostSink,
+        buttons: Option<ButtonConfig>,
         client: reqwest::Client,
-    ) -> Result<Option<Self>, String> {
-        let mut webhooks = BTreeMap::new();
-        if let Some(map) = get("ICAHUB_MATTERMOST_WEBHOOKS") {
-            for (name, url) in name_map("ICAHUB_MATTERMOST_WEBHOOKS", &map)? {
-                check_url(&format!("ICAHUB_MATTERMOST_WEBHOOKS[{name:?}]"), &url)?;
-                webhooks.insert(name, Secret::new(url));
-            }
-        }
-        if let Some(url) = get("ICAHUB_MATTERMOST_WEBHOOK_URL") {
-            check_url("ICAHUB_MATTERMOST_WEBHOOK_URL", &url)?;
-            webhooks.insert(DEFAULT_ROUTE.to_string(), Secret::new(url));
-        }
-        if webhooks.is_empty() {
-            return Ok(None);
-        }
-        let icon_url = get("ICAHUB_MATTERMOST_ICON_URL");
-        if let Some(icon) = &icon_url {
-            check_url("ICAHUB_MATTERMOST_ICON_URL", icon)?;
-        }
-        let buttons = crate::config::MattermostActions::from_lookup(get)?
-            .buttons()
-            .map(|(url, keys)| ButtonConfig { url, keys });
+    ) -> Self {
         let opts = RenderOptions {
-            username: get("ICAHUB_MATTERMOST_USERNAME").unwrap_or_else(|| "icahub".into()),
-            icon_url,
+            username: settings.username.clone(),
+            icon_url: settings.icon_url.clone(),
             buttons,
         };
-        Ok(Some(MattermostClient::new(client, webhooks, opts)))
+        MattermostClient::new(client, settings.webhooks.clone(), opts)
     }
 }
 

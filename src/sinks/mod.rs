@@ -19,7 +19,6 @@ use crate::storage::OutboxRow;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// How much of an error answer's body a [`SendError::Permanent`] keeps.
 pub const ERROR_BODY_CHARS: usize = 300;
 /// The name of the webhook / routing key used when a row's `route` names none.
-pub const DEFAULT_ROUTE: &str = "default";
+pub use crate::config::sinks::{name_map, DEFAULT_ROUTE};
 
 /// A successful delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,22 +224,52 @@ impl Sinks {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let client = http_client();
-        Ok(Sinks {
-            mattermost: mattermost::MattermostClient::from_lookup(&get, client.clone())?
-                .map(|c| Arc::new(c) as Arc<dyn SinkClient>),
-            pagerduty: pagerduty::PagerDutyClient::from_lookup(&get, client.clone())?
-                .map(|c| Arc::new(c) as Arc<dyn SinkClient>),
-            control_plane: control_plane::ControlPlaneClient::from_lookup(&get, client.clone())?
-                .map(|c| Arc::new(c) as Arc<dyn SinkClient>),
-            azure_devops: Some(Arc::new(azure_devops::AzureDevopsClient::from_lookup(
-                &get, client,
-            )?)),
-        })
+        let settings = crate::config::sinks::SinkSettings::from_lookup(&get)?;
+        let actions = crate::config::MattermostActions::from_lookup(&get)?;
+        let hosts = crate::config::plan_hosts(&get)?;
+        Ok(Sinks::from_settings(&settings, &actions, &hosts))
     }
 
-    pub fn from_env() -> Result<Sinks, String> {
-        Self::from_lookup(&|k| std::env::var(k).ok())
+    /// The sinks a configuration describes.
+    pub fn from_config(config: &crate::config::Config) -> Sinks {
+        Sinks::from_settings(&config.sinks, &config.mattermost, &config.azdo_plan_hosts)
+    }
+
+    /// The clients for `settings`, with the approval buttons of `actions` and the check callback
+    /// restricted to `plan_hosts`.
+    pub fn from_settings(
+        settings: &crate::config::sinks::SinkSettings,
+        actions: &crate::config::MattermostActions,
+        plan_hosts: &crate::domain::check::PlanHosts,
+    ) -> Sinks {
+        let client = http_client();
+        let buttons = actions
+            .buttons()
+            .map(|(url, keys)| mattermost_approval::ButtonConfig { url, keys });
+        Sinks {
+            mattermost: settings.mattermost.as_ref().map(|s| {
+                Arc::new(mattermost::MattermostClient::from_settings(
+                    s,
+                    buttons,
+                    client.clone(),
+                )) as Arc<dyn SinkClient>
+            }),
+            pagerduty: settings.pagerduty.as_ref().map(|s| {
+                Arc::new(pagerduty::PagerDutyClient::from_settings(s, client.clone()))
+                    as Arc<dyn SinkClient>
+            }),
+            control_plane: settings.control_plane.as_ref().map(|s| {
+                Arc::new(control_plane::ControlPlaneClient::from_settings(
+                    s,
+                    client.clone(),
+                )) as Arc<dyn SinkClient>
+            }),
+            azure_devops: Some(Arc::new(azure_devops::AzureDevopsClient::from_settings(
+                &settings.azure_devops,
+                plan_hosts.clone(),
+                client,
+            ))),
+        }
     }
 }
 
@@ -264,23 +293,6 @@ pub fn truncate(s: &str, max: usize) -> String {
     let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
     out
-}
-
-pub(crate) use crate::config::check_url;
-
-/// Parse a JSON object of name → string (`ICAHUB_MATTERMOST_WEBHOOKS`, ...).
-pub(crate) fn name_map(var: &str, json: &str) -> Result<Vec<(String, String)>, String> {
-    let v: Value = serde_json::from_str(json)
-        .map_err(|_| format!("{var} must be a JSON object of name to string"))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format!("{var} must be a JSON object of name to string"))?;
-    obj.iter()
-        .map(|(k, v)| match v.as_str() {
-            Some(s) if !s.trim().is_empty() => Ok((k.clone(), s.trim().to_string())),
-            _ => Err(format!("{var}: entry {k:?} must be a non-empty string")),
-        })
-        .collect()
 }
 
 /// `http(s)` URLs only: links are shown to humans and sent to PagerDuty.

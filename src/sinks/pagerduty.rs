@@ -11,8 +11,8 @@
 //! below it: when empty, [`SendError::Throttled`] says how long to wait and nothing is sent.
 
 use super::{
-    check_url, classify, from_reqwest, http_link, incident_payload, name_map, prefix, route_field,
-    short_target, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
+    classify, from_reqwest, http_link, incident_payload, prefix, route_field, short_target,
+    truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
 };
 use crate::config::Secret;
 use crate::domain::alert::Severity;
@@ -27,8 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
-pub const DEFAULT_RATE_PER_MINUTE: u32 = 100;
+pub use crate::config::sinks::{PagerDutySink, DEFAULT_EVENTS_URL, DEFAULT_RATE_PER_MINUTE};
 pub const MAX_SUMMARY_CHARS: usize = 1024;
 pub const MAX_DEDUP_KEY_CHARS: usize = 255;
 /// PagerDuty's advice after a 429 without `Retry-After`: wait 30 s.
@@ -195,43 +194,13 @@ impl PagerDutyClient {
     /// `ICAHUB_PAGERDUTY_ROUTING_KEY` (the `default` key), `ICAHUB_PAGERDUTY_ROUTING_KEYS` (JSON
     /// object name → key; the explicit variable wins for `default`), `ICAHUB_PAGERDUTY_EVENTS_URL`
     /// (default [`DEFAULT_EVENTS_URL`]), `ICAHUB_PAGERDUTY_RATE_PER_MINUTE` (default 100).
-    /// Keys must be 32 letters and digits, as PagerDuty's integration keys are. `None` when no
-    /// key is configured.
-    pub fn from_lookup(
-        get: &dyn Fn(&str) -> Option<String>,
-        client: reqwest::Client,
-    ) -> Result<Option<Self>, String> {
-        let valid = |k: &str| k.len() == 32 && k.bytes().all(|b| b.is_ascii_alphanumeric());
-        let mut keys = BTreeMap::new();
-        if let Some(map) = get("ICAHUB_PAGERDUTY_ROUTING_KEYS") {
-            for (name, key) in name_map("ICAHUB_PAGERDUTY_ROUTING_KEYS", &map)? {
-                if !valid(&key) {
-                    return Err(format!(
-                        "ICAHUB_PAGERDUTY_ROUTING_KEYS: key {name:?} must be 32 letters and digits"
-                    ));
-                }
-                keys.insert(name, Secret::new(key));
-            }
-        }
-        if let Some(key) = get("ICAHUB_PAGERDUTY_ROUTING_KEY") {
-            if !valid(&key) {
-                return Err("ICAHUB_PAGERDUTY_ROUTING_KEY must be 32 letters and digits".into());
-            }
-            keys.insert(DEFAULT_ROUTE.to_string(), Secret::new(key));
-        }
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        let events_url =
-            get("ICAHUB_PAGERDUTY_EVENTS_URL").unwrap_or_else(|| DEFAULT_EVENTS_URL.into());
-        check_url("ICAHUB_PAGERDUTY_EVENTS_URL", &events_url)?;
-        let rate = match get("ICAHUB_PAGERDUTY_RATE_PER_MINUTE") {
-            None => DEFAULT_RATE_PER_MINUTE,
-            Some(v) => v.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                format!("ICAHUB_PAGERDUTY_RATE_PER_MINUTE={v:?} must be a whole number >= 1")
-            })?,
-        };
-        Ok(Some(PagerDutyClient::new(client, events_url, keys, rate)))
+    pub fn from_settings(settings: &PagerDutySink, client: reqwest::Client) -> Self {
+        PagerDutyClient::new(
+            client,
+            settings.events_url.clone(),
+            settings.keys.clone(),
+            settings.rate_per_minute,
+        )
     }
 }
 
