@@ -59,6 +59,45 @@ pub struct Dispatcher {
     owner: String,
     lease: Duration,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The fast-path deliveries [`Dispatcher::kick`] started that have not finished.
+    in_flight: InFlight,
+}
+
+/// A count of background tasks, and a way to wait until it is zero.
+#[derive(Debug)]
+struct InFlight(tokio::sync::watch::Sender<usize>);
+
+/// Lowers the count when the task ends, however it ends (a panic too).
+struct Running(tokio::sync::watch::Sender<usize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl InFlight {
+    fn new() -> Self {
+        InFlight(tokio::sync::watch::channel(0).0)
+    }
+
+    /// Count `task` from now (before it is even polled) until it ends, and run it.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.0.send_modify(|n| *n += 1);
+        let running = Running(self.0.clone());
+        tokio::spawn(async move {
+            let _running = running;
+            task.await;
+        });
+    }
+
+    /// Resolves once no counted task is running (at once when none is). A task started while
+    /// this waits is waited for too.
+    async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
 }
 
 impl Dispatcher {
@@ -79,6 +118,7 @@ impl Dispatcher {
             owner: format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             lease,
             metrics,
+            in_flight: InFlight::new(),
         }
     }
 
@@ -94,14 +134,25 @@ impl Dispatcher {
         &self.owner
     }
 
-    /// Fast path: deliver what is due on `stream`, in the background.
+    /// Fast path: deliver what is due on `stream`, in the background. The delivery is counted
+    /// from this call on, so [`Dispatcher::idle`] waits for it.
     pub fn kick(self: &Arc<Self>, stream: String) {
         let me = self.clone();
-        tokio::spawn(async move {
+        self.in_flight.spawn(async move {
             if let Err(e) = me.deliver_stream(&stream).await {
                 tracing::warn!(stream = %stream, error = %e, "fast-path delivery failed; the timer will retry");
             }
         });
+    }
+
+    /// Resolves once no fast-path delivery started by [`Dispatcher::kick`] is queued or in
+    /// flight: at once when there is none, and a kick made while this waits is waited for too
+    /// (quiescence, not "the kicks made before this call"). Deliveries run by
+    /// [`Dispatcher::drain`] are not counted (their caller awaits them). Never waits for time:
+    /// each kicked delivery ends after its sends and settles (a send is bounded by the sink's
+    /// timeout). For tests and orderly shutdown: "the fast path has done what it would do".
+    pub async fn idle(&self) {
+        self.in_flight.idle().await;
     }
 
     /// Deliver one stream's due rows until none is due (each sink's rows in order).
@@ -277,5 +328,63 @@ impl Dispatcher {
             };
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    /// Whether `idle` has resolved, after letting every other task run as far as it can.
+    async fn resolved(idle: &mut tokio::task::JoinHandle<()>) -> bool {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        idle.is_finished()
+    }
+
+    #[tokio::test]
+    async fn idle_at_once_when_nothing_runs() {
+        let f = InFlight::new();
+        // Not a wait on time: the bound only turns a hang into a failure.
+        tokio::time::timeout(Duration::from_secs(60), f.idle())
+            .await
+            .expect("idle with no task resolves");
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_every_task_including_one_started_while_waiting() {
+        let f = Arc::new(InFlight::new());
+        let (release_a, a) = oneshot::channel::<()>();
+        f.spawn(async move {
+            let _ = a.await;
+        });
+        let waiter = f.clone();
+        let mut idle = tokio::spawn(async move { waiter.idle().await });
+        assert!(!resolved(&mut idle).await, "idle while task a runs");
+        // A second task, started while idle() waits.
+        let (release_b, b) = oneshot::channel::<()>();
+        f.spawn(async move {
+            let _ = b.await;
+        });
+        release_a.send(()).unwrap();
+        assert!(!resolved(&mut idle).await, "idle while task b still runs");
+        release_b.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), idle)
+            .await
+            .expect("idle once both ended")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_does_not_keep_idle_waiting() {
+        let f = InFlight::new();
+        f.spawn(async { panic!("delivery task panicked (expected by this test)") });
+        tokio::time::timeout(Duration::from_secs(60), f.idle())
+            .await
+            .expect("idle after the panic");
     }
 }
