@@ -1,6 +1,7 @@
 //! icahub: a webhook gateway and notification hub that runs as an Azure Functions custom handler.
 //!
-//! - [`config`]: typed configuration from the environment, validated at start.
+//! - [`config`]: typed configuration from the environment, validated at start; a leaf that
+//!   imports only [`domain`] and [`secret`].
 //! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener;
 //!   [`server`]: the accept loop, with header, body and idle timeouts and a connection cap.
 //! - [`functions_host`]: the only Azure Functions-specific code (port, envelopes).
@@ -14,9 +15,11 @@
 //! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared
 //!   retry classification.
 //! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
-//! - [`identity`]: API keys and roles (stored as documents) and request authentication;
-//!   [`auth_methods`]: which methods (keys, Entra ID, Standard Webhooks signatures) each route
-//!   group accepts; [`refusals`]: refused requests, bounded and summarized per minute.
+//! - [`services`]: what the hub does, over narrow [`services::Deps`], answering
+//!   [`services::ServiceError`]; [`services::identities`]: API keys, roles, Mattermost links.
+//! - [`auth`]: who is calling (API keys, Entra ID tokens, Standard Webhooks signatures);
+//!   [`config::auth_methods`]: which methods each route group accepts; [`refusals`]: refused
+//!   requests, bounded and summarized per minute.
 //! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
