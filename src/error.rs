@@ -51,29 +51,13 @@ impl warp::reject::Reject for ApiError {}
 /// problem already says) at fault.
 impl From<crate::domain::alert::PayloadError> for ApiError {
     fn from(e: crate::domain::alert::PayloadError) -> Self {
-        ApiError::BadRequest {
-            code: "invalid_field",
-            message: if e.field.starts_with("header:") {
-                e.problem
-            } else {
-                format!("{}: {}", e.field, e.problem)
-            },
-            field: Some(e.field),
-        }
+        crate::services::ServiceError::from(e).into()
     }
 }
 
 impl ApiError {
     pub fn bad_request(field: Option<String>, message: impl Into<String>) -> Self {
-        ApiError::BadRequest {
-            code: if field.is_some() {
-                "invalid_field"
-            } else {
-                "invalid_request"
-            },
-            field,
-            message: message.into(),
-        }
+        crate::services::ServiceError::invalid(field, message).into()
     }
 
     pub fn status(&self) -> StatusCode {
