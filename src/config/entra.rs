@@ -66,26 +66,15 @@ impl EntraConfig {
                         .to_string()
                 })?;
             for (app_role, target) in v {
-                let names: Vec<String> = match target {
-                    serde_json::Value::String(s) => vec![s],
-                    serde_json::Value::Array(a) => a
-                        .into_iter()
-                        .map(|x| x.as_str().map(str::to_string).unwrap_or_default())
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                let roles: Option<Vec<Role>> = names.iter().map(|n| Role::parse(n)).collect();
-                match roles {
-                    Some(r) if !r.is_empty() => {
-                        role_map.insert(app_role.to_ascii_lowercase(), r);
-                    }
-                    _ => {
-                        return Err(format!(
-                            "ICAHUB_ENTRA_ROLE_MAP: {app_role:?} must map to icahub roles ({})",
-                            Role::ALL.map(|r| r.as_str()).join(", ")
-                        ))
-                    }
-                }
+                let roles =
+                    super::webhooks::parse_roles("", "", &super::webhooks::role_names(target))
+                        .map_err(|_| {
+                            format!(
+                                "ICAHUB_ENTRA_ROLE_MAP: {app_role:?} must map to icahub roles ({})",
+                                Role::ALL.map(|r| r.as_str()).join(", ")
+                            )
+                        })?;
+                role_map.insert(app_role.to_ascii_lowercase(), roles);
             }
         }
         Ok(Some(EntraConfig {

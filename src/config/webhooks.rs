@@ -40,7 +40,22 @@ fn valid_sender_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-fn parse_roles(var: &str, what: &str, names: &[String]) -> Result<Vec<Role>, String> {
+/// The role names of a JSON role setting's value: a name or a list of names; anything else is one
+/// empty name, which [`parse_roles`] refuses.
+pub(super) fn role_names(v: serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::String(s) => vec![s],
+        serde_json::Value::Array(a) => a
+            .into_iter()
+            .map(|x| x.as_str().unwrap_or("").to_string())
+            .collect(),
+        _ => vec![String::new()],
+    }
+}
+
+/// Role names → roles, without repeats; an unknown name or none at all is an error naming `var`
+/// and `what` (the sender, or the app role).
+pub(super) fn parse_roles(var: &str, what: &str, names: &[String]) -> Result<Vec<Role>, String> {
     let mut roles = Vec::new();
     for n in names {
         let r = Role::parse(n).ok_or_else(|| {
@@ -126,15 +141,7 @@ impl WebhookSenders {
                         format!("{ROLES} must be a list of roles, or a JSON object of sender name to role(s)")
                     })?;
                 for (name, v) in map {
-                    let names: Vec<String> = match v {
-                        serde_json::Value::String(s) => vec![s],
-                        serde_json::Value::Array(a) => a
-                            .into_iter()
-                            .map(|x| x.as_str().unwrap_or("").to_string())
-                            .collect(),
-                        _ => vec![String::new()],
-                    };
-                    let roles = parse_roles(ROLES, &format!("sender {name}"), &names)?;
+                    let roles = parse_roles(ROLES, &format!("sender {name}"), &role_names(v))?;
                     let s = senders
                         .iter_mut()
                         .find(|s| s.name == name)
