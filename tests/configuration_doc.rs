@@ -102,9 +102,11 @@ fn vars() -> BTreeMap<&'static str, &'static str> {
 
 /// A name the hub reads, or a prefix written as `ICAHUB_ENTRA_*` of names it reads.
 fn known(name: &str, vars: &BTreeMap<&str, &str>) -> bool {
-    vars.contains_key(name)
-        || (name.ends_with('_') && name.len() > "ICAHUB_".len())
-            && vars.keys().any(|v| v.starts_with(name))
+    if vars.contains_key(name) {
+        return true;
+    }
+    let prefix = name.ends_with('_') && name.len() > "ICAHUB_".len();
+    prefix && vars.keys().any(|v| v.starts_with(name))
 }
 
 #[test]
@@ -167,7 +169,8 @@ fn the_docs_name_only_variables_the_hub_or_a_script_reads() {
             }
         }
     }
-    let script_vars: BTreeSet<String> = icahub_names(&scripts).into_iter().map(|(_, n)| n).collect();
+    let script_vars: BTreeSet<String> =
+        icahub_names(&scripts).into_iter().map(|(_, n)| n).collect();
     let mut problems = Vec::new();
     for e in std::fs::read_dir(root().join("docs")).unwrap() {
         let p = e.unwrap().path();
@@ -187,14 +190,13 @@ fn the_docs_name_only_variables_the_hub_or_a_script_reads() {
 
 #[test]
 fn the_parser_reads_rows_as_written() {
-    assert_eq!(
-        cells("| `A` | `x\\|y` | z |"),
-        vec!["`A`", "`x|y`", "z"]
-    );
+    assert_eq!(cells("| `A` | `x\\|y` | z |"), vec!["`A`", "`x|y`", "z"]);
     assert_eq!(unquote("`5`"), "5");
     assert_eq!(unquote("unset"), "unset");
     assert_eq!(unquote("`a` or `b`"), "`a` or `b`");
-    let rows = documented("| Variable | Default | Meaning |\n| --- | --- | --- |\n| `ICAHUB_X` | `1` | one |\n");
+    let rows = documented(
+        "| Variable | Default | Meaning |\n| --- | --- | --- |\n| `ICAHUB_X` | `1` | one |\n",
+    );
     assert_eq!(rows, vec![(3, "ICAHUB_X".to_string(), "1".to_string())]);
     assert_eq!(
         icahub_names("`ICAHUB_A`, XICAHUB_B and ICAHUB_C_*"),
