@@ -168,7 +168,7 @@ variable "action_group_aad_auth" {
     Entra ID (secure webhook) authentication of the action group's webhook. null: off, and the hub's API key
     (alert_api_key) goes into the URL as Basic credentials. When set: object_id is the object id of the app
     registration whose identifier URI is the token audience (it must have the ActionGroupsSecureWebhook app role
-    assigned to the "AZNS AAD Webhook" service principal, PROTOCOLS.md 2.3), identifier_uri that audience, tenant_id
+    assigned to the "AZNS AAD Webhook" service principal, docs/protocols.md §2.3), identifier_uri that audience, tenant_id
     its tenant (null: the subscription's). Set entra_tenant_id and entra_audiences accordingly.
   EOT
   type = object({
