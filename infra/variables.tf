@@ -1,6 +1,6 @@
 # Inputs of the icahub deployment. Three groups:
 #   1. Azure: where and under which names the resources are created, sizes, monitoring.
-#   2. The hub's settings (README "Configuration"): one variable per ICAHUB_* app setting, named
+#   2. The hub's settings (docs/configuration.md): one variable per ICAHUB_* app setting, named
 #      like the setting without the prefix, with the hub's own default ("" = unset: the hub treats
 #      an empty value as unset).
 #   3. Secrets (sensitive = true): stored in Key Vault, the app setting is a Key Vault reference.
@@ -106,7 +106,7 @@ variable "instance_memory_mb" {
 }
 
 variable "maximum_instance_count" {
-  description = "Most instances the app scales out to (1-1000). Each instance has its own Standard Webhooks replay cache (README \"Replay cache\"), and Table Storage throughput, not CPU, is the limit, so a few suffice."
+  description = "Most instances the app scales out to (1-1000). Each instance has its own Standard Webhooks replay cache (docs/authentication.md, \"Replay cache\"), and Table Storage throughput, not CPU, is the limit, so a few suffice."
   type        = number
   default     = 10
 
@@ -168,7 +168,7 @@ variable "action_group_aad_auth" {
     Entra ID (secure webhook) authentication of the action group's webhook. null: off, and the hub's API key
     (alert_api_key) goes into the URL as Basic credentials. When set: object_id is the object id of the app
     registration whose identifier URI is the token audience (it must have the ActionGroupsSecureWebhook app role
-    assigned to the "AZNS AAD Webhook" service principal, PROTOCOLS.md 2.3), identifier_uri that audience, tenant_id
+    assigned to the "AZNS AAD Webhook" service principal, docs/protocols.md §2.3), identifier_uri that audience, tenant_id
     its tenant (null: the subscription's). Set entra_tenant_id and entra_audiences accordingly.
   EOT
   type = object({
@@ -186,7 +186,7 @@ variable "storage_availability_threshold" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# 2. The hub's settings (README "Configuration"; "" = unset, the hub's default applies)
+# 2. The hub's settings (docs/configuration.md; "" = unset, the hub's default applies)
 # ---------------------------------------------------------------------------------------------
 
 variable "table_prefix" {
@@ -347,7 +347,7 @@ variable "azdo_hook_header" {
 }
 
 variable "routing" {
-  description = "ICAHUB_ROUTING: routing rules as inline JSON (README \"Routing rules\"). Empty: the default rules."
+  description = "ICAHUB_ROUTING: routing rules as inline JSON (docs/operations.md, \"Routing rules\"). Empty: the default rules."
   type        = string
   default     = ""
 

@@ -8,7 +8,7 @@
 # it is missing. One libFuzzer process at a time (the targets are single-threaded). Each target's
 # corpus grows in fuzz/corpus/<target>/ (only the seed-* files are in git); a crash, timeout or
 # OOM is written to fuzz/artifacts/<target>/ and the run's log to fuzz/artifacts/<target>.log.
-# Keep a crashing input as a regression test in tests/fixtures/fuzz/<target>/ (see README).
+# Keep a crashing input as a regression test in tests/fixtures/fuzz/<target>/ (see docs/testing.md).
 # ICAHUB_FUZZ_ARGS adds libFuzzer options (say `-max_len=65536`). Exits 1 when anything was found.
 set -euo pipefail
 

@@ -53,7 +53,7 @@ operator_object_ids = ["11111111-1111-1111-1111-111111111111"]
 action_group_email             = "oncall@contoso.com"
 storage_availability_threshold = 99
 
-# Hub settings (README "Configuration"); everything not named keeps the hub's default.
+# Hub settings (docs/configuration.md); everything not named keeps the hub's default.
 mattermost_url      = "https://chat.contoso.com"
 mattermost_username = "icahub"
 approval_channel    = "deploy-approvals"
