@@ -123,3 +123,29 @@ pub async fn store(
     }
     Ok(outcomes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contention_names_the_incident_and_other_failures_what_was_not_done() {
+        match store_failed(StoreError::Contention("expectation failed".into())) {
+            ServiceError::Busy {
+                message,
+                retry_after,
+            } => {
+                assert!(message.contains("this incident"), "{message}");
+                assert_eq!(retry_after, 5);
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert!(matches!(
+            store_failed(StoreError::Corrupt("x".into())),
+            ServiceError::Storage {
+                what: "the event was not stored",
+                ..
+            }
+        ));
+    }
+}

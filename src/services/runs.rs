@@ -610,3 +610,101 @@ pub async fn run_status(
 ) -> Result<Option<RunStatus>, ServiceError> {
     Ok(run_record(store, run_id).await?.map(|r| r.status))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::domain::identity::Role;
+    use crate::services::NoNotify;
+    use crate::storage::sqlite::SqliteStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts the finishes it is told of.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl RunFinished for Counting {
+        fn run_finished<'a>(&'a self, _: &'a str, _: bool, _: DateTime<Utc>) -> BoxFuture<'a, ()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {})
+        }
+    }
+
+    fn start(run_id: &str) -> RunStart {
+        RunStart {
+            pipeline_name: "web".into(),
+            run_id: run_id.into(),
+            branch: "main".into(),
+            commit: "abc123".into(),
+            triggered_by: "alice".into(),
+        }
+    }
+
+    /// The ledger needs a store, the counters and its settings: no app, no HTTP.
+    #[tokio::test]
+    async fn the_ledger_runs_on_its_narrow_dependencies() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new("2026-01-31T12:00:00Z".parse().unwrap()));
+        let deps = Deps {
+            store: Arc::new(SqliteStore::open(dir.path()).unwrap()),
+            clock: clock.clone(),
+            notify: Arc::new(NoNotify),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        };
+        let routing = Routing::default();
+        let finished = Counting::default();
+        let ledger = Ledger {
+            deps: deps.clone(),
+            routing: &routing,
+            store_timeout: Duration::from_secs(5),
+            on_finish: &finished,
+        };
+        let caller = Caller {
+            name: "ci".into(),
+            roles: vec![Role::Devops],
+        };
+        let now = clock.now();
+
+        let (new, first) = ledger.start(&caller, start("r1"), now).await.unwrap();
+        let (again, second) = ledger.start(&caller, start("r1"), now).await.unwrap();
+        assert!(new && !again);
+        assert_eq!(first.record_id, second.record_id);
+        let mut other = start("r1");
+        other.commit = "def456".into();
+        assert!(matches!(
+            ledger.start(&caller, other, now).await,
+            Err(ServiceError::Conflict(_))
+        ));
+
+        let unknown = RunEventIn {
+            run_id: "nope".into(),
+            event_type: "deploy".into(),
+            event_data: json!({}),
+        };
+        assert!(matches!(
+            ledger.event(&caller, unknown, now).await,
+            Err(ServiceError::NotFound(_))
+        ));
+
+        let f = RunFinish {
+            run_id: "r1".into(),
+            status: RunStatus::Success,
+            end_time: now,
+        };
+        let done = ledger.finish(&caller, f.clone(), now).await.unwrap();
+        assert_eq!(ledger.finish(&caller, f, now).await.unwrap(), done);
+        assert_eq!(
+            finished.0.load(Ordering::SeqCst),
+            1,
+            "only the finish that closed the run settles it"
+        );
+        let got = get(deps.store.as_ref(), "r1").await.unwrap();
+        assert_eq!(got.run.status, RunStatus::Success);
+        assert_eq!(
+            run_status(deps.store.as_ref(), "r1").await.unwrap(),
+            Some(RunStatus::Success)
+        );
+    }
+}
