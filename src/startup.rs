@@ -113,6 +113,16 @@ impl App {
             refusals: Default::default(),
         }))
     }
+
+    /// The narrow dependencies the services take ([`crate::services::Deps`]).
+    pub fn deps(&self) -> crate::services::Deps {
+        crate::services::Deps {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            notify: Arc::new(self.dispatcher.clone()),
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 /// Drain the outbox every `every` until `stop` resolves (`serve` outside the Functions host).

@@ -3,15 +3,16 @@
 
 pub mod auth_methods;
 pub mod entra;
+pub mod retry;
 pub mod sinks;
 pub mod webhooks;
 
-use crate::dispatcher::policy::RetryPolicy;
 use crate::domain::routing::Routing;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::secret::Secret;
+pub use retry::RetryPolicy;
 
 /// (name, default, meaning) of every environment variable the hub reads.
 pub const VARS: &[(&str, &str, &str)] = &[

@@ -3,32 +3,14 @@
 //! Exponential backoff with jitter, like the well-known webhook services: the first retry comes
 //! within seconds, delays double up to a cap, a sink's `Retry-After` is honoured when it asks for
 //! longer, and a delivery still failing a day after it was created becomes a dead letter.
+//!
+//! The settings are [`RetryPolicy`], read by [`crate::config`]; this module computes with them.
 
 use crate::storage::{OutboxRow, Settle};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Delay before the second attempt; doubles with each failure.
-    pub first_delay: Duration,
-    pub max_delay: Duration,
-    /// A delivery older than this when it fails again is given up (dead letter).
-    pub give_up_after: Duration,
-    /// Fraction of the delay added or removed at random, so retries of many rows spread out.
-    pub jitter: f64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            first_delay: Duration::from_secs(5),
-            max_delay: Duration::from_secs(3600),
-            give_up_after: Duration::from_secs(24 * 3600),
-            jitter: 0.2,
-        }
-    }
-}
+pub use crate::config::retry::RetryPolicy;
 
 impl RetryPolicy {
     /// The delay after `failures` failed attempts (1 = the first failure), before jitter.
@@ -75,8 +57,14 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
     use crate::domain::routing::Sink;
     use crate::storage::OutboxStatus;
+
+    /// A clock at a fixed time: nothing here depends on when the tests run.
+    fn clock() -> ManualClock {
+        ManualClock::new("2026-01-31T12:00:00Z".parse().expect("a valid time"))
+    }
 
     fn row(attempts: u32, created: DateTime<Utc>) -> OutboxRow {
         OutboxRow {
@@ -112,7 +100,7 @@ mod tests {
     #[test]
     fn jitter_stays_within_bounds_and_retry_after_wins() {
         let p = RetryPolicy::default();
-        let now = Utc::now();
+        let now = clock().now();
         for random in [0, u64::MAX / 2, u64::MAX] {
             let Settle::Retry {
                 next_attempt_at, ..
@@ -141,8 +129,10 @@ mod tests {
     #[test]
     fn gives_up_after_a_day() {
         let p = RetryPolicy::default();
-        let now = Utc::now();
-        let old = row(30, now - chrono::Duration::hours(25));
+        let clock = clock();
+        let old = row(30, clock.now());
+        clock.advance(chrono::Duration::hours(25));
+        let now = clock.now();
         assert!(matches!(
             p.after_failure(&old, now, None, "HTTP 503".into(), 0),
             Settle::Dead { error } if error.contains("gave up") && error.contains("HTTP 503")

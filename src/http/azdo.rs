@@ -1,5 +1,6 @@
 //! `POST /api/v1/azdo/hooks`: Azure DevOps service hooks (Web Hooks consumer) become run-ledger
-//! records (`domain::azdo` reads them, `runs` writes them).
+//! records (`domain::azdo` reads them, the ledger service [`crate::services::runs`] writes them,
+//! this module builds the answer).
 //!
 //! Who may post: the hook's own credentials from `ICAHUB_AZDO_HOOK_*` (basic auth, checked first
 //! because a Basic password is otherwise taken for an API key; or a secret header), compared in
@@ -8,6 +9,7 @@
 //! sender's mistake is 2xx (unknown event types, redeliveries, finished runs) and only a storage
 //! outage is 503.
 
+use super::body::{decode_json, RequestCtx};
 use super::{ctx, json_body, with_app};
 use crate::config::AzdoHookAuth;
 use crate::domain::azdo::{self, Hook, Parsed};
@@ -15,8 +17,7 @@ use crate::domain::identity::Role;
 use crate::domain::run::{RunEventIn, RunFinish};
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
-use crate::ingest::{decode_json, RequestCtx};
-use crate::runs::{self, Appended, Closed};
+use crate::services::runs::{Appended, Closed};
 use crate::startup::App;
 use base64::Engine;
 use bytes::Bytes;
@@ -229,8 +230,11 @@ async fn record(
     hook: &Hook,
     now: DateTime<Utc>,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let ledger = super::runs::ledger(app);
     let from = format!("azdo:{}", hook.kind.ado_event_type());
-    let started = runs::ensure_started(app, caller, hook.start.clone(), &from, now).await?;
+    let started = ledger
+        .ensure_started(caller, hook.start.clone(), &from, now)
+        .await?;
     let event_type = hook.kind.ledger_event_type();
     let mut answer = json!({
         "run_id": hook.run_id,
@@ -243,7 +247,7 @@ async fn record(
         event_type: event_type.into(),
         event_data: hook.event_data.clone(),
     };
-    let status = match runs::event_once(app, caller, e, &hook.dedup_key, now).await? {
+    let status = match ledger.event_once(caller, e, &hook.dedup_key, now).await? {
         Appended::New(event_id) => {
             answer["status"] = json!("recorded");
             answer["event_id"] = json!(event_id);
@@ -273,7 +277,7 @@ async fn record(
             status: c.status,
             end_time: c.end_time,
         };
-        match runs::finish_if_open(app, caller, f, now).await? {
+        match ledger.finish_if_open(caller, f, now).await? {
             Closed::Now(rec) => {
                 answer["finished"] = json!({
                     "status": rec.status.as_str(),

@@ -1,11 +1,12 @@
 //! The incident read API: `GET /api/v1/azdev/incident/{id}` and
 //! `GET /api/v1/azdev/incidents?status=&severity=&since=&limit=`.
 
+use super::body::RequestCtx;
 use super::{ctx, with_app, Segment};
 use crate::domain::alert::Severity;
 use crate::domain::incident::IncidentStatus;
 use crate::error::{json_response, ApiError};
-use crate::ingest::{store_error, RequestCtx};
+use crate::services::ServiceError;
 use crate::startup::App;
 use crate::storage::IncidentFilter;
 use chrono::{DateTime, Utc};
@@ -34,10 +35,15 @@ pub fn get_one(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reje
                     Ok(Some(inc)) => json_response(StatusCode::OK, &json!(inc), &ctx.request_id),
                     Ok(None) => ApiError::NotFound(format!("no incident with id {id:?}"))
                         .into_response(&ctx.request_id),
-                    Err(e) => store_error(e).into_response(&ctx.request_id),
+                    Err(e) => read_failed(e).into_response(&ctx.request_id),
                 }
             },
         )
+}
+
+/// A failed read of the incidents (reads contend with nobody).
+fn read_failed(e: crate::storage::StoreError) -> ApiError {
+    ServiceError::storage("the incidents were not read")(e).into()
 }
 
 pub fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -62,7 +68,7 @@ pub fn list(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                         &json!({ "count": list.len(), "limit": filter.limit, "incidents": list }),
                         &ctx.request_id,
                     ),
-                    Err(e) => store_error(e).into_response(&ctx.request_id),
+                    Err(e) => read_failed(e).into_response(&ctx.request_id),
                 }
             },
         )

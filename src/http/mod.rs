@@ -1,6 +1,7 @@
 //! HTTP ingress: one module per route, each exporting its warp filter, composed in [`routes`].
 //! Paths are the public ones the Functions host forwards (`/api/...`). Handlers take the raw body
-//! bytes; parsing happens in [`crate::ingest`] and [`crate::domain`].
+//! bytes, decode them ([`body::decode_json`]), call a service ([`crate::services`]) with the
+//! parsed request ([`crate::domain`] parses) and build the JSON answer from what it returns.
 
 pub mod access;
 pub mod alertmanager;
@@ -10,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod azdo;
 pub mod azdo_check;
+pub mod body;
 pub mod health;
 pub mod incidents;
 pub mod mattermost;
@@ -21,8 +23,8 @@ pub use crate::auth::webhooks as verify;
 use crate::auth_methods::RouteGroup;
 use crate::error::ApiError;
 use crate::functions_host::INVOCATION_ID_HEADER;
-use crate::ingest::RequestCtx;
 use crate::startup::App;
+use body::RequestCtx;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use std::convert::Infallible;
@@ -325,15 +327,16 @@ pub async fn accept(
 ) -> Response {
     let result = async {
         let delivery = parse(&ctx, &body, app.clock.now())?;
-        let outcomes = crate::ingest::store(&app, &delivery).await?;
-        // Fast path: deliver this event's outbox rows in the background; the 202 does not wait.
-        for (da, o) in delivery.alerts.iter().zip(&outcomes) {
-            if o.outbox_rows > 0 {
-                app.dispatcher
-                    .kick(crate::domain::incident::stream_key(&da.alert).to_string());
-            }
-        }
-        Ok::<_, ApiError>(crate::ingest::accepted_body(&ctx, &delivery, &outcomes))
+        // Fast path: the service wakes the dispatcher for this event's outbox rows; the 202
+        // does not wait for the delivery.
+        let outcomes = crate::services::ingest::store(
+            &app.deps(),
+            &app.config.routing,
+            app.config.store_timeout,
+            &delivery,
+        )
+        .await?;
+        Ok::<_, ApiError>(body::accepted_body(&ctx, &delivery, &outcomes))
     }
     .await;
     match result {

@@ -1,14 +1,22 @@
 //! The run ledger API: `POST /api/v1/azdev/run/start|event|finish` and
-//! `GET /api/v1/azdev/run/{run_id}`. Writes need the devops (or admin) role.
+//! `GET /api/v1/azdev/run/{run_id}`. Writes need the devops (or admin) role. The ledger itself is
+//! [`crate::services::runs`]; this module decodes the requests and builds the answers.
 
+use super::body::{decode_json, RequestCtx};
 use super::{auth, ctx, with_app, Segment};
 use crate::auth_methods::RouteGroup;
 use crate::domain::identity::Role;
+use crate::domain::run::{FinishRecord, RunRecord};
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
-use crate::ingest::{decode_json, RequestCtx};
+use crate::services::runs::{self, EventRecorded, Ledger, RunFinished, RunWithEvents};
+use crate::services::ServiceError;
 use crate::startup::App;
+use crate::storage::StoreError;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -64,34 +72,89 @@ async fn handle(
     }
     let (v, _) = decode_json(body)?;
     let now = app.clock.now();
+    let ledger = ledger(app);
     match op {
         Op::Start => {
             let s = crate::domain::run::parse_start(&v).map_err(ApiError::from)?;
-            let (new, answer) = crate::runs::start(app, caller, s, now).await?;
+            let (new, record) = ledger.start(caller, s, now).await?;
             Ok((
                 if new {
                     StatusCode::CREATED
                 } else {
                     StatusCode::OK
                 },
-                answer,
+                start_answer(&record),
             ))
         }
         Op::Event => {
             let e = crate::domain::run::parse_event(&v).map_err(ApiError::from)?;
-            Ok((
-                StatusCode::CREATED,
-                crate::runs::event(app, caller, e, now).await?,
-            ))
+            let recorded = ledger.event(caller, e, now).await?;
+            Ok((StatusCode::CREATED, event_answer(recorded)))
         }
         Op::Finish => {
             let f = crate::domain::run::parse_finish(&v).map_err(ApiError::from)?;
-            Ok((
-                StatusCode::OK,
-                crate::runs::finish(app, caller, f, now).await?,
-            ))
+            let record = ledger.finish(caller, f, now).await?;
+            Ok((StatusCode::OK, finish_answer(&record)))
         }
     }
+}
+
+/// The run ledger over this app's store, routing and approvals.
+pub(crate) fn ledger(app: &App) -> Ledger<'_> {
+    Ledger {
+        deps: app.deps(),
+        routing: &app.config.routing,
+        store_timeout: app.config.store_timeout,
+        on_finish: app,
+    }
+}
+
+/// A finished run settles the approved estimates the approvals hold for it.
+impl RunFinished for App {
+    fn run_finished<'a>(
+        &'a self,
+        run_id: &'a str,
+        succeeded: bool,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(crate::approvals::settle_run_estimates(
+            self, run_id, succeeded, now,
+        ))
+    }
+}
+
+/// `run/start`'s answer (201 new, 200 the same start again).
+fn start_answer(r: &RunRecord) -> Value {
+    json!({"success": true, "run_id": r.start.run_id, "record_id": r.record_id})
+}
+
+/// `run/event`'s answer; a rollback's names its incident, or says it could not be opened.
+fn event_answer(recorded: EventRecorded) -> Value {
+    let mut answer = json!({"success": true, "event_id": recorded.event_id});
+    match recorded.rollback {
+        None => {}
+        Some(Ok(id)) => answer["incident_id"] = json!(id),
+        Some(Err(_)) => {
+            answer["incident_error"] = json!("the rollback is recorded but its incident could not be opened; it will be on the next rollback");
+        }
+    }
+    answer
+}
+
+/// `run/finish`'s answer: the same for the first finish and its repeats.
+fn finish_answer(f: &FinishRecord) -> Value {
+    json!({"success": true, "audit_hash": f.audit_hash})
+}
+
+/// `GET run/{run_id}`'s answer: the run's record with its events.
+fn run_answer(r: RunWithEvents) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(&r.run).map_err(|e| {
+        ServiceError::storage("the run was not read")(StoreError::Corrupt(format!(
+            "run record: {e}"
+        )))
+    })?;
+    v["events"] = json!(r.events);
+    Ok(v)
 }
 
 pub fn start(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
@@ -114,7 +177,11 @@ pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
         .and(with_app(app))
         .then(
             |Segment(run_id), _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
-                match crate::runs::get(&app, &run_id).await {
+                let answer = runs::get(app.store.as_ref(), &run_id)
+                    .await
+                    .map_err(ApiError::from)
+                    .and_then(run_answer);
+                match answer {
                     Ok(v) => json_response(StatusCode::OK, &v, &ctx.request_id),
                     Err(e) => e.into_response(&ctx.request_id),
                 }

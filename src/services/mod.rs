@@ -6,6 +6,8 @@
 //! Data flows one way: `http/` and `cli/` → `services/` → `domain/` (pure) and `storage/`.
 
 pub mod identities;
+pub mod ingest;
+pub mod runs;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
