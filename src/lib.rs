@@ -24,6 +24,7 @@
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
@@ -44,6 +45,7 @@ pub mod identity {
     pub use crate::services::identities::*;
 }
 pub mod ingest;
+pub mod jobs;
 pub mod mattermost;
 pub mod metrics;
 pub mod refusals;
