@@ -7,6 +7,7 @@ use super::with_app;
 use crate::domain::json::StrictError;
 use crate::error::{json_response, ApiError};
 use crate::functions_host::{InvocationRequest, InvocationResponse};
+use crate::ingest::RequestCtx;
 use crate::startup::App;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -24,12 +25,13 @@ pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reject
     warp::path!("dispatch")
         .and(warp::post())
         .and(super::any_body(MAX_ENVELOPE_BYTES))
+        .and(super::ctx())
         .and(with_app(app))
         .then(handle)
 }
 
-async fn handle(body: Bytes, app: Arc<App>) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+async fn handle(body: Bytes, ctx: RequestCtx, app: Arc<App>) -> Response {
+    let request_id = ctx.request_id;
     let envelope = match InvocationRequest::from_body(&body) {
         Ok(e) => e,
         Err(e) => {
