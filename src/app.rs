@@ -72,7 +72,7 @@ pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn Stor
 }
 
 impl App {
-    /// The app with sinks configured from the environment and the real clock.
+    /// The app `config` describes: its store, and its sinks (`config.sinks`), on the real clock.
     pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let sinks = Sinks::from_config(&config, clock.clone());

@@ -9,7 +9,7 @@
 //! `POST {PlanUrl}{ProjectId}/_apis/distributedtask/hubs/{HubName}/plans/{PlanId}/events?api-version=…`
 //! with `Authorization: Bearer {AuthToken}` and
 //! `{"name":"TaskCompleted","taskId":"{TaskInstanceId}","jobId":"{JobId}","result":"succeeded"|"failed"}`.
-//! Answers go through the shared [`classify_at`](super::classify_at): 401/403 (the job token expired or lacks rights) and
+//! Answers go through the shared [`classify_at`]: 401/403 (the job token expired or lacks rights) and
 //! other 4xx are dead letters, 5xx and 429 retry. One Azure DevOps quirk on top: a token it does not
 //! accept can get **203** with a sign-in page instead of a 401, so 203 is a dead letter, not success.
 
