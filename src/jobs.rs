@@ -72,3 +72,39 @@ pub async fn flush_refusals_every(app: Arc<App>) {
         crate::refusals::flush_due(&app).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// One tick does each part on the app's store and clock: a checkpoint when one is due (and
+    /// not again within its period), a sweep and a drain that find nothing to do on a new store.
+    #[tokio::test]
+    async fn a_tick_checkpoints_when_due_sweeps_and_drains() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = crate::config::Config::embedded(dir.path());
+        config.audit_checkpoint_every = Some(Duration::from_secs(3600));
+        let t0 = "2026-01-01T00:00:00Z".parse().expect("a date");
+        let clock = Arc::new(ManualClock::new(t0));
+        let app = App::build_with(config, crate::sinks::Sinks::default(), clock.clone())
+            .await
+            .expect("the app");
+
+        let first = tick(&app, app.clock.now()).await;
+        let key = first
+            .checkpoint
+            .expect("a checkpoint is due on a new store");
+        assert!(key.starts_with("cp|"), "{key}");
+        let sweep = first.sweep.expect("the sweep");
+        assert_eq!((sweep.checked, sweep.expired, sweep.reminded), (0, 0, 0));
+        assert_eq!(first.drain.expect("the drain"), DrainReport::default());
+
+        clock.advance(chrono::Duration::minutes(59));
+        let second = tick(&app, app.clock.now()).await;
+        assert_eq!(second.checkpoint, None, "not due within the period");
+        clock.advance(chrono::Duration::minutes(1));
+        let third = tick(&app, app.clock.now()).await;
+        assert!(third.checkpoint.is_some(), "due again after the period");
+    }
+}
