@@ -4,9 +4,9 @@
 //! serving alone calls it from [`run_every`]. New periodic work goes into [`tick`], so both
 //! get it.
 
+use crate::app::App;
 use crate::approvals::SweepReport;
 use crate::dispatcher::DrainReport;
-use crate::startup::App;
 use crate::storage::StoreError;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;

@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long an outbox reading is reused before a scrape reads the store again.
 pub const OUTBOX_REFRESH: Duration = Duration::from_secs(15);
@@ -282,10 +283,9 @@ impl Metrics {
         // A read in progress (another scrape's) will land by itself: do not queue another.
         if self.outbox_is_stale() && self.reading.try_lock().is_ok() {
             let me = self.clone();
-            let read =
-                tokio::spawn(
-                    async move { me.refresh_outbox(store.as_ref(), clock.as_ref()).await },
-                );
+            // In the scrape's span, so a slow or failed read is logged with its request.
+            let read = async move { me.refresh_outbox(store.as_ref(), clock.as_ref()).await };
+            let read = tokio::spawn(read.in_current_span());
             if tokio::time::timeout(OUTBOX_READ_BUDGET, read)
                 .await
                 .is_err()
