@@ -215,7 +215,7 @@ impl Sinks {
 
     /// Read the `ICAHUB_MATTERMOST_*`, `ICAHUB_PAGERDUTY_*`, `ICAHUB_CONTROL_PLANE_*` and
     /// `ICAHUB_AZDO_*` variables (see each client's `from_lookup`). Empty values count as unset. An invalid value
-    /// is an error naming the variable, never showing a secret.
+    /// is an error naming the variable, never showing a secret. The clients tell the real time.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Sinks, String> {
         let get = |k: &str| {
             get(k)
