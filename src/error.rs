@@ -136,8 +136,11 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value, request_id: &
 }
 
 /// Map every rejection (ours and warp's) to a JSON error. Never a 500 for a client's mistake.
+/// The answer carries the request's id ([`crate::http::RequestScope`]).
 pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = crate::http::current_request()
+        .map(|c| c.request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let err = if let Some(e) = rej.find::<ApiError>() {
         e.clone()
     } else if rej.is_not_found() {

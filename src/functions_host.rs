@@ -7,7 +7,8 @@
 
 /// Set by the host for the child process: the port to listen on (not the public port).
 pub const PORT_VAR: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
-/// Added by the host to every forwarded request; logged with each request.
+/// Added by the host to every forwarded request; carried by the request's span
+/// ([`crate::http::RequestScope`]) and its access log line.
 pub const INVOCATION_ID_HEADER: &str = "x-azure-functions-invocationid";
 
 use serde::{Deserialize, Serialize};

@@ -2,8 +2,10 @@
 //!
 //! - [`config`]: typed configuration from the environment, validated at start; a leaf that
 //!   imports only [`domain`] and [`secret`].
-//! - [`startup`]: build the app from a [`config::Config`] and serve it on a given listener;
-//!   [`server`]: the accept loop, with header, body and idle timeouts and a connection cap.
+//! - [`app`]: the [`app::App`] and the one place its store and sinks are opened from a
+//!   [`config::Config`]; [`startup`]: serve it on a given listener and stop gracefully;
+//!   [`server`]: the accept loop, with header, body and idle timeouts and a connection cap;
+//!   [`jobs`]: the periodic tick (audit checkpoint, approval sweep, outbox drain).
 //! - [`functions_host`]: the only Azure Functions-specific code (port, envelopes).
 //! - [`http`]: one module per ingress route, each exporting its warp filter; [`error`] maps
 //!   failures to status codes and JSON bodies.
@@ -25,6 +27,7 @@
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
@@ -70,6 +73,7 @@ pub mod ingest {
         }
     }
 }
+pub mod jobs;
 pub mod mattermost;
 pub mod metrics;
 pub mod refusals;

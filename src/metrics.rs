@@ -7,6 +7,7 @@
 //! serves the last reading and says how old it is (`icahub_outbox_snapshot_age_seconds`) while
 //! the read finishes in the background.
 
+use crate::clock::Clock;
 use crate::domain::routing::Sink;
 use crate::storage::Store;
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// How long an outbox reading is reused before a scrape reads the store again.
 pub const OUTBOX_REFRESH: Duration = Duration::from_secs(15);
@@ -275,12 +277,15 @@ impl Metrics {
 
     /// The text exposition, with the outbox gauges refreshed from `store` when stale. The read
     /// runs in its own task: a scrape waits for it at most [`OUTBOX_READ_BUDGET`], and a slow
-    /// read still lands for the next scrape instead of being cut off each time.
-    pub async fn render(self: &Arc<Self>, store: Arc<dyn Store>) -> String {
+    /// read still lands for the next scrape instead of being cut off each time. The outbox's ages
+    /// are measured on `clock`.
+    pub async fn render(self: &Arc<Self>, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> String {
         // A read in progress (another scrape's) will land by itself: do not queue another.
         if self.outbox_is_stale() && self.reading.try_lock().is_ok() {
             let me = self.clone();
-            let read = tokio::spawn(async move { me.refresh_outbox(store.as_ref()).await });
+            // In the scrape's span, so a slow or failed read is logged with its request.
+            let read = async move { me.refresh_outbox(store.as_ref(), clock.as_ref()).await };
+            let read = tokio::spawn(read.in_current_span());
             if tokio::time::timeout(OUTBOX_READ_BUDGET, read)
                 .await
                 .is_err()
@@ -313,12 +318,12 @@ impl Metrics {
             .is_none_or(|t| t.elapsed() >= OUTBOX_REFRESH)
     }
 
-    async fn refresh_outbox(&self, store: &dyn Store) {
+    async fn refresh_outbox(&self, store: &dyn Store, clock: &dyn Clock) {
         let _reading = self.reading.lock().await;
         if !self.outbox_is_stale() {
             return; // another read finished while this one waited
         }
-        let now = Utc::now();
+        let now = clock.now();
         match tokio::time::timeout(OUTBOX_READ_LIMIT, store.outbox_stats(now)).await {
             Ok(Ok(by_sink)) => {
                 for (sink, o) in &by_sink {
@@ -354,7 +359,8 @@ mod tests {
         let m = Metrics::new();
         m.http("/api/v1/azdev/alert", "POST", 202, Duration::from_millis(3));
         m.event_ingested("azure_monitor");
-        m.delivery(Sink::Pagerduty, "dead", Some("400 Bad Request"), Utc::now());
+        let at = "2026-01-01T00:00:00Z".parse().unwrap();
+        m.delivery(Sink::Pagerduty, "dead", Some("400 Bad Request"), at);
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&m.registry.gather(), &mut buf)

@@ -144,11 +144,14 @@ where
             secs: self.body_timeout.as_secs_f64().ceil() as u64,
         });
         let mut routes = self.routes.clone();
-        Box::pin(async move {
+        // One request id and one span per request (crate::http::RequestScope).
+        let scope =
+            crate::http::RequestScope::of(req.method().as_str(), req.uri().path(), req.headers());
+        Box::pin(scope.run(async move {
             let r = tower_service::Service::call(&mut routes, req).await;
             drop(guard);
             r
-        })
+        }))
     }
 }
 

@@ -1,146 +1,16 @@
-//! Build the app from a [`Config`] and serve it on a listener it is given (port 0 in tests).
+//! Bind a port given to it (port 0 in tests), serve the app until shutdown, and stop
+//! gracefully. The app itself is built in [`crate::app`]; the periodic work is [`crate::jobs`].
 
-use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, StorageConfig};
-use crate::dispatcher::Dispatcher;
-use crate::sinks::Sinks;
-use crate::storage::{sqlite::SqliteStore, tables::TableStore, Store};
+/// The app and how its store is opened, now in [`crate::app`].
+pub use crate::app::{open_existing_store, open_store, App};
+/// The serve loop's periodic job, now in [`crate::jobs`].
+pub use crate::jobs::run_every as drain_periodically;
+
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-
-/// Everything a request handler needs.
-pub struct App {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub clock: Arc<dyn Clock>,
-    pub authenticator: crate::identity::Authenticator,
-    pub approval_ids: crate::approvals::IdAllocator,
-    /// Verifies Entra ID tokens when `config.entra` is set.
-    pub entra: Option<crate::entra::EntraVerifier>,
-    /// The `webhook-id`s of signed requests accepted lately (replay protection, this process).
-    pub replay: crate::http::verify::ReplayCache,
-    /// Counters and the sinks' last results (`GET /api/metrics`, `GET /api/readyz`).
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The Mattermost API, when `ICAHUB_MATTERMOST_URL` and `ICAHUB_MATTERMOST_TOKEN` are set.
-    pub mattermost_api: Option<crate::mattermost::api::MattermostApi>,
-    /// Recent answers of the check of whoever clicks an approval button.
-    pub clickers: crate::mattermost::clicker::ClickerCache,
-    /// Refused requests of the current minute, summarized onto the security audit trail.
-    pub refusals: crate::refusals::Refusals,
-}
-
-/// Open the configured store (creating tables or the database file).
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.storage {
-        StorageConfig::Embedded { dir } => Arc::new(
-            SqliteStore::open(dir)
-                .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
-        ),
-        other => Arc::new(
-            TableStore::from_config(other, true)
-                .await
-                .context("connecting to Azure Table Storage")?,
-        ),
-    })
-}
-
-/// Open the configured store only if it exists (creating nothing): for `doctor` and `backup`.
-pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.storage {
-        StorageConfig::Embedded { dir } => {
-            if !dir.join("icahub.db").exists() {
-                anyhow::bail!(
-                    "no embedded store in {} (no icahub.db): set ICAHUB_DATA_DIR, or the Table \
-                     Storage settings, to the store to use",
-                    dir.display()
-                );
-            }
-            Arc::new(
-                SqliteStore::open(dir)
-                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
-            )
-        }
-        other => Arc::new(
-            TableStore::from_config(other, false)
-                .await
-                .context("opening Azure Table Storage")?,
-        ),
-    })
-}
-
-impl App {
-    /// The app with sinks configured from the environment and the real clock.
-    pub async fn build(config: Config) -> anyhow::Result<Arc<App>> {
-        let sinks = Sinks::from_config(&config);
-        App::build_with(config, sinks, Arc::new(SystemClock)).await
-    }
-
-    /// The app with the given sinks and clock (tests point sinks at local receivers).
-    pub async fn build_with(
-        config: Config,
-        sinks: Sinks,
-        clock: Arc<dyn Clock>,
-    ) -> anyhow::Result<Arc<App>> {
-        let store = open_store(&config).await?;
-        let metrics = Arc::new(crate::metrics::Metrics::new());
-        let dispatcher = Arc::new(Dispatcher::new(
-            store.clone(),
-            sinks,
-            config.retry.clone(),
-            clock.clone(),
-            config.lease,
-            metrics.clone(),
-        ));
-        let entra = config.entra.clone().map(crate::entra::EntraVerifier::new);
-        let mattermost_api = crate::mattermost::api::MattermostApi::from_config(&config.mattermost);
-        Ok(Arc::new(App {
-            config,
-            store,
-            dispatcher,
-            clock,
-            authenticator: Default::default(),
-            approval_ids: Default::default(),
-            entra,
-            replay: Default::default(),
-            metrics,
-            mattermost_api,
-            clickers: Default::default(),
-            refusals: Default::default(),
-        }))
-    }
-
-    /// The narrow dependencies the services take ([`crate::services::Deps`]).
-    pub fn deps(&self) -> crate::services::Deps {
-        crate::services::Deps {
-            store: self.store.clone(),
-            clock: self.clock.clone(),
-            notify: Arc::new(self.dispatcher.clone()),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// Drain the outbox every `every` until `stop` resolves (`serve` outside the Functions host).
-pub async fn drain_periodically(app: Arc<App>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        crate::audit::periodic_checkpoint(&app).await;
-        crate::refusals::flush_due(&app).await;
-        if let Err(e) = crate::approvals::sweep(&app, app.clock.now()).await {
-            tracing::warn!(error = %e, "approval sweep failed; will retry");
-        }
-        if let Err(e) = app.dispatcher.drain(crate::http::timer::DRAIN_BUDGET).await {
-            tracing::warn!(error = %e, "periodic outbox drain failed; will retry");
-        }
-    }
-}
 
 /// Bind `host:port`. A clear error when the port is taken.
 pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
@@ -159,7 +29,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let ticker = tokio::spawn(flush_refusals_periodically(app.clone()));
+    let ticker = tokio::spawn(crate::jobs::flush_refusals_every(app.clone()));
     crate::server::run(
         crate::http::routes(app.clone()),
         listener,
@@ -169,19 +39,6 @@ pub async fn serve(
     .await;
     ticker.abort();
     crate::refusals::flush_all(&app).await;
-}
-
-/// How often the server looks for a refusal window that has ended (whatever the dispatch
-/// settings: the summaries are written within this of their minute's end).
-const REFUSALS_FLUSH_EVERY: Duration = Duration::from_secs(10);
-
-async fn flush_refusals_periodically(app: Arc<App>) {
-    let mut tick = tokio::time::interval(REFUSALS_FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        crate::refusals::flush_due(&app).await;
-    }
 }
 
 /// Resolves on SIGTERM (what the Functions host and container runtimes send) or SIGINT (Ctrl-C).

@@ -148,3 +148,78 @@ fn every_function_route_is_documented() {
         }
     }
 }
+
+/// The access log's route templates (`http::access::ROUTES`, also the HTTP metrics' `route`
+/// label) are the document's paths, which the tests above hold to the router: each documented
+/// path, filled in, is labelled by its own template; no template is undocumented; and every
+/// Azure Function's route has a template.
+#[test]
+fn access_log_templates_are_the_documented_routes() {
+    use icahub::http::access::{route_of, ROUTES, UNMATCHED};
+    let d = doc();
+    let documented: BTreeSet<&str> = d["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let templates: BTreeSet<&str> = ROUTES.iter().copied().collect();
+    assert_eq!(
+        templates.len(),
+        ROUTES.len(),
+        "a template is listed twice in access.rs"
+    );
+    assert_eq!(
+        documented, templates,
+        "access.rs ROUTES and the OpenAPI paths differ"
+    );
+    for path in &documented {
+        assert_eq!(route_of(&concrete(path)), *path, "{path}");
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, method, path) in support::declared_routes(root, &root.join("functions")) {
+        let template = route_of(&path);
+        assert_ne!(template, UNMATCHED, "function {name}: {method} {path}");
+        assert!(documented.contains(template), "function {name}: {template}");
+    }
+}
+
+/// What the router answered is labelled by the template of the route that answered it: after a
+/// call to every documented operation, the HTTP metrics have a series for each documented path
+/// and none for `unmatched`.
+#[tokio::test]
+async fn the_router_answers_are_labelled_by_their_templates() {
+    let d = doc();
+    let hub = TestHub::embedded().await;
+    for (method, path) in operations(&d) {
+        hub.client
+            .request(method.parse().unwrap(), hub.url(&concrete(&path)))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = hub
+        .client
+        .get(hub.url("/api/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (method, path) in operations(&d) {
+        let label = format!("method=\"{method}\",route=\"{path}\"");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("icahub_http_requests_total{") && l.contains(&label)),
+            "no request series labelled {label}:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("route=\"unmatched\""),
+        "a documented operation was labelled unmatched:\n{metrics}"
+    );
+}

@@ -531,3 +531,104 @@ async fn the_access_log_is_one_json_line_per_request_without_secrets() {
         );
     }
 }
+
+/// The ids of the spans a JSON log line was emitted in (`spans`, outermost first).
+fn span_request_ids(line: &Value) -> Vec<&str> {
+    line["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| s["request_id"].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One span per request: a line logged deep inside a request (here the refusals service's
+/// "refused", which is given no request id) carries the id the hub answered with, the caller's
+/// or the one it made up, and the host's invocation id.
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hub.log");
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_icahub"))
+        .args(["serve", "--port", &port.to_string()])
+        .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .env_remove("AzureWebJobsStorage")
+        .env_remove("ICAHUB_TABLES_CONNECTION_STRING")
+        .env_remove("ICAHUB_AUTH")
+        .env("ICAHUB_DATA_DIR", dir.path())
+        .env("ICAHUB_STORAGE", "embedded")
+        .env("ICAHUB_LOG", "info")
+        .env("ICAHUB_LOG_FORMAT", "json")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..400 {
+        if client.get(format!("{base}/")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "the hub did not start");
+
+    let refused = |id: Option<&'static str>| {
+        let mut req = client
+            .post(format!("{base}{ALERT}"))
+            .bearer_auth("icak_NotAKeyOfThisHub")
+            .header("content-type", "application/json")
+            .header("x-azure-functions-invocationid", "inv-span-1")
+            .body(alert("disk", true));
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401);
+            let header = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["request_id"], header.as_str(), "one id per answer");
+            header
+        }
+    };
+    let given = refused(Some("req-span-1")).await;
+    assert_eq!(given, "req-span-1", "the caller's id is kept");
+    let generated = refused(None).await;
+    // The lines are written before the answer is sent.
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON line: {l}")))
+        .collect();
+    for id in [given.as_str(), generated.as_str()] {
+        let of_request: Vec<&Value> = lines
+            .iter()
+            .filter(|l| span_request_ids(l).contains(&id))
+            .collect();
+        let refusal = of_request
+            .iter()
+            .find(|l| l["target"] == "icahub::auth" && l["message"] == "refused")
+            .unwrap_or_else(|| panic!("no refusal logged in the span of {id}: {text}"));
+        let span = &refusal["spans"][0];
+        assert_eq!(span["name"], "request", "{refusal}");
+        assert_eq!(span["route"], ALERT, "{refusal}");
+        assert_eq!(span["method"], "POST", "{refusal}");
+        assert_eq!(span["invocation_id"], "inv-span-1", "{refusal}");
+        let access = of_request
+            .iter()
+            .find(|l| l["target"] == "icahub::access")
+            .unwrap_or_else(|| panic!("no access line in the span of {id}: {text}"));
+        assert_eq!(access["request_id"], id, "{access}");
+    }
+}

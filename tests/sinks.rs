@@ -1235,3 +1235,39 @@ fn bad_configuration_is_named_without_secrets() {
     let s = sinks(&[("ICAHUB_PAGERDUTY_ROUTING_KEY", PD_KEY.into())]).unwrap();
     assert!(!format!("{s:?}").contains(PD_KEY));
 }
+
+/// The sinks tell time by the clock they are given: the control plane's signature is dated by
+/// it, and an HTTP-date `Retry-After` counts from it.
+#[tokio::test]
+async fn sinks_tell_time_by_the_injected_clock() {
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let clock = Arc::new(icahub::clock::ManualClock::new(t0));
+    // The receiver checks no signature: the timestamp is a year off the real time.
+    let rx = Receiver::control_plane(None, vec![]).await;
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("ICAHUB_CONTROL_PLANE_URL", rx.base.clone()),
+        ("ICAHUB_CONTROL_PLANE_SIGNING_SECRETS", WHSEC_2.to_string()),
+    ]);
+    let get = |k: &str| vars.get(k).cloned();
+    let settings = icahub::config::sinks::SinkSettings::from_lookup(&get).unwrap();
+    let actions = icahub::config::MattermostActions::from_lookup(&get).unwrap();
+    let hosts = icahub::config::plan_hosts(&get).unwrap();
+    let sinks = Sinks::from_settings(&settings, &actions, &hosts, clock.clone());
+    let client = sinks
+        .get(Sink::ControlPlane)
+        .expect("control plane configured");
+
+    let row = opened(Sink::ControlPlane);
+    client.send(&row).await.unwrap();
+    let stamped = t0.timestamp().to_string();
+    assert_eq!(
+        rx.last().header("webhook-timestamp"),
+        Some(stamped.as_str())
+    );
+
+    let until = (t0 + chrono::Duration::seconds(90)).to_rfc2822();
+    rx.script([Reply::new(503, "busy").header("Retry-After", &until)]);
+    clock.advance(chrono::Duration::seconds(30));
+    let e = client.send(&row).await.unwrap_err();
+    assert_eq!(retry_after_of(&e), Some(Duration::from_secs(60)));
+}

@@ -46,7 +46,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         app.config.under_functions_host,
         app.config.dispatch_interval,
     ) {
-        tokio::spawn(crate::startup::drain_periodically(app.clone(), every));
+        tokio::spawn(crate::jobs::run_every(app.clone(), every));
     }
     // Run the accept loop on a runtime worker, not on the main thread's `block_on`.
     tokio::spawn(serve(app, listener, shutdown_signal())).await?;

@@ -76,7 +76,8 @@ fn id_header(headers: &HeaderMap, name: &str) -> String {
 }
 
 /// Log one answered request. `response` carries the request id the hub answered with (the
-/// caller's when sane, else the one it made up).
+/// caller's when sane, else the one it made up); an answer without one (health, metrics) is
+/// logged with the request's ([`crate::http::RequestScope`]).
 pub fn log(
     method: &str,
     route: &str,
@@ -87,7 +88,10 @@ pub fn log(
 ) {
     let mut request_id = id_header(response, "x-request-id");
     if request_id.is_empty() {
-        request_id = id_header(request, "x-request-id");
+        request_id = match crate::http::current_request() {
+            Some(ctx) => ctx.request_id,
+            None => id_header(request, "x-request-id"),
+        };
     }
     tracing::info!(
         target: "icahub::access",

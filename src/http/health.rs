@@ -92,7 +92,10 @@ pub fn metrics(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Reje
         .and(warp::get())
         .and(with_app(app))
         .then(|app: Arc<App>| async move {
-            let text = app.metrics.render(app.store.clone()).await;
+            let text = app
+                .metrics
+                .render(app.store.clone(), app.clock.clone())
+                .await;
             let mut resp = Response::new(text.into());
             resp.headers_mut().insert(
                 warp::http::header::CONTENT_TYPE,

@@ -28,8 +28,13 @@ use body::RequestCtx;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
+use tokio::task::futures::TaskLocalFuture;
+use tracing::instrument::Instrumented;
+use tracing::Instrument;
 use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -105,24 +110,69 @@ pub fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Inf
     warp::any().map(move || app.clone())
 }
 
+tokio::task_local! {
+    /// The request being answered on this task: set once per request by [`RequestScope::run`].
+    static REQUEST: RequestCtx;
+}
+
 /// The request id (the caller's `x-request-id` when it is sane, else a new UUID) and the host's
-/// invocation id.
+/// invocation id, read from a request's headers. Made once per request, by [`RequestScope::of`].
+pub fn request_ctx_of(h: &HeaderMap) -> RequestCtx {
+    let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let sane = |s: &String| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    };
+    RequestCtx {
+        request_id: get("x-request-id")
+            .filter(sane)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        invocation_id: get(INVOCATION_ID_HEADER).filter(sane),
+    }
+}
+
+/// One request as a unit: its [`RequestCtx`], made once, and its span. The ctx is the one every
+/// handler ([`ctx`]), every error answer ([`crate::error::recover`]) and the access log use; the
+/// span `request` (request id, invocation id, route template, method) encloses the whole answer,
+/// so every log line of the request, in services and storage too, carries its ids.
+/// [`crate::server`] answers each request through [`RequestScope::run`].
+pub struct RequestScope {
+    ctx: RequestCtx,
+    span: tracing::Span,
+}
+
+impl RequestScope {
+    /// The scope of a request with this method, path and headers.
+    pub fn of(method: &str, path: &str, headers: &HeaderMap) -> RequestScope {
+        let ctx = request_ctx_of(headers);
+        let span = tracing::info_span!(
+            "request",
+            request_id = %ctx.request_id,
+            invocation_id = ctx.invocation_id.as_deref(),
+            route = access::route_of(path),
+            method,
+        );
+        RequestScope { ctx, span }
+    }
+
+    /// `answer` (the routes' future for this request) run inside the scope.
+    pub fn run<F: Future>(self, answer: F) -> TaskLocalFuture<RequestCtx, Instrumented<F>> {
+        REQUEST.scope(self.ctx, answer.instrument(self.span))
+    }
+}
+
+/// The ids of the request this task is answering, when it runs inside a [`RequestScope`].
+pub fn current_request() -> Option<RequestCtx> {
+    REQUEST.try_with(RequestCtx::clone).ok()
+}
+
+/// The request's [`RequestCtx`]: the one its [`RequestScope`] made, or (for routes served without
+/// it) one read from the headers.
 pub fn ctx() -> impl Filter<Extract = (RequestCtx,), Error = Infallible> + Clone {
-    warp::header::headers_cloned().map(|h: warp::http::HeaderMap| {
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let sane = |s: &String| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        };
-        RequestCtx {
-            request_id: get("x-request-id")
-                .filter(sane)
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-            invocation_id: get(INVOCATION_ID_HEADER).filter(sane),
-        }
-    })
+    warp::header::headers_cloned()
+        .map(|h: HeaderMap| current_request().unwrap_or_else(|| request_ctx_of(&h)))
 }
 
 /// A path parameter, percent-decoded: `warp::path!` hands a segment over exactly as it was sent,

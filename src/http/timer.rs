@@ -1,16 +1,16 @@
 //! `POST /dispatch`: the `dispatch` timer function (every minute, functions/dispatch). The host
-//! sends the Data/Metadata envelope to `/<FunctionName>` (no `/api`); we sweep approvals (expiry,
-//! escalation, reminders), drain the outbox within a budget and answer the host's response
-//! envelope. Any 2xx with that shape is success to the host.
+//! sends the Data/Metadata envelope to `/<FunctionName>` (no `/api`); we run the periodic job
+//! ([`crate::jobs::tick`]: audit checkpoint, approval sweep, outbox drain) and answer the host's
+//! response envelope with what it did. Any 2xx with that shape is success to the host.
 
 use super::with_app;
 use crate::domain::json::StrictError;
 use crate::error::{json_response, ApiError};
 use crate::functions_host::{InvocationRequest, InvocationResponse};
+use crate::ingest::RequestCtx;
 use crate::startup::App;
 use bytes::Bytes;
 use std::sync::Arc;
-use std::time::Duration;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
@@ -19,18 +19,19 @@ use warp::{Filter, Rejection};
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 
 /// A drain stops taking new rows after this, well inside the one-minute schedule.
-pub const DRAIN_BUDGET: Duration = Duration::from_secs(45);
+pub use crate::jobs::DRAIN_BUDGET;
 
 pub fn route(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     warp::path!("dispatch")
         .and(warp::post())
         .and(super::any_body(MAX_ENVELOPE_BYTES))
+        .and(super::ctx())
         .and(with_app(app))
         .then(handle)
 }
 
-async fn handle(body: Bytes, app: Arc<App>) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+async fn handle(body: Bytes, ctx: RequestCtx, app: Arc<App>) -> Response {
+    let request_id = ctx.request_id;
     let envelope = match InvocationRequest::from_body(&body) {
         Ok(e) => e,
         Err(e) => {
@@ -47,20 +48,15 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
         }
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
-    let checkpoint = crate::audit::periodic_checkpoint(&app).await;
-    crate::refusals::flush_due(&app).await;
-    // Approvals first: expiries and reminders write outbox rows this drain then delivers.
-    let sweep = match crate::approvals::sweep(&app, app.clock.now()).await {
+    let tick = crate::jobs::tick(&app, app.clock.now()).await;
+    let sweep = match tick.sweep {
         Ok(r) => format!(
             "approvals: checked {}, expired {}, reminded {}",
             r.checked, r.expired, r.reminded
         ),
-        Err(e) => {
-            tracing::warn!(error = %e, "approval sweep failed; the next tick retries");
-            format!("approvals: sweep failed ({e})")
-        }
+        Err(e) => format!("approvals: sweep failed ({e})"),
     };
-    match app.dispatcher.drain(DRAIN_BUDGET).await {
+    match tick.drain {
         Ok(report) => {
             let line = format!(
                 "outbox drain: delivered {}, retried {}, dead {}, deferred {}, skipped {}{}",
@@ -81,7 +77,7 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
                 logs: [
                     Some(sweep),
                     Some(line),
-                    checkpoint.map(|k| format!("audit checkpoint {k}")),
+                    tick.checkpoint.map(|k| format!("audit checkpoint {k}")),
                 ]
                 .into_iter()
                 .flatten()

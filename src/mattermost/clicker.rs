@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn entries_expire_on_the_clock_and_the_cache_stays_bounded() {
         let c = ClickerCache::default();
-        let t0 = Utc::now();
+        let t0: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("a date");
         let k = |i: usize| (format!("u{i}"), "c".to_string());
         c.put(k(0), Standing::Member, t0 + Duration::seconds(60), t0);
         assert_eq!(

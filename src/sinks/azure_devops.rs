@@ -9,17 +9,19 @@
 //! `POST {PlanUrl}{ProjectId}/_apis/distributedtask/hubs/{HubName}/plans/{PlanId}/events?api-version=…`
 //! with `Authorization: Bearer {AuthToken}` and
 //! `{"name":"TaskCompleted","taskId":"{TaskInstanceId}","jobId":"{JobId}","result":"succeeded"|"failed"}`.
-//! Answers go through the shared [`classify`]: 401/403 (the job token expired or lacks rights) and
+//! Answers go through the shared [`classify_at`]: 401/403 (the job token expired or lacks rights) and
 //! other 4xx are dead letters, 5xx and 429 retry. One Azure DevOps quirk on top: a token it does not
 //! accept can get **203** with a sign-in page instead of a 401, so 203 is a dead letter, not success.
 
-use super::{classify, from_reqwest, prefix, Delivered, SendError, SinkClient};
+use super::{classify_at, from_reqwest, prefix, Delivered, SendError, SinkClient};
+use crate::clock::Clock;
 use crate::domain::check::{normalize_plan_url, CheckCallback, PlanHosts};
 use crate::domain::routing::Sink;
 use crate::storage::OutboxRow;
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// The version the task documentation uses; the REST reference lists `7.1-preview.1` too.
 pub use crate::config::sinks::{AzureDevopsSink, DEFAULT_API_VERSION};
@@ -123,14 +125,22 @@ pub struct AzureDevopsClient {
     client: reqwest::Client,
     api_version: String,
     hosts: PlanHosts,
+    /// Dates the `Retry-After` answers.
+    clock: Arc<dyn Clock>,
 }
 
 impl AzureDevopsClient {
-    pub fn new(client: reqwest::Client, api_version: String, hosts: PlanHosts) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        api_version: String,
+        hosts: PlanHosts,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         AzureDevopsClient {
             client,
             api_version,
             hosts,
+            clock,
         }
     }
 
@@ -139,8 +149,9 @@ impl AzureDevopsClient {
         settings: &AzureDevopsSink,
         hosts: PlanHosts,
         client: reqwest::Client,
+        clock: Arc<dyn Clock>,
     ) -> Self {
-        AzureDevopsClient::new(client, settings.api_version.clone(), hosts)
+        AzureDevopsClient::new(client, settings.api_version.clone(), hosts, clock)
     }
 }
 
@@ -180,7 +191,8 @@ impl SinkClient for AzureDevopsClient {
                 "azure devops: HTTP 203 (a sign-in page): the job's AuthToken was not accepted",
             ));
         }
-        classify(status, &resp_headers, &text).map_err(|e| prefix("azure devops", e))?;
+        classify_at(status, &resp_headers, &text, self.clock.now())
+            .map_err(|e| prefix("azure devops", e))?;
         Ok(Delivered { status })
     }
 }
@@ -189,10 +201,8 @@ impl SinkClient for AzureDevopsClient {
 mod tests {
     use super::*;
     use crate::storage::OutboxStatus;
-    use chrono::Utc;
-
     fn row(kind: &str, payload: Value) -> OutboxRow {
-        let now = Utc::now();
+        let now = "2026-01-01T00:00:00Z".parse().expect("a date");
         OutboxRow {
             stream: "apr2026000001".into(),
             seq: 1,
@@ -281,6 +291,7 @@ mod tests {
             &c.sinks.azure_devops,
             c.azdo_plan_hosts.clone(),
             reqwest::Client::new(),
+            Arc::new(crate::clock::SystemClock),
         );
         assert_eq!(client.api_version, DEFAULT_API_VERSION);
         assert_eq!(client.hosts, PlanHosts::default());

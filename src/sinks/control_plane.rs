@@ -9,6 +9,7 @@
 
 use super::signature::{sign, SigningKey};
 use super::{post, prefix, Delivered, SendError, SinkClient};
+use crate::clock::Clock;
 use crate::config::sinks::ControlPlaneSink;
 use crate::config::Secret;
 use crate::domain::routing::Sink;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The path segments (after the base URL) for a row, or `Permanent` for an unknown kind.
 /// `approval.signed`, `.expired` and `.overridden` (all decisions on an approval, told apart by the
@@ -75,6 +77,8 @@ pub struct ControlPlaneClient {
     token: Option<Secret>,
     keys: Vec<SigningKey>,
     warned_unsigned: AtomicBool,
+    /// Dates the signatures (`webhook-timestamp`) and the `Retry-After` answers.
+    clock: Arc<dyn Clock>,
 }
 
 impl ControlPlaneClient {
@@ -83,6 +87,7 @@ impl ControlPlaneClient {
         base: reqwest::Url,
         token: Option<Secret>,
         keys: Vec<SigningKey>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         ControlPlaneClient {
             client,
@@ -90,15 +95,21 @@ impl ControlPlaneClient {
             token,
             keys,
             warned_unsigned: AtomicBool::new(false),
+            clock,
         }
     }
 
-    pub fn from_settings(settings: &ControlPlaneSink, client: reqwest::Client) -> Self {
+    pub fn from_settings(
+        settings: &ControlPlaneSink,
+        client: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         ControlPlaneClient::new(
             client,
             settings.base.clone(),
             settings.token.clone(),
             settings.keys.clone(),
+            clock,
         )
     }
 
@@ -140,7 +151,7 @@ impl SinkClient for ControlPlaneClient {
                 );
             }
         } else {
-            let ts = chrono::Utc::now().timestamp();
+            let ts = self.clock.now().timestamp();
             let sig = sign(&self.keys, &row.idempotency_key, ts, &bytes);
             headers.insert(HeaderName::from_static("webhook-id"), id);
             headers.insert(
@@ -152,9 +163,15 @@ impl SinkClient for ControlPlaneClient {
                 HeaderValue::from_str(&sig).expect("base64 is a valid header value"),
             );
         }
-        let (status, _) = post(&self.client, url.as_str(), headers, bytes)
-            .await
-            .map_err(|e| prefix("control plane", e))?;
+        let (status, _) = post(
+            &self.client,
+            self.clock.as_ref(),
+            url.as_str(),
+            headers,
+            bytes,
+        )
+        .await
+        .map_err(|e| prefix("control plane", e))?;
         Ok(Delivered { status })
     }
 }

@@ -12,6 +12,7 @@ use super::{
     http_link, human_duration, incident_payload, post, prefix, ranked_details, route_field,
     short_targets, truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
 };
+use crate::clock::Clock;
 use crate::config::sinks::MattermostSink;
 use crate::config::Secret;
 use crate::domain::alert::{NormalizedAlert, Severity};
@@ -23,6 +24,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Mattermost splits posts longer than this (since v5.0).
 pub const MAX_POST_CHARS: usize = 16383;
@@ -237,6 +239,8 @@ pub struct MattermostClient {
     /// Webhook name → URL (the URL's last segment is the hook's secret key).
     webhooks: BTreeMap<String, Secret>,
     opts: RenderOptions,
+    /// Dates the `Retry-After` answers.
+    clock: Arc<dyn Clock>,
 }
 
 impl MattermostClient {
@@ -244,11 +248,13 @@ impl MattermostClient {
         client: reqwest::Client,
         webhooks: BTreeMap<String, Secret>,
         opts: RenderOptions,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         MattermostClient {
             client,
             webhooks,
             opts,
+            clock,
         }
     }
 
@@ -258,13 +264,14 @@ impl MattermostClient {
         settings: &MattermostSink,
         buttons: Option<ButtonConfig>,
         client: reqwest::Client,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let opts = RenderOptions {
             username: settings.username.clone(),
             icon_url: settings.icon_url.clone(),
             buttons,
         };
-        MattermostClient::new(client, settings.webhooks.clone(), opts)
+        MattermostClient::new(client, settings.webhooks.clone(), opts, clock)
     }
 }
 
@@ -285,9 +292,15 @@ impl SinkClient for MattermostClient {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let bytes = serde_json::to_vec(&body).expect("a JSON value serializes");
-        let (status, _) = post(&self.client, url.expose(), headers, bytes)
-            .await
-            .map_err(|e| prefix("mattermost", e))?;
+        let (status, _) = post(
+            &self.client,
+            self.clock.as_ref(),
+            url.expose(),
+            headers,
+            bytes,
+        )
+        .await
+        .map_err(|e| prefix("mattermost", e))?;
         Ok(Delivered { status })
     }
 }

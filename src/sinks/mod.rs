@@ -1,6 +1,6 @@
 //! Sinks: where outbox rows are delivered. One trait, [`SinkClient`]; one file per destination
 //! ([`mattermost`], [`pagerduty`], [`control_plane`], [`azure_devops`]); one shared classification of answers
-//! ([`classify`], [`from_reqwest`]) so every sink retries the same way: 2xx delivered; 408, 429
+//! ([`classify_at`], [`from_reqwest`]) so every sink retries the same way: 2xx delivered; 408, 429
 //! and 5xx retried (honouring `Retry-After`); other statuses, and kinds a sink does not know,
 //! permanent. A new destination is a new file here plus a field of [`Sinks`].
 //!
@@ -14,6 +14,7 @@ pub mod pagerduty;
 /// The Standard Webhooks signature, shared with the verifier ([`crate::domain::standard_webhooks`]).
 pub use crate::domain::standard_webhooks as signature;
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::routing::Sink;
 use crate::storage::OutboxRow;
 use async_trait::async_trait;
@@ -85,12 +86,8 @@ pub trait SinkClient: Send + Sync {
     async fn send(&self, row: &OutboxRow) -> Result<Delivered, SendError>;
 }
 
-/// The shared answer classification (see the module docs).
-pub fn classify(status: u16, headers: &HeaderMap, body: &str) -> Result<(), SendError> {
-    classify_at(status, headers, body, Utc::now())
-}
-
-/// [`classify`] with the clock passed in (an HTTP-date `Retry-After` is relative to it).
+/// The shared answer classification (see the module docs), at `now` (an HTTP-date
+/// `Retry-After` is relative to it): the sinks pass their injected clock's time.
 pub fn classify_at(
     status: u16,
     headers: &HeaderMap,
@@ -166,6 +163,7 @@ pub fn http_client() -> reqwest::Client {
 /// POST `body` with `headers`, classify the answer. Shared by the clients.
 pub(crate) async fn post(
     client: &reqwest::Client,
+    clock: &dyn Clock,
     url: &str,
     headers: HeaderMap,
     body: Vec<u8>,
@@ -180,7 +178,7 @@ pub(crate) async fn post(
     let status = resp.status().as_u16();
     let resp_headers = resp.headers().clone();
     let text = resp.text().await.map_err(from_reqwest)?;
-    classify(status, &resp_headers, &text)?;
+    classify_at(status, &resp_headers, &text, clock.now())?;
     Ok((status, text))
 }
 
@@ -217,7 +215,7 @@ impl Sinks {
 
     /// Read the `ICAHUB_MATTERMOST_*`, `ICAHUB_PAGERDUTY_*`, `ICAHUB_CONTROL_PLANE_*` and
     /// `ICAHUB_AZDO_*` variables (see each client's `from_lookup`). Empty values count as unset. An invalid value
-    /// is an error naming the variable, never showing a secret.
+    /// is an error naming the variable, never showing a secret. The clients tell the real time.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Sinks, String> {
         let get = |k: &str| {
             get(k)
@@ -227,20 +225,32 @@ impl Sinks {
         let settings = crate::config::sinks::SinkSettings::from_lookup(&get)?;
         let actions = crate::config::MattermostActions::from_lookup(&get)?;
         let hosts = crate::config::plan_hosts(&get)?;
-        Ok(Sinks::from_settings(&settings, &actions, &hosts))
+        Ok(Sinks::from_settings(
+            &settings,
+            &actions,
+            &hosts,
+            Arc::new(SystemClock),
+        ))
     }
 
-    /// The sinks a configuration describes.
-    pub fn from_config(config: &crate::config::Config) -> Sinks {
-        Sinks::from_settings(&config.sinks, &config.mattermost, &config.azdo_plan_hosts)
+    /// The sinks a configuration describes, telling time by `clock`.
+    pub fn from_config(config: &crate::config::Config, clock: Arc<dyn Clock>) -> Sinks {
+        Sinks::from_settings(
+            &config.sinks,
+            &config.mattermost,
+            &config.azdo_plan_hosts,
+            clock,
+        )
     }
 
     /// The clients for `settings`, with the approval buttons of `actions` and the check callback
-    /// restricted to `plan_hosts`.
+    /// restricted to `plan_hosts`. `clock` dates what they sign and the `Retry-After` dates they
+    /// are answered.
     pub fn from_settings(
         settings: &crate::config::sinks::SinkSettings,
         actions: &crate::config::MattermostActions,
         plan_hosts: &crate::domain::check::PlanHosts,
+        clock: Arc<dyn Clock>,
     ) -> Sinks {
         let client = http_client();
         let buttons = actions
@@ -252,22 +262,28 @@ impl Sinks {
                     s,
                     buttons,
                     client.clone(),
+                    clock.clone(),
                 )) as Arc<dyn SinkClient>
             }),
             pagerduty: settings.pagerduty.as_ref().map(|s| {
-                Arc::new(pagerduty::PagerDutyClient::from_settings(s, client.clone()))
-                    as Arc<dyn SinkClient>
+                Arc::new(pagerduty::PagerDutyClient::from_settings(
+                    s,
+                    client.clone(),
+                    clock.clone(),
+                )) as Arc<dyn SinkClient>
             }),
             control_plane: settings.control_plane.as_ref().map(|s| {
                 Arc::new(control_plane::ControlPlaneClient::from_settings(
                     s,
                     client.clone(),
+                    clock.clone(),
                 )) as Arc<dyn SinkClient>
             }),
             azure_devops: Some(Arc::new(azure_devops::AzureDevopsClient::from_settings(
                 &settings.azure_devops,
                 plan_hosts.clone(),
                 client,
+                clock,
             ))),
         }
     }

@@ -11,9 +11,10 @@
 //! below it: when empty, [`SendError::Throttled`] says how long to wait and nothing is sent.
 
 use super::{
-    classify, from_reqwest, http_link, incident_payload, prefix, route_field, short_target,
+    classify_at, from_reqwest, http_link, incident_payload, prefix, route_field, short_target,
     truncate, Delivered, SendError, SinkClient, DEFAULT_ROUTE,
 };
+use crate::clock::Clock;
 use crate::config::Secret;
 use crate::domain::alert::Severity;
 use crate::domain::routing::Sink;
@@ -24,7 +25,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use crate::config::sinks::{PagerDutySink, DEFAULT_EVENTS_URL, DEFAULT_RATE_PER_MINUTE};
@@ -174,6 +175,8 @@ pub struct PagerDutyClient {
     /// Routing key name → integration key.
     keys: BTreeMap<String, Secret>,
     limiter: RateLimiter,
+    /// Dates the `Retry-After` answers.
+    clock: Arc<dyn Clock>,
 }
 
 impl PagerDutyClient {
@@ -182,24 +185,31 @@ impl PagerDutyClient {
         events_url: String,
         keys: BTreeMap<String, Secret>,
         rate_per_minute: u32,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         PagerDutyClient {
             client,
             events_url,
             keys,
             limiter: RateLimiter::new(rate_per_minute),
+            clock,
         }
     }
 
     /// `ICAHUB_PAGERDUTY_ROUTING_KEY` (the `default` key), `ICAHUB_PAGERDUTY_ROUTING_KEYS` (JSON
     /// object name → key; the explicit variable wins for `default`), `ICAHUB_PAGERDUTY_EVENTS_URL`
     /// (default [`DEFAULT_EVENTS_URL`]), `ICAHUB_PAGERDUTY_RATE_PER_MINUTE` (default 100).
-    pub fn from_settings(settings: &PagerDutySink, client: reqwest::Client) -> Self {
+    pub fn from_settings(
+        settings: &PagerDutySink,
+        client: reqwest::Client,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         PagerDutyClient::new(
             client,
             settings.events_url.clone(),
             settings.keys.clone(),
             settings.rate_per_minute,
+            clock,
         )
     }
 }
@@ -246,7 +256,7 @@ impl SinkClient for PagerDutyClient {
                 describe_error(&text)
             )));
         }
-        match classify(status, &headers, &text) {
+        match classify_at(status, &headers, &text, self.clock.now()) {
             Ok(()) => Ok(Delivered { status }),
             Err(SendError::Retry {
                 error,
