@@ -16,15 +16,19 @@
 //!   retry classification.
 //! - [`runs`]: the run ledger (start, events, finish) with its per-run hash chain.
 //! - [`services`]: what the hub does, over narrow [`services::Deps`], answering
-//!   [`services::ServiceError`]; [`services::identities`]: API keys, roles, Mattermost links.
+//!   [`services::ServiceError`]; [`services::identities`]: API keys, roles, Mattermost links;
+//!   [`services::approvals`]: approval gates (create, sign, override), budgets, deployment
+//!   locks and the sweep, split by concern.
 //! - [`auth`]: who is calling (API keys, Entra ID tokens, Standard Webhooks signatures);
 //!   [`config::auth_methods`]: which methods each route group accepts; [`refusals`]: refused
 //!   requests, bounded and summarized per minute.
-//! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
+//! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog, over narrow
+//!   [`mattermost::Actions`]; `http/mattermost.rs` writes their answers.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
-pub mod approvals;
+/// Approval gates, budgets and deployment locks: [`services::approvals`].
+pub use services::approvals;
 pub mod audit;
 pub mod auth;
 /// Which methods each route group accepts: [`config::auth_methods`].

@@ -452,7 +452,7 @@ async fn close(
     if closed {
         // Approved estimates held for this run become spend, or are released.
         crate::approvals::settle_run_estimates(
-            app,
+            app.store.as_ref(),
             &f.run_id,
             f.status == crate::domain::run::RunStatus::Success,
             now,

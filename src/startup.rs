@@ -19,7 +19,8 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub clock: Arc<dyn Clock>,
     pub authenticator: crate::identity::Authenticator,
-    pub approval_ids: crate::approvals::IdAllocator,
+    /// The approval service (create, sign, override, sweep).
+    pub approvals: crate::services::approvals::Approvals,
     /// Verifies Entra ID tokens when `config.entra` is set.
     pub entra: Option<crate::entra::EntraVerifier>,
     /// The `webhook-id`s of signed requests accepted lately (replay protection, this process).
@@ -98,13 +99,23 @@ impl App {
         ));
         let entra = config.entra.clone().map(crate::entra::EntraVerifier::new);
         let mattermost_api = crate::mattermost::api::MattermostApi::from_config(&config.mattermost);
+        let approvals = crate::services::approvals::Approvals::new(
+            crate::services::Deps {
+                store: store.clone(),
+                clock: clock.clone(),
+                notify: Arc::new(dispatcher.clone()),
+                metrics: metrics.clone(),
+            },
+            config.approvals.clone(),
+            config.routing.clone(),
+        );
         Ok(Arc::new(App {
             config,
             store,
             dispatcher,
             clock,
             authenticator: Default::default(),
-            approval_ids: Default::default(),
+            approvals,
             entra,
             replay: Default::default(),
             metrics,
@@ -123,7 +134,7 @@ pub async fn drain_periodically(app: Arc<App>, every: Duration) {
         tick.tick().await;
         crate::audit::periodic_checkpoint(&app).await;
         crate::refusals::flush_due(&app).await;
-        if let Err(e) = crate::approvals::sweep(&app, app.clock.now()).await {
+        if let Err(e) = app.approvals.sweep(app.clock.now()).await {
             tracing::warn!(error = %e, "approval sweep failed; will retry");
         }
         if let Err(e) = app.dispatcher.drain(crate::http::timer::DRAIN_BUDGET).await {

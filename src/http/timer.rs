@@ -50,7 +50,7 @@ async fn handle(body: Bytes, app: Arc<App>) -> Response {
     let checkpoint = crate::audit::periodic_checkpoint(&app).await;
     crate::refusals::flush_due(&app).await;
     // Approvals first: expiries and reminders write outbox rows this drain then delivers.
-    let sweep = match crate::approvals::sweep(&app, app.clock.now()).await {
+    let sweep = match app.approvals.sweep(app.clock.now()).await {
         Ok(r) => format!(
             "approvals: checked {}, expired {}, reminded {}",
             r.checked, r.expired, r.reminded
