@@ -22,6 +22,7 @@ fn budget_key(project: &str) -> String {
     )
 }
 
+/// A project's budget, if one is set.
 pub async fn budget(store: &dyn Store, project: &str) -> Result<Option<Budget>, StoreError> {
     match store.doc_get(REGISTRY, &budget_key(project)).await? {
         Some(d) => {
@@ -58,6 +59,7 @@ fn budget_write(
     )
 }
 
+/// Every budget (`icahub budget list`).
 pub async fn list_budgets(store: &dyn Store) -> Result<Vec<Budget>, StoreError> {
     store
         .doc_list(REGISTRY, "budget|")
@@ -208,6 +210,7 @@ pub async fn set_budget_map(
     ))
 }
 
+/// Every pipeline→project map, removed ones left out (`icahub budget maps`).
 pub async fn list_budget_maps(store: &dyn Store) -> Result<Vec<BudgetMap>, StoreError> {
     Ok(store
         .doc_list(REGISTRY, "budgetmap|")
