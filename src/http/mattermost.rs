@@ -82,3 +82,33 @@ fn reply_body(reply: Reply) -> Value {
         Reply::BadReason(text) => json!({"errors": {"reason": text}}),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_written_as_mattermost_expects() {
+        let text = || "no".to_string();
+        assert_eq!(
+            reply_body(Reply::Ephemeral {
+                text: text(),
+                update: None
+            }),
+            json!({"ephemeral_text": "no"})
+        );
+        assert_eq!(
+            reply_body(Reply::Ephemeral {
+                text: text(),
+                update: Some(json!({"message": "m"}))
+            }),
+            json!({"ephemeral_text": "no", "update": {"message": "m"}})
+        );
+        assert_eq!(reply_body(Reply::Done), json!({}));
+        assert_eq!(reply_body(Reply::Refused(text())), json!({"error": "no"}));
+        assert_eq!(
+            reply_body(Reply::BadReason(text())),
+            json!({"errors": {"reason": "no"}})
+        );
+    }
+}
