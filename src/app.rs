@@ -17,7 +17,8 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub clock: Arc<dyn Clock>,
     pub authenticator: crate::identity::Authenticator,
-    pub approval_ids: crate::approvals::IdAllocator,
+    /// The approval service (create, sign, override, sweep).
+    pub approvals: crate::services::approvals::Approvals,
     /// Verifies Entra ID tokens when `config.entra` is set.
     pub entra: Option<crate::entra::EntraVerifier>,
     /// The `webhook-id`s of signed requests accepted lately (replay protection, this process).
@@ -97,13 +98,23 @@ impl App {
         ));
         let entra = config.entra.clone().map(crate::entra::EntraVerifier::new);
         let mattermost_api = crate::mattermost::api::MattermostApi::from_config(&config.mattermost);
+        let approvals = crate::services::approvals::Approvals::new(
+            crate::services::Deps {
+                store: store.clone(),
+                clock: clock.clone(),
+                notify: Arc::new(dispatcher.clone()),
+                metrics: metrics.clone(),
+            },
+            config.approvals.clone(),
+            config.routing.clone(),
+        );
         Ok(Arc::new(App {
             config,
             store,
             dispatcher,
             clock,
             authenticator: Default::default(),
-            approval_ids: Default::default(),
+            approvals,
             entra,
             replay: Default::default(),
             metrics,

@@ -205,10 +205,10 @@ impl From<crate::services::ServiceError> for ApiError {
                 message,
                 retry_after,
             },
-            S::Storage { what, source } => {
+            S::Storage { ref source, .. } => {
                 tracing::error!(error = %source, "storage failed");
                 ApiError::Unavailable {
-                    message: format!("storage is unavailable; {what}, retry later"),
+                    message: e.caller_message(),
                     retry_after: 5,
                 }
             }

@@ -37,7 +37,7 @@ pub async fn tick(app: &App, now: DateTime<Utc>) -> TickReport {
     let checkpoint = crate::audit::periodic_checkpoint(app).await;
     crate::refusals::flush_due(app).await;
     // Approvals first: expiries and reminders write outbox rows this drain then delivers.
-    let sweep = crate::approvals::sweep(app, now).await;
+    let sweep = app.approvals.sweep(now).await;
     if let Err(e) = &sweep {
         tracing::warn!(error = %e, "approval sweep failed; the next tick retries");
     }

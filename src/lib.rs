@@ -18,17 +18,21 @@
 //! - [`services`]: what the hub does, over narrow [`services::Deps`], answering domain types or
 //!   [`services::ServiceError`] (`http/` builds the JSON): [`services::ingest`], the path every
 //!   alert takes (parse, store durably, count, wake the dispatcher); [`services::runs`], the run
-//!   ledger (start, events, finish) with its per-run hash chain; [`services::identities`]: API
-//!   keys, roles, Mattermost links. [`ingest`] and [`runs`] are their old paths.
+//!   ledger (start, events, finish) with its per-run hash chain; [`services::approvals`]: approval
+//!   gates (create, sign, override), budgets, deployment locks and the sweep, split by concern;
+//!   [`services::identities`]: API keys, roles, Mattermost links. [`ingest`], [`runs`] and
+//!   [`approvals`] are their old paths.
 //! - [`auth`]: who is calling (API keys, Entra ID tokens, Standard Webhooks signatures);
 //!   [`config::auth_methods`]: which methods each route group accepts; [`refusals`]: refused
 //!   requests, bounded and summarized per minute.
-//! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog.
+//! - [`mattermost`]: the approval buttons' callbacks and the rejection dialog, over narrow
+//!   [`mattermost::Actions`]; `http/mattermost.rs` writes their answers.
 //! - [`cli`]: operator commands (`serve`, `bench`, `outbox`).
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod approvals;
+/// Approval gates, budgets and deployment locks: [`services::approvals`].
+pub use services::approvals;
 pub mod audit;
 pub mod auth;
 /// Which methods each route group accepts: [`config::auth_methods`].
@@ -54,50 +58,13 @@ pub mod ingest {
     pub use crate::http::alerts::delivery as azure_monitor_delivery;
     pub use crate::http::body::{accepted_body, decode_json, RequestCtx};
     pub use crate::services::ingest::*;
-
-    /// Deprecated: reports any storage contention as contention on an incident. Use
-    /// [`crate::services::ServiceError::from_store`] or [`crate::services::ServiceError::storage`]
-    /// naming what was contended or not done. Kept only for callers not moved yet
-    /// (`approvals`, `http::audit`, `http::timer`).
-    pub fn store_error(e: crate::storage::StoreError) -> crate::error::ApiError {
-        tracing::error!(error = %e, "storage failed");
-        let message = match e {
-            crate::storage::StoreError::Contention(_) => {
-                "too many concurrent updates of this incident; retry"
-            }
-            _ => "storage is unavailable; the event was not stored, retry later",
-        };
-        crate::error::ApiError::Unavailable {
-            message: message.into(),
-            retry_after: 5,
-        }
-    }
 }
 pub mod jobs;
 pub mod mattermost;
 pub mod metrics;
 pub mod refusals;
-/// The run ledger's old path: the service is [`services::runs`]. `run_record` and `run_status`
-/// keep their `&App` signatures for the callers not moved yet (`approvals`).
-pub mod runs {
-    use crate::domain::run::{RunRecord, RunStatus};
-    use crate::error::ApiError;
-    pub use crate::services::runs::{
-        get, partition, Appended, Closed, EventRecorded, Ledger, NothingElse, RunFinished,
-        RunWithEvents,
-    };
-    use crate::startup::App;
-
-    /// The run's record, if it was started.
-    pub async fn run_record(app: &App, run_id: &str) -> Result<Option<RunRecord>, ApiError> {
-        Ok(crate::services::runs::run_record(app.store.as_ref(), run_id).await?)
-    }
-
-    /// The run's status, if it was started.
-    pub async fn run_status(app: &App, run_id: &str) -> Result<Option<RunStatus>, ApiError> {
-        Ok(crate::services::runs::run_status(app.store.as_ref(), run_id).await?)
-    }
-}
+/// The run ledger: [`services::runs`].
+pub use services::runs;
 pub mod secret;
 pub mod server;
 pub mod services;

@@ -148,12 +148,32 @@ fn summaries(minute: i64, buckets: HashMap<(&'static str, String), Bucket>) -> V
 /// Log a refused request (bounded) and count it in this minute's summary of its kind and
 /// source. Never waits for the store: a flood of refusals must not slow the refusals down.
 pub fn record(app: &App, kind: &'static str, source: &str, detail: &str) {
+    record_in(
+        &app.refusals,
+        &app.store,
+        app.clock.now(),
+        kind,
+        source,
+        detail,
+    );
+}
+
+/// [`record`] with narrow dependencies (the services): the counter, the store a closed window's
+/// summaries go to, and the time.
+pub fn record_in(
+    refusals: &Refusals,
+    store: &std::sync::Arc<dyn crate::storage::Store>,
+    now: DateTime<Utc>,
+    kind: &'static str,
+    source: &str,
+    detail: &str,
+) {
     let shown = bounded::truncate(detail, bounded::DETAIL_CHARS);
     let source_shown = bounded::truncate(source, SOURCE_CHARS);
     tracing::info!(target: "icahub::auth", kind, source = %source_shown, detail = %shown, "refused");
-    let closed = app.refusals.count(app.clock.now(), kind, source, detail);
+    let closed = refusals.count(now, kind, source, detail);
     if !closed.is_empty() {
-        let (store, now) = (app.store.clone(), app.clock.now());
+        let store = store.clone();
         tokio::spawn(async move { write(store.as_ref(), now, closed).await });
     }
 }

@@ -436,7 +436,7 @@ async fn pending_requests_are_reminded_hourly_then_expire_and_escalate() {
     let sweep = |hub: &TestHub| {
         let app = hub.app.clone();
         let now = clock.now();
-        async move { icahub::approvals::sweep(&app, now).await.unwrap() }
+        async move { app.approvals.sweep(now).await.unwrap() }
     };
     use icahub::clock::Clock;
     assert_eq!(sweep(&hub).await.reminded, 0);

@@ -1,6 +1,7 @@
 //! Configuration: read once from the environment into typed values, validated at start.
 //! Every variable the hub reads is listed in [`VARS`] (and in the README) with its default.
 
+pub mod approvals;
 pub mod auth_methods;
 pub mod entra;
 pub mod retry;
@@ -154,7 +155,7 @@ pub struct Config {
     /// The methods each route group accepts (`ICAHUB_AUTH_METHODS`).
     pub auth_methods: auth_methods::AuthMethods,
     /// Approval policy and where approval notifications go.
-    pub approvals: crate::approvals::ApprovalConfig,
+    pub approvals: approvals::ApprovalConfig,
     /// The credentials Azure DevOps service hooks may present instead of an API key.
     pub azdo_hooks: AzdoHookAuth,
     /// Hosts an Azure DevOps check may name as its `PlanUrl` (the callback gets the job's token).
@@ -617,8 +618,8 @@ impl Config {
             }
         };
 
-        let approvals = crate::approvals::ApprovalConfig::from_lookup(&|k: &str| get(k))
-            .map_err(ConfigError)?;
+        let approvals =
+            approvals::ApprovalConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
         let entra = entra::EntraConfig::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
         let webhooks =
             webhooks::WebhookSenders::from_lookup(&|k: &str| get(k)).map_err(ConfigError)?;
@@ -684,7 +685,7 @@ impl Config {
             entra: None,
             webhooks: Default::default(),
             auth_methods: Default::default(),
-            approvals: crate::approvals::ApprovalConfig::default(),
+            approvals: approvals::ApprovalConfig::default(),
             azdo_hooks: AzdoHookAuth::default(),
             azdo_plan_hosts: crate::domain::check::PlanHosts::default(),
             azdo_organizations: Default::default(),

@@ -1,21 +1,72 @@
 //! Approval gates: `POST /api/v1/azdev/approval` (devops or admin), `GET .../approval/{id}`,
 //! `POST .../approval/{id}/sign` (approvers; the rules are in [`crate::domain::approval`]) and
-//! `POST .../approval/{id}/override` (admin, emergency, with a reason).
+//! `POST .../approval/{id}/override` (admin, emergency, with a reason). The work is
+//! [`crate::services::approvals`]; the JSON answers are written here.
 
 use super::{auth, ctx, with_app, Segment};
-use crate::approvals::{Origin, Signer};
 use crate::auth_methods::RouteGroup;
 use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
 use crate::ingest::{decode_json, RequestCtx};
+use crate::services::approvals::{view, Approvers, Found, Origin, Overridden, Signed, Signer};
 use crate::startup::App;
 use bytes::Bytes;
-use serde_json::Value;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
 use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
+
+/// Who may sign, as the answers show it.
+fn approvers_json(a: &Approvers) -> Value {
+    json!({
+        "technical": a.technical,
+        "business": a.business,
+        "business_role": a.business_role,
+    })
+}
+
+/// An approval as `GET` answers it: its [`view`] and who may sign it.
+fn found_json(found: &Found, now: DateTime<Utc>) -> Value {
+    let mut v = view(&found.approval, now);
+    v["approvers"] = approvers_json(&found.approvers);
+    v
+}
+
+/// The answer to a signature.
+fn signed_json(id: &str, s: &Signed) -> Value {
+    let sig = &s.signature;
+    json!({
+        "success": true, "approval_id": id, "signature_hash": sig.signature_hash,
+        "status": s.approval.status, "approval_type": sig.approval_type, "decision": sig.decision,
+        "signed_by": sig.by, "signed_at": sig.at,
+    })
+}
+
+/// The answer to either step of an emergency override.
+fn overridden_json(id: &str, o: &Overridden) -> Value {
+    match o {
+        Overridden::Requested {
+            approval,
+            request: r,
+        } => {
+            json!({"success": true, "approval_id": id, "status": approval.status,
+                   "requested_by": r.by, "expires_at": r.expires_at,
+                   "previous_status": r.previous_status, "signature_hash": r.signature_hash,
+                   "next": "a different person holding override_approver confirms with POST …/override and a reason"})
+        }
+        Overridden::Confirmed {
+            approval,
+            record: o,
+        } => {
+            json!({"success": true, "approval_id": id, "status": approval.status, "exception_id": o.exception_id,
+                   "requested_by": o.by, "confirmed_by": o.confirmed_by,
+                   "signature_hash": o.signature_hash, "previous_status": o.previous_status})
+        }
+    }
+}
 
 fn answer(result: Result<(StatusCode, Value), ApiError>, ctx: &RequestCtx) -> Response {
     match result {
@@ -52,9 +103,12 @@ pub fn create(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejec
                         crate::domain::approval::parse_request(&v, &app.config.approvals.policy)
                             .map_err(ApiError::from)?;
                     let now = app.clock.now();
-                    let (new, v) =
-                        crate::approvals::create(&app, &caller, req, Origin::default(), now)
-                            .await?;
+                    let (new, found) = app
+                        .approvals
+                        .create(&caller, req, Origin::default(), now)
+                        .await?;
+                    let mut v = found_json(&found, now);
+                    v["success"] = json!(true);
                     Ok((
                         if new {
                             StatusCode::CREATED
@@ -79,9 +133,13 @@ pub fn get(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejectio
         .and(with_app(app))
         .then(
             |Segment(id), _caller: Caller, ctx: RequestCtx, app: Arc<App>| async move {
-                let result = crate::approvals::get(&app, &id)
+                let now = app.clock.now();
+                let result = app
+                    .approvals
+                    .get(&id)
                     .await
-                    .map(|v| (StatusCode::OK, v));
+                    .map(|found| (StatusCode::OK, found_json(&found, now)))
+                    .map_err(ApiError::from);
                 answer(result, &ctx)
             },
         )
@@ -104,9 +162,11 @@ pub fn sign(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Rejecti
                     let (v, _) = decode_json(&body)?;
                     let input = crate::domain::approval::parse_sign(&v).map_err(ApiError::from)?;
                     let now = app.clock.now();
-                    let v = crate::approvals::sign(&app, &Signer::api(&caller), &id, &input, now)
+                    let signed = app
+                        .approvals
+                        .sign(&Signer::api(&caller), &id, &input, now)
                         .await?;
-                    Ok((StatusCode::OK, v))
+                    Ok((StatusCode::OK, signed_json(&id, &signed)))
                 }
                 .await;
                 answer(result, &ctx)
@@ -142,15 +202,11 @@ pub fn emergency_override(
                         }
                     };
                     let now = app.clock.now();
-                    let v = crate::approvals::emergency_override(
-                        &app,
-                        &caller,
-                        &id,
-                        reason.as_deref(),
-                        now,
-                    )
-                    .await?;
-                    Ok((StatusCode::OK, v))
+                    let o = app
+                        .approvals
+                        .emergency_override(&caller, &id, reason.as_deref(), now)
+                        .await?;
+                    Ok((StatusCode::OK, overridden_json(&id, &o)))
                 }
                 .await;
                 answer(result, &ctx)

@@ -123,7 +123,9 @@ async fn handle(caller: &Caller, body: &[u8], app: &App) -> Result<Value, ApiErr
             .store
             .audit_page(after.as_ref().map(|(p, s)| (p.as_str(), *s)), 1000)
             .await
-            .map_err(crate::ingest::store_error)?;
+            .map_err(crate::services::ServiceError::storage(
+                "the audit trail was not read",
+            ))?;
         let Some(last) = page.last() else { break };
         after = Some((last.partition.clone(), last.seq));
         for e in page {

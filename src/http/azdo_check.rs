@@ -10,7 +10,6 @@
 //! host's business; the query string is ignored here (the check's URL may end in `&`).
 
 use super::{auth, ctx, with_app};
-use crate::approvals::Origin;
 use crate::auth_methods::RouteGroup;
 use crate::domain::alert::PayloadError;
 use crate::domain::approval::{ApprovalRequest, Policy};
@@ -19,6 +18,7 @@ use crate::domain::identity::Role;
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
 use crate::ingest::{decode_json, RequestCtx};
+use crate::services::approvals::{view, Origin};
 use crate::sinks::azure_devops::{events_url, DEFAULT_API_VERSION};
 use crate::sinks::SendError;
 use crate::startup::App;
@@ -135,7 +135,8 @@ async fn handle(
             source: Some("azdo_check".into()),
             check: Some(check.clone()),
         };
-        let (created, view) = crate::approvals::create(&app, &caller, req, origin, now).await?;
+        let (created, found) = app.approvals.create(&caller, req, origin, now).await?;
+        let view = view(&found.approval, now);
         let id = view["approval_id"].as_str().unwrap_or_default().to_string();
         let (status, expires_at, reason) = if created {
             (
@@ -145,7 +146,7 @@ async fn handle(
             )
         } else {
             // The run already has a request for this target: it answers this check from now on.
-            let a = crate::approvals::attach_check(&app, &id, &check, now).await?;
+            let a = app.approvals.attach_check(&id, &check, now).await?;
             (json!(a.status), json!(a.expires_at), json!(a.reason))
         };
         Ok(json!({

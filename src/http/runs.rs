@@ -9,13 +9,11 @@ use crate::domain::identity::Role;
 use crate::domain::run::{FinishRecord, RunRecord};
 use crate::error::{json_response, ApiError};
 use crate::identity::Caller;
-use crate::services::runs::{self, EventRecorded, Ledger, RunFinished, RunWithEvents};
+use crate::services::runs::{self, EventRecorded, Ledger, RunWithEvents};
 use crate::services::ServiceError;
 use crate::startup::App;
 use crate::storage::StoreError;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use warp::http::StatusCode;
@@ -105,21 +103,7 @@ pub(crate) fn ledger(app: &App) -> Ledger<'_> {
         deps: app.deps(),
         routing: &app.config.routing,
         store_timeout: app.config.store_timeout,
-        on_finish: app,
-    }
-}
-
-/// A finished run settles the approved estimates the approvals hold for it.
-impl RunFinished for App {
-    fn run_finished<'a>(
-        &'a self,
-        run_id: &'a str,
-        succeeded: bool,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, ()> {
-        Box::pin(crate::approvals::settle_run_estimates(
-            self, run_id, succeeded, now,
-        ))
+        on_finish: &app.approvals,
     }
 }
 

@@ -91,6 +91,10 @@ async fn handle(body: Bytes, ctx: RequestCtx, app: Arc<App>) -> Response {
             )
         }
         // A failed invocation is logged by the host and retried on the next tick.
-        Err(e) => crate::ingest::store_error(e).into_response(&request_id),
+        Err(e) => crate::error::ApiError::from(crate::services::ServiceError::from_store(
+            "the outbox was not drained",
+            "the outbox",
+        )(e))
+        .into_response(&request_id),
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Data flows one way: `http/` and `cli/` → `services/` → `domain/` (pure) and `storage/`.
 
+pub mod approvals;
 pub mod identities;
 pub mod ingest;
 pub mod runs;
@@ -82,6 +83,17 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// What the caller is told: the message, except that a storage failure says only what was
+    /// not done (its cause is for the log).
+    pub fn caller_message(&self) -> String {
+        match self {
+            ServiceError::Storage { what, .. } => {
+                format!("storage is unavailable; {what}, retry later")
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// A 400 naming the field (`invalid_field`) or the request (`invalid_request`).
     pub fn invalid(field: Option<String>, message: impl Into<String>) -> Self {
         ServiceError::Invalid {
