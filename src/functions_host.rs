@@ -3,7 +3,7 @@
 //! HTTP-only functions are forwarded unchanged (host.json `enableForwardingHttpRequest` /
 //! `enableProxyingHttpRequest`), so the handler sees the public path (`/api/...`), the raw body and
 //! the original headers, plus the host's own headers below. Timer functions arrive as a JSON
-//! envelope `{"Data": {...}, "Metadata": {...}}` on `POST /<FunctionName>` (PROTOCOLS.md 1.3).
+//! envelope `{"Data": {...}, "Metadata": {...}}` on `POST /<FunctionName>` (docs/protocols.md §1.3).
 
 /// Set by the host for the child process: the port to listen on (not the public port).
 pub const PORT_VAR: &str = "FUNCTIONS_CUSTOMHANDLER_PORT";
@@ -26,7 +26,7 @@ pub struct InvocationRequest {
 }
 
 /// The timer binding's value (`TimerInfo`). `ScheduleStatus` may be `null`, and `Last` may be
-/// `0001-01-01T00:00:00` on the first run (PROTOCOLS.md 1.3), so it is kept as raw JSON.
+/// `0001-01-01T00:00:00` on the first run (docs/protocols.md §1.3), so it is kept as raw JSON.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TimerInfo {
     #[serde(rename = "IsPastDue", default)]

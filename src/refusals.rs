@@ -30,7 +30,7 @@ pub const SOURCE_CHARS: usize = 32;
 pub const MAX_BUCKETS: usize = 256;
 
 /// Partition of the summaries (with the other security audit entries).
-pub const PARTITION: &str = crate::http::auth::SECURITY;
+pub const PARTITION: &str = "security";
 
 /// The refusals of the current minute, not yet written.
 #[derive(Default)]

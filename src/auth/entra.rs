@@ -1,5 +1,5 @@
 //! Microsoft Entra ID bearer tokens: managed and workload identities of pipelines, and the Azure
-//! Monitor secure webhook (the "AZNS AAD Webhook" application, PROTOCOLS.md 2.3).
+//! Monitor secure webhook (the "AZNS AAD Webhook" application, docs/protocols.md §2.3).
 //!
 //! A token is accepted only when: its header names RS256 (never `none`, never an HMAC algorithm,
 //! whatever key it claims) and a `kid` found in the tenant's JWKS (discovered from the OpenID

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
     about = "Webhook gateway and notification hub for Azure Pipelines compliance",
     long_about = "icahub ingests Azure Monitor and Alertmanager alerts, stores every accepted event \
 durably (Azure Table Storage, or an embedded SQLite store on one machine) before answering, and \
-turns alerts into incidents.\n\nEnvironment variables are listed in the README; `icahub serve --help` \
+turns alerts into incidents.\n\nEnvironment variables are listed in docs/configuration.md; `icahub serve --help` \
 shows the ones that choose storage.",
     propagate_version = true
 )]

@@ -1,5 +1,5 @@
 //! `icahub package --out dist/icahub.zip`: the zip the Functions host runs, laid out as it
-//! expects (PROTOCOLS.md 1.1, 1.8): `host.json` at the root, every `functions/<name>/` folder at
+//! expects (docs/protocols.md §1.1, §1.8): `host.json` at the root, every `functions/<name>/` folder at
 //! the root beside it (`<name>/function.json`), and the binary `host.json` names, executable.
 //!
 //! `scripts/package.sh` builds the release binary first and calls this with it.

@@ -1,5 +1,6 @@
 //! Configuration: read once from the environment into typed values, validated at start.
-//! Every variable the hub reads is listed in [`VARS`] (and in the README) with its default.
+//! Every variable the hub reads is listed in [`VARS`] with its default;
+//! docs/configuration.md documents each once (tests/configuration_doc.rs holds the two together).
 
 pub mod approvals;
 pub mod auth_methods;
@@ -52,7 +53,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ("ICAHUB_AZDO_ORGANIZATIONS", "unset (the check route refuses every request)", "Comma-separated Azure DevOps organizations whose Invoke Azure Function checks may create and answer approvals (fabrikam for dev.azure.com/fabrikam and fabrikam.visualstudio.com; host/collection for Azure DevOps Server)"),
     ("ICAHUB_OVERRIDE_WINDOW_SECS", "3600", "An emergency override an admin asks for must be confirmed by a second person holding override_approver within this long, or it lapses"),
     ("ICAHUB_AZDO_API_VERSION", "2.0-preview.1", "api-version of the check callback (distributedtask plan events)"),
-    ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see the README); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
+    ("ICAHUB_ROUTING", "unset", "Routing rules as inline JSON (see docs/operations.md, Routing rules); default rules when neither this nor ICAHUB_ROUTING_FILE is set"),
     ("ICAHUB_ROUTING_FILE", "unset", "Path of a JSON file of routing rules"),
     ("ICAHUB_RETRY_FIRST_SECS", "5", "Delay before the first retry of a failed delivery; doubles each time"),
     ("ICAHUB_RETRY_MAX_SECS", "3600", "Longest delay between retries"),

@@ -81,14 +81,19 @@ impl InFlight {
         InFlight(tokio::sync::watch::channel(0).0)
     }
 
-    /// Count `task` from now (before it is even polled) until it ends, and run it.
+    /// Count `task` from now (before it is even polled) until it ends, and run it in the
+    /// caller's span (a fast-path delivery logs under the request that stored its rows).
     fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        use tracing::Instrument;
         self.0.send_modify(|n| *n += 1);
         let running = Running(self.0.clone());
-        tokio::spawn(async move {
-            let _running = running;
-            task.await;
-        });
+        tokio::spawn(
+            async move {
+                let _running = running;
+                task.await;
+            }
+            .in_current_span(),
+        );
     }
 
     /// Resolves once no counted task is running (at once when none is). A task started while

@@ -1,4 +1,4 @@
-//! Signed tokens for the Mattermost approval buttons (PROTOCOLS.md §5.2). Mattermost does not sign
+//! Signed tokens for the Mattermost approval buttons (docs/protocols.md §5.2). Mattermost does not sign
 //! its button callbacks, so the token in each button's `integration.context` is what
 //! authenticates a click: `<base64url payload>.<base64url HMAC-SHA256>`, the payload being the
 //! JSON [`Claims`] (approval id, action, expiry in unix seconds, a random nonce that is the

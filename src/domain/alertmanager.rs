@@ -1,4 +1,4 @@
-//! Prometheus Alertmanager webhook payloads (PROTOCOLS.md §7): webhook `version` "4" as sent by
+//! Prometheus Alertmanager webhook payloads (docs/protocols.md §7): webhook `version` "4" as sent by
 //! Alertmanager 0.25–0.34 (with or without `notification_reason`, `routeLabels`,
 //! `truncatedAlerts`). One [`NormalizedAlert`] per entry of `alerts[]`, each with its own JSON.
 //! Also the prometheus/common label-set fingerprint, for alerts that arrive without one.

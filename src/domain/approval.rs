@@ -102,7 +102,7 @@ impl Decision {
     }
 }
 
-/// The rules that are configuration (see `ICAHUB_APPROVAL_*` in the README).
+/// The rules that are configuration (see `ICAHUB_APPROVAL_*` in docs/configuration.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// Pending longer than this: expired and escalated.

@@ -1,4 +1,4 @@
-//! Azure Monitor action-group payloads (PROTOCOLS.md §2): the common alert schema for every
+//! Azure Monitor action-group payloads (docs/protocols.md §2): the common alert schema for every
 //! `monitoringService`, the legacy `AzureMonitorMetricAlert` and `Microsoft.Insights/activityLogs`
 //! schemas, and Log Alerts V1 (no `schemaId`). Anything else that is a JSON object becomes an
 //! [`UNRECOGNIZED_SCHEMA`] alert keyed by the hash of its raw body, so it is stored, not rejected.

@@ -1,4 +1,4 @@
-//! The Azure Pipelines "Invoke Azure Function" check in callback mode (PROTOCOLS.md §4): the
+//! The Azure Pipelines "Invoke Azure Function" check in callback mode (docs/protocols.md §4): the
 //! callback details the check sends as headers, validated into a [`CheckCallback`], and the hosts
 //! a callback may go to ([`PlanHosts`]). Pure: the endpoint is [`crate::http::azdo_check`], the
 //! callback itself [`crate::sinks::azure_devops`].
@@ -236,7 +236,7 @@ fn segment(name: &str, value: &str) -> Result<String, PayloadError> {
 }
 
 /// `https://dev.azure.com//fabrikam` → (`https://dev.azure.com/fabrikam/`, `dev.azure.com`):
-/// empty segments dropped (PROTOCOLS.md §4: `PlanUrl` ends with `/`, and naive joining makes
+/// empty segments dropped (docs/protocols.md §4: `PlanUrl` ends with `/`, and naive joining makes
 /// `//`), a trailing `/` added, the host lower-cased. No query, fragment, credentials, `.` or `..`.
 pub fn normalize_plan_url(raw: &str) -> Result<(String, String), String> {
     let raw = raw.trim();

@@ -1,4 +1,4 @@
-//! Lenient JSON helpers for the typing quirks of real senders (see PROTOCOLS.md §2.1 and §7):
+//! Lenient JSON helpers for the typing quirks of real senders (see docs/protocols.md §2.1 and §7):
 //! values that are a string in one sample and a number in the next, lists sent as a real array or
 //! as JSON inside a string, timestamps with any number of fractional digits, with or without an
 //! offset, or in the old `3/22/2019 1:36:31 PM` form. Also the strict accessors the parsers use for

@@ -302,9 +302,8 @@ async fn entra_caller(app: &Arc<App>, group: RouteGroup, token: &str) -> Result<
     }
 }
 
-/// Partition of security audit entries (refused authentication attempts, summarized per minute
-/// by [`crate::refusals`]).
-pub const SECURITY: &str = "security";
+/// Partition of security audit entries: [`crate::refusals::PARTITION`].
+pub use crate::refusals::PARTITION as SECURITY;
 
 /// Log a refused attempt on `source` (a route group) and count it in the minute's summary on the
 /// security audit trail ([`crate::refusals::record`]: bounded, never waiting for the store).

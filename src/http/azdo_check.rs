@@ -1,5 +1,5 @@
 //! `POST /api/v1/azdo/check`: the Azure Pipelines "Invoke Azure Function" check in callback mode
-//! (PROTOCOLS.md §4). The check sends its callback details as headers (`PlanUrl`, `ProjectId`,
+//! (docs/protocols.md §4). The check sends its callback details as headers (`PlanUrl`, `ProjectId`,
 //! `HubName`, `PlanId`, `JobId`, `TimelineId`, `TaskInstanceId`, `AuthToken`, optionally
 //! `BuildId`) and the approval request as its body; we create the approval (or find the run's
 //! open one) and answer **200** at once. The decision reaches Azure DevOps later, as a

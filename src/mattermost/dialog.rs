@@ -1,4 +1,4 @@
-//! The rejection dialog (PROTOCOLS.md §5.3): Reject opens it, with a state token bound to the
+//! The rejection dialog (docs/protocols.md §5.3): Reject opens it, with a state token bound to the
 //! user who clicked; its submission (`type: dialog_submission`, same URL) rejects with the
 //! reason. Answers ([`Reply`]): [`Reply::Done`] closes the dialog, [`Reply::BadReason`] marks
 //! the field, [`Reply::Refused`] shows a refusal.

@@ -1,4 +1,4 @@
-//! Mattermost approval buttons and the rejection dialog (PROTOCOLS.md §5.2, §5.3;
+//! Mattermost approval buttons and the rejection dialog (docs/protocols.md §5.2, §5.3;
 //! docs/mattermost.md): what `POST /api/v1/mattermost/actions` does ([`crate::http::mattermost`]
 //! is the route).
 //!
@@ -25,8 +25,8 @@ use crate::config::MattermostActions;
 use crate::domain::action_token::{self, Action, Claims, TokenError, TokenKeys};
 use crate::domain::approval::{ApprovalType, Decision, SignIn};
 use crate::domain::identity::IdentityRecord;
-use crate::http::auth::SECURITY;
 use crate::refusals::Refusals;
+use crate::refusals::PARTITION as SECURITY;
 use crate::services::approvals::{self, Approvals, Signer};
 use crate::services::ServiceError;
 use crate::sinks::mattermost_approval::{self, ApprovalView, ButtonConfig, Buttons, Phase};

@@ -1,4 +1,4 @@
-//! Azure DevOps: tells an "Invoke Azure Function" check (callback mode, PROTOCOLS.md §4) the
+//! Azure DevOps: tells an "Invoke Azure Function" check (callback mode, docs/protocols.md §4) the
 //! outcome of the approval it waits on. One `check.completed` row per decided approval, written by
 //! [`crate::approvals`] in the commit that decides it; the row carries the check's callback
 //! ([`CheckCallback`]), so there is nothing to configure. The row never carries the job's token:

@@ -1,4 +1,4 @@
-//! Mattermost incoming webhooks (PROTOCOLS.md §5.1): one message with one attachment per incident
+//! Mattermost incoming webhooks (docs/protocols.md §5.1): one message with one attachment per incident
 //! opening, update or resolution, and the approval messages (with their buttons) rendered by
 //! [`super::mattermost_approval`]. [`render`] is pure and builds the JSON body; the client picks
 //! the webhook named by the row's `route.mattermost_webhook` (`default` when unnamed) and posts.

@@ -1,4 +1,4 @@
-//! PagerDuty Events API v2 (PROTOCOLS.md §6): `incident.opened` triggers an alert,
+//! PagerDuty Events API v2 (docs/protocols.md §6): `incident.opened` triggers an alert,
 //! `incident.resolved` resolves it. Both use the incident id as `dedup_key` and the same routing
 //! key (the one named by `route.pagerduty_key`, `default` when unnamed), so PagerDuty pairs them.
 //!

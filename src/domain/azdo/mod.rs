@@ -1,4 +1,4 @@
-//! Azure DevOps service-hook deliveries (Web Hooks consumer, PROTOCOLS.md §3) read as run-ledger
+//! Azure DevOps service-hook deliveries (Web Hooks consumer, docs/protocols.md §3) read as run-ledger
 //! facts: which run (the build/run id, as `scripts/azdev_ica_hook.sh` uses `$BUILD_BUILDID`), how
 //! to start it when the ledger has not seen it, the event to append, and whether the run is done.
 //! Pure: no I/O. The route is `http/azdo.rs`, which writes through `runs`.

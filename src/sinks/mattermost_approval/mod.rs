@@ -1,4 +1,4 @@
-//! Mattermost messages for approvals (PROTOCOLS.md §5.1, §5.2): the request, with buttons
+//! Mattermost messages for approvals (docs/protocols.md §5.1, §5.2): the request, with buttons
 //! Approve (technical), Approve (business) and Reject; reminders (buttons again, new tokens of
 //! the reminder's own message group);
 //! the finance review; the escalation of an expired request; the decision. Pure: the rows'
