@@ -197,8 +197,14 @@ impl From<crate::services::ServiceError> for ApiError {
             S::Busy {
                 message,
                 retry_after,
+            } => {
+                tracing::warn!(%message, "storage contention; the caller is asked to retry");
+                ApiError::Unavailable {
+                    message,
+                    retry_after,
+                }
             }
-            | S::Unavailable {
+            S::Unavailable {
                 message,
                 retry_after,
             } => ApiError::Unavailable {

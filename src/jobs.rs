@@ -8,7 +8,7 @@ use crate::app::App;
 use crate::approvals::SweepReport;
 use crate::dispatcher::DrainReport;
 use crate::storage::StoreError;
-use chrono::{DateTime, Utc};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,13 +31,15 @@ pub struct TickReport {
     pub drain: Result<DrainReport, StoreError>,
 }
 
-/// One round of the periodic work at `now`: a due audit checkpoint, the refusal summaries whose
-/// minute has ended, the approval sweep, then an outbox drain of at most [`DRAIN_BUDGET`].
-pub async fn tick(app: &App, now: DateTime<Utc>) -> TickReport {
+/// One round of the periodic work: a due audit checkpoint, the refusal summaries whose minute
+/// has ended, the approval sweep, then an outbox drain of at most [`DRAIN_BUDGET`]. The sweep
+/// reads the app's clock when it starts, after the checkpoint, so a slow checkpoint does not
+/// delay an expiry.
+pub async fn tick(app: &App) -> TickReport {
     let checkpoint = crate::audit::periodic_checkpoint(app).await;
     crate::refusals::flush_due(app).await;
     // Approvals first: expiries and reminders write outbox rows this drain then delivers.
-    let sweep = app.approvals.sweep(now).await;
+    let sweep = app.approvals.sweep(app.clock.now()).await;
     if let Err(e) = &sweep {
         tracing::warn!(error = %e, "approval sweep failed; the next tick retries");
     }
@@ -56,7 +58,7 @@ pub async fn run_every(app: Arc<App>, every: Duration) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(e) = tick(&app, app.clock.now()).await.drain {
+        if let Err(e) = tick(&app).await.drain {
             tracing::warn!(error = %e, "periodic outbox drain failed; will retry");
         }
     }
@@ -91,7 +93,7 @@ mod tests {
             .await
             .expect("the app");
 
-        let first = tick(&app, app.clock.now()).await;
+        let first = tick(&app).await;
         let key = first
             .checkpoint
             .expect("a checkpoint is due on a new store");
@@ -101,10 +103,10 @@ mod tests {
         assert_eq!(first.drain.expect("the drain"), DrainReport::default());
 
         clock.advance(chrono::Duration::minutes(59));
-        let second = tick(&app, app.clock.now()).await;
+        let second = tick(&app).await;
         assert_eq!(second.checkpoint, None, "not due within the period");
         clock.advance(chrono::Duration::minutes(1));
-        let third = tick(&app, app.clock.now()).await;
+        let third = tick(&app).await;
         assert!(third.checkpoint.is_some(), "due again after the period");
     }
 }

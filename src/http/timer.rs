@@ -48,7 +48,7 @@ async fn handle(body: Bytes, ctx: RequestCtx, app: Arc<App>) -> Response {
         }
     };
     let past_due = envelope.timer().is_some_and(|t| t.is_past_due);
-    let tick = crate::jobs::tick(&app, app.clock.now()).await;
+    let tick = crate::jobs::tick(&app).await;
     let sweep = match tick.sweep {
         Ok(r) => format!(
             "approvals: checked {}, expired {}, reminded {}",
@@ -91,9 +91,8 @@ async fn handle(body: Bytes, ctx: RequestCtx, app: Arc<App>) -> Response {
             )
         }
         // A failed invocation is logged by the host and retried on the next tick.
-        Err(e) => crate::error::ApiError::from(crate::services::ServiceError::from_store(
+        Err(e) => crate::error::ApiError::from(crate::services::ServiceError::storage(
             "the outbox was not drained",
-            "the outbox",
         )(e))
         .into_response(&request_id),
     }

@@ -76,13 +76,11 @@ pub fn alertmanager_delivery(
 /// the 5 s `Retry-After` alert senders have always been given.
 fn store_failed(e: StoreError) -> ServiceError {
     match e {
-        StoreError::Contention(_) => {
-            tracing::error!(error = %e, "storage failed");
-            ServiceError::Busy {
-                message: "too many concurrent updates of this incident; retry".into(),
-                retry_after: 5,
-            }
-        }
+        // Logged where it becomes an answer (`From<ServiceError> for ApiError`).
+        StoreError::Contention(_) => ServiceError::Busy {
+            message: "too many concurrent updates of this incident; retry".into(),
+            retry_after: 5,
+        },
         e => ServiceError::storage("the event was not stored")(e),
     }
 }

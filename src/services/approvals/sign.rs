@@ -171,14 +171,16 @@ impl Approvals {
                     Ok(true) => *took_budget = Some(next.project.clone()),
                     Ok(false) => {}
                     Err(e) => {
-                        self.audit_refusal(id, refuse(e.to_string()), now).await;
+                        self.audit_refusal(id, refuse(e.caller_message()), now)
+                            .await;
                         return Err(e);
                     }
                 }
             }
             if next.status == ApprovalStatus::Approved && next.production {
                 if let Err(e) = self.acquire_lock(&next, now).await {
-                    self.audit_refusal(id, refuse(e.to_string()), now).await;
+                    self.audit_refusal(id, refuse(e.caller_message()), now)
+                        .await;
                     return Err(e);
                 }
                 *took_lock = Some(next.deployment_target.clone());
