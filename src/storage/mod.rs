@@ -21,7 +21,8 @@ pub mod conformance;
 pub mod sqlite;
 pub mod tables;
 
-use crate::domain::alert::{Condition, NormalizedAlert, Severity, Source};
+use crate::domain::alert::{NormalizedAlert, Severity, Source};
+pub use crate::domain::event::StoredEvent;
 use crate::domain::incident::{Incident, IncidentAction, IncidentStatus};
 use crate::domain::routing::{Routing, Sink};
 use async_trait::async_trait;
@@ -62,26 +63,6 @@ pub struct EventOutcome {
     /// Outbox rows written with this event (0 for duplicates).
     #[serde(default)]
     pub outbox_rows: u32,
-}
-
-/// A stored event: one alert as received.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub id: String,
-    pub request_id: String,
-    pub invocation_id: Option<String>,
-    pub source: Source,
-    pub schema: String,
-    pub kind: String,
-    pub alert_id: String,
-    pub dedup_key: String,
-    pub stream: String,
-    pub condition: Condition,
-    pub severity: Severity,
-    pub incident_id: Option<String>,
-    pub received_at: DateTime<Utc>,
-    /// The raw JSON of this alert (the whole request body for single-alert deliveries).
-    pub raw: String,
 }
 
 /// The raw body of a request that carried several alerts (Alertmanager).
@@ -332,11 +313,14 @@ pub trait Store: Send + Sync + 'static {
     /// holds; `Ok(false)` (nothing written) when one does not: re-read and try again.
     async fn doc_commit(&self, commit: &DocCommit) -> Result<bool>;
 
-    /// Every partition with an audit chain or records, in name order (see [`crate::audit`]).
+    /// Every partition with an audit chain or records, in name order (see [`crate::domain::audit_chain`]).
     async fn audit_partitions(&self) -> Result<Vec<String>>;
     /// One partition's chain (in stored order), its recorded head and its current records'
     /// bodies, rebuilt from stored data, for the verifier.
-    async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState>;
+    async fn audit_state(
+        &self,
+        partition: &str,
+    ) -> Result<crate::domain::audit_chain::PartitionState>;
     /// Every partition's chain head: (partition, seq, hash).
     async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>>;
     /// Chain entries after `after` = (partition, seq), ordered by (partition, seq), at most
@@ -345,7 +329,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         after: Option<(&str, u64)>,
         limit: usize,
-    ) -> Result<Vec<crate::audit::AuditEntry>>;
+    ) -> Result<Vec<crate::domain::audit_chain::AuditEntry>>;
 
     /// Keep `value` under `key` (see the module docs: never chained, exported or backed up),
     /// replacing any value it had. `now` is recorded as when it was stored. `key` is at most

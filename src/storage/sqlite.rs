@@ -12,8 +12,8 @@ use super::{
     valid_partition, Delivery, Doc, DocCommit, EventOutcome, Expect, IncidentFilter, OutboxFilter,
     OutboxRow, OutboxStatus, RawRequest, Result, Settle, Store, StoreError, StoredEvent,
 };
-use crate::audit::{self, AuditEntry, PartitionState};
 use crate::domain::alert::{Condition, Severity, Source};
+use crate::domain::audit_chain::{self as audit, AuditEntry, PartitionState};
 use crate::domain::incident::{
     plan, stream_key, stream_of_id, Incident, IncidentAction, StreamState,
 };
@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS requests (
     body        TEXT NOT NULL
 );
 -- The audit trail: one hash chain per partition (stream or document partition), appended in the
--- same transaction as the record (see src/audit.rs and docs/audit.md).
+-- same transaction as the record (see src/domain/audit_chain.rs and docs/audit.md).
 CREATE TABLE IF NOT EXISTS audit (
     partition TEXT NOT NULL,
     seq       INTEGER NOT NULL,

@@ -222,10 +222,10 @@ impl TableStore {
         let mut audit = Vec::with_capacity(commit.writes.len());
         let mut prev = audit_head;
         for w in &commit.writes {
-            let (e, text) = crate::audit::next_entry(
+            let (e, text) = crate::domain::audit_chain::next_entry(
                 prev.as_ref().map(|(s, h)| (*s, h.as_str())),
                 p,
-                crate::audit::kind::DOC,
+                crate::domain::audit_chain::kind::DOC,
                 &w.key,
                 commit.now,
                 w.value.clone(),

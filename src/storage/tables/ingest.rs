@@ -150,19 +150,19 @@ impl TableStore {
             let mut audit = Vec::new();
             let mut prev = audit_head.clone();
             let mut records = vec![(
-                crate::audit::kind::EVENT,
+                crate::domain::audit_chain::kind::EVENT,
                 event.id.clone(),
-                crate::audit::event_body(&event),
+                crate::domain::audit_chain::event_body(&event),
             )];
             for inc in p.closed.iter().chain(p.incident.iter()) {
                 records.push((
-                    crate::audit::kind::INCIDENT,
+                    crate::domain::audit_chain::kind::INCIDENT,
                     inc.id.clone(),
-                    crate::audit::incident_body(inc),
+                    crate::domain::audit_chain::incident_body(inc),
                 ));
             }
             for (kind, key, body) in records {
-                let (e, text) = crate::audit::next_entry(
+                let (e, text) = crate::domain::audit_chain::next_entry(
                     prev.as_ref().map(|(s, h)| (*s, h.as_str())),
                     &stream,
                     kind,

@@ -509,9 +509,12 @@ impl Store for TableStore {
         Ok(out)
     }
 
-    async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState> {
-        use crate::audit::{event_body, incident_body, kind};
-        let mut st = crate::audit::PartitionState::default();
+    async fn audit_state(
+        &self,
+        partition: &str,
+    ) -> Result<crate::domain::audit_chain::PartitionState> {
+        use crate::domain::audit_chain::{event_body, incident_body, kind};
+        let mut st = crate::domain::audit_chain::PartitionState::default();
         if !valid_key(partition) {
             return Ok(st);
         }
@@ -555,7 +558,7 @@ impl Store for TableStore {
         &self,
         after: Option<(&str, u64)>,
         limit: usize,
-    ) -> Result<Vec<crate::audit::AuditEntry>> {
+    ) -> Result<Vec<crate::domain::audit_chain::AuditEntry>> {
         let range = "RowKey ge 'audit|' and RowKey lt 'audit}'";
         let filter = match after {
             None => range.to_string(),
