@@ -18,8 +18,11 @@
 //! no chained data and which the backup skips (see [`tables`]).
 
 pub mod conformance;
+pub mod open;
 pub mod sqlite;
 pub mod tables;
+
+pub use open::{open, restore, OpenMode, Restored, Settings};
 
 use crate::domain::alert::{NormalizedAlert, Severity, Source};
 pub use crate::domain::event::StoredEvent;
@@ -254,6 +257,14 @@ pub trait Store: Send + Sync + 'static {
     async fn count_events(&self) -> Result<u64>;
     /// A cheap round trip to check the storage answers.
     async fn ping(&self) -> Result<()>;
+    /// Write a copy of the whole store, secrets left out, to the new file `to` (`icahub
+    /// backup`; refused if `to` exists). `progress` is told the entities read so far, by the
+    /// backends that count them.
+    async fn backup(
+        &self,
+        to: &std::path::Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<BackupWritten>;
 
     /// Rows that may be sent now, at most `limit`: for each (stream, sink) only its lowest
     /// pending row (so a stream's deliveries to one sink go out in order), and only when it is due
@@ -339,6 +350,13 @@ pub trait Store: Send + Sync + 'static {
     async fn secret_get(&self, key: &str) -> Result<Option<String>>;
     /// Forget `key`; `true` if a value was held. Deleting an unknown key is not an error.
     async fn secret_delete(&self, key: &str) -> Result<bool>;
+}
+
+/// What [`Store::backup`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupWritten {
+    /// Entities written (Table Storage); `None` for a database snapshot (embedded).
+    pub entities: Option<u64>,
 }
 
 /// The Table Storage partition (of `<prefix>requests`) that holds the secrets.

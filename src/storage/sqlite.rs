@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
-const DB_FILE: &str = "icahub.db";
+/// The database file under the data directory.
+pub(crate) const DB_FILE: &str = "icahub.db";
 /// Upper bound on deliveries per group commit; keeps one transaction short.
 const MAX_GROUP: usize = 512;
 
@@ -1510,6 +1511,15 @@ impl Store for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+
+    async fn backup(
+        &self,
+        to: &Path,
+        _progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<super::BackupWritten> {
+        self.backup_to(to).await?;
+        Ok(super::BackupWritten { entities: None })
     }
 
     async fn count_events(&self) -> Result<u64> {

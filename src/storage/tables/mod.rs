@@ -111,22 +111,22 @@ impl TableStore {
     /// (`ICAHUB_TABLES_CREDENTIAL=azure_cli`). With `create` the tables are created if missing;
     /// without, a missing table is an error: for commands that only read (backup, doctor), where
     /// a mistyped prefix must not make two new empty tables and a read-only role is enough.
-    pub async fn from_config(
-        storage: &crate::config::StorageConfig,
+    pub async fn from_settings(
+        storage: &crate::storage::Settings,
         create: bool,
     ) -> Result<TableStore> {
-        use crate::config::StorageConfig;
+        use crate::storage::Settings;
         let (endpoint, prefix) = match storage {
-            StorageConfig::Embedded { .. } => {
+            Settings::Embedded { .. } => {
                 return Err(StoreError::Config(
                     "the embedded store is configured".into(),
                 ))
             }
-            StorageConfig::Tables {
+            Settings::Tables {
                 connection_string,
                 table_prefix,
             } => (connection::parse(connection_string.expose())?, table_prefix),
-            StorageConfig::TablesIdentity {
+            Settings::TablesIdentity {
                 endpoint,
                 client_id,
                 azure_cli,
@@ -583,6 +583,15 @@ impl Store for TableStore {
 
     async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
         self.doc_write(commit).await
+    }
+
+    async fn backup(
+        &self,
+        to: &std::path::Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<crate::storage::BackupWritten> {
+        let n = self.backup_to_file(to, progress).await?;
+        Ok(crate::storage::BackupWritten { entities: Some(n) })
     }
 
     async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
