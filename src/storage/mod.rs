@@ -19,6 +19,7 @@
 
 pub mod conformance;
 pub mod open;
+pub mod plan;
 pub mod sqlite;
 pub mod tables;
 

@@ -8,15 +8,14 @@
 //! unique index makes a second open incident per stream impossible at the database level.
 //! Reads use a small pool of separate connections, so they never wait for the writer.
 
+use super::plan::{self, AlertWrite, StreamHead};
 use super::{
     valid_partition, Delivery, Doc, DocCommit, EventOutcome, Expect, IncidentFilter, OutboxFilter,
     OutboxRow, OutboxStatus, RawRequest, Result, Settle, Store, StoreError, StoredEvent,
 };
 use crate::domain::alert::{Condition, Severity, Source};
 use crate::domain::audit_chain::{self as audit, AuditEntry, PartitionState};
-use crate::domain::incident::{
-    plan, stream_key, stream_of_id, Incident, IncidentAction, StreamState,
-};
+use crate::domain::incident::{stream_key, stream_of_id, Incident};
 use crate::domain::routing::{Routing, Sink};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -461,161 +460,33 @@ fn commit_group(conn: &mut Connection, jobs: &mut [BoxedJob]) -> Result<()> {
     tx.commit().map_err(db_err)
 }
 
+/// One delivery's write: for each alert, read the plan's inputs and persist what
+/// [`plan::plan_alert`] says (all inside the caller's savepoint, so the delivery is atomic).
 fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
-    let now = d.received_at;
     let mut outcomes = Vec::with_capacity(d.alerts.len());
-    let mut any_new = false;
     for da in &d.alerts {
-        let alert = &da.alert;
-        let stream = stream_key(alert).to_string();
+        let stream = stream_key(&da.alert).to_string();
         let existing: Option<(String, Option<String>)> = tx
             .prepare_cached(
                 "SELECT id, incident_id FROM events WHERE stream = ?1 AND dedup_key = ?2",
             )
             .and_then(|mut s| {
-                s.query_row([&stream, &alert.dedup_key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
+                s.query_row([&stream, &da.alert.dedup_key], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
             })
             .map_err(db_err)?;
         if let Some((event_id, incident_id)) = existing {
-            outcomes.push(EventOutcome {
-                event_id,
-                duplicate: true,
-                incident_id,
-                action: IncidentAction::None,
-                outbox_rows: 0,
-            });
+            outcomes.push(plan::duplicate(event_id, incident_id));
             continue;
         }
-        any_new = true;
-        let head: Option<(u64, u64, Option<String>)> = tx
-            .prepare_cached(
-                "SELECT incident_seq, outbox_seq, open_incident FROM streams WHERE stream = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row([&stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()
-            })
-            .map_err(db_err)?;
-        let (incident_seq, outbox_seq, open_id) = head.clone().unwrap_or((0, 0, None));
-        let open_id_before = open_id.clone();
-        let open = match open_id {
-            Some(id) => load_incident(tx, &id)?,
-            None => None,
-        };
-        let state = StreamState { incident_seq, open };
-        let p = plan(routing, &state, alert, &da.event_id, now);
-        let incident_id = p.incident.as_ref().map(|i| i.id.clone());
-        let raw = da.raw_alert.as_deref().unwrap_or(&d.raw_body);
-        tx.prepare_cached(
-            "INSERT INTO events (id, stream, dedup_key, request_id, invocation_id, source, schema, \
-             kind, alert_id, condition, severity, incident_id, received_at, raw) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                da.event_id,
-                stream,
-                alert.dedup_key,
-                d.request_id,
-                d.invocation_id,
-                alert.source.as_str(),
-                alert.schema,
-                alert.kind,
-                alert.alert_id,
-                alert.condition.as_str(),
-                alert.severity.as_str(),
-                incident_id,
-                ts(d.received_at),
-                raw,
-            ])
-        })
-        .map_err(db_err)?;
-        let mut records = vec![(
-            audit::kind::EVENT,
-            da.event_id.clone(),
-            audit::event_body(&StoredEvent {
-                id: da.event_id.clone(),
-                request_id: d.request_id.clone(),
-                invocation_id: d.invocation_id.clone(),
-                source: alert.source,
-                schema: alert.schema.clone(),
-                kind: alert.kind.clone(),
-                alert_id: alert.alert_id.clone(),
-                dedup_key: alert.dedup_key.clone(),
-                stream: stream.clone(),
-                condition: alert.condition,
-                severity: alert.severity,
-                incident_id: incident_id.clone(),
-                received_at: d.received_at,
-                raw: raw.to_string(),
-            }),
-            None,
-        )];
-        for inc in p.closed.iter().chain(p.incident.iter()) {
-            records.push((
-                audit::kind::INCIDENT,
-                inc.id.clone(),
-                audit::incident_body(inc),
-                None,
-            ));
-        }
-        audit_append(tx, &stream, records, now)?;
-        for inc in p.closed.iter().chain(p.incident.iter()) {
-            let doc = serde_json::to_string(inc)
-                .map_err(|e| StoreError::Corrupt(format!("incident encode: {e}")))?;
-            tx.prepare_cached(
-                "INSERT INTO incidents (id, stream, status, severity, opened_at, doc) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, \
-                 severity = excluded.severity, doc = excluded.doc",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    inc.id,
-                    stream,
-                    inc.status.as_str(),
-                    inc.severity.as_str(),
-                    ts(inc.opened_at),
-                    doc
-                ])
-            })
-            .map_err(db_err)?;
-        }
-        let seq = insert_outbox(tx, &stream, outbox_seq, &p.outbox, &da.event_id, now)?;
-        let open_now = p.next.open.as_ref().map(|i| i.id.clone());
-        let unchanged = head.is_some()
-            && p.next.incident_seq == incident_seq
-            && seq == outbox_seq
-            && open_now == open_id_before;
-        if unchanged {
-            // An alert attached to the open incident with no outbox rows: the head row stands.
-            outcomes.push(EventOutcome {
-                event_id: da.event_id.clone(),
-                duplicate: false,
-                incident_id,
-                action: p.action,
-                outbox_rows: 0,
-            });
-            continue;
-        }
-        tx.prepare_cached(
-            "INSERT INTO streams (stream, incident_seq, outbox_seq, open_incident) \
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT(stream) DO UPDATE SET \
-             incident_seq = excluded.incident_seq, outbox_seq = excluded.outbox_seq, \
-             open_incident = excluded.open_incident",
-        )
-        .and_then(|mut s| s.execute(params![stream, p.next.incident_seq, seq, open_now]))
-        .map_err(db_err)?;
-        outcomes.push(EventOutcome {
-            event_id: da.event_id.clone(),
-            duplicate: false,
-            incident_id,
-            action: p.action,
-            outbox_rows: p.outbox.len() as u32,
-        });
+        let (head, existed) = read_head(tx, &stream)?;
+        let w = plan::plan_alert(d, da, routing, &head);
+        persist_alert(tx, &w, existed && w.stream_unchanged(&head))?;
+        outcomes.push(w.outcome);
     }
-    if d.alerts.len() != 1 && (any_new || d.alerts.is_empty()) {
+    if plan::keeps_raw_request(d, &outcomes) {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO requests (request_id, source, received_at, body) \
              VALUES (?1, ?2, ?3, ?4)",
@@ -631,6 +502,105 @@ fn apply_delivery(tx: &Connection, d: &Delivery, routing: &Routing) -> Result<Ve
         .map_err(db_err)?;
     }
     Ok(outcomes)
+}
+
+/// A stream's head (sequence numbers, open incident, audit chain head), and whether its row
+/// exists.
+fn read_head(tx: &Connection, stream: &str) -> Result<(StreamHead, bool)> {
+    let row: Option<(u64, u64, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT incident_seq, outbox_seq, open_incident FROM streams WHERE stream = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([stream], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .map_err(db_err)?;
+    let existed = row.is_some();
+    let (incident_seq, outbox_seq, open_id) = row.unwrap_or((0, 0, None));
+    let open = match open_id {
+        Some(id) => load_incident(tx, &id)?,
+        None => None,
+    };
+    let head = StreamHead {
+        incident_seq,
+        outbox_seq,
+        open,
+        audit: audit_head(tx, stream)?,
+    };
+    Ok((head, existed))
+}
+
+/// Write what [`plan::plan_alert`] planned; the stream row only if it changed.
+fn persist_alert(tx: &Connection, w: &AlertWrite, stream_unchanged: bool) -> Result<()> {
+    let e = &w.event;
+    tx.prepare_cached(
+        "INSERT INTO events (id, stream, dedup_key, request_id, invocation_id, source, schema, \
+         kind, alert_id, condition, severity, incident_id, received_at, raw) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            e.id,
+            e.stream,
+            e.dedup_key,
+            e.request_id,
+            e.invocation_id,
+            e.source.as_str(),
+            e.schema,
+            e.kind,
+            e.alert_id,
+            e.condition.as_str(),
+            e.severity.as_str(),
+            e.incident_id,
+            ts(e.received_at),
+            e.raw,
+        ])
+    })
+    .map_err(db_err)?;
+    insert_audit(tx, &w.stream, &w.audit)?;
+    for inc in &w.incidents {
+        let doc = serde_json::to_string(inc)
+            .map_err(|e| StoreError::Corrupt(format!("incident encode: {e}")))?;
+        tx.prepare_cached(
+            "INSERT INTO incidents (id, stream, status, severity, opened_at, doc) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT(id) DO UPDATE SET status = excluded.status, \
+             severity = excluded.severity, doc = excluded.doc",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                inc.id,
+                w.stream,
+                inc.status.as_str(),
+                inc.severity.as_str(),
+                ts(inc.opened_at),
+                doc
+            ])
+        })
+        .map_err(db_err)?;
+    }
+    insert_outbox(tx, &w.outbox)?;
+    if stream_unchanged {
+        // An alert attached to the open incident with no outbox rows: the head row stands.
+        return Ok(());
+    }
+    tx.prepare_cached(
+        "INSERT INTO streams (stream, incident_seq, outbox_seq, open_incident) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT(stream) DO UPDATE SET \
+         incident_seq = excluded.incident_seq, outbox_seq = excluded.outbox_seq, \
+         open_incident = excluded.open_incident",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            w.stream,
+            w.head.incident_seq,
+            w.head.outbox_seq,
+            w.head.open.as_ref().map(|i| &i.id)
+        ])
+    })
+    .map_err(db_err)?;
+    Ok(())
 }
 
 fn load_incident(conn: &Connection, id: &str) -> Result<Option<Incident>> {
@@ -813,19 +783,10 @@ fn query_outbox(
         .collect()
 }
 
-/// Insert outbox rows after `last_seq` in `stream`; returns the new last seq.
-fn insert_outbox(
-    c: &Connection,
-    stream: &str,
-    last_seq: u64,
-    drafts: &[crate::domain::routing::OutboxDraft],
-    event_id: &str,
-    now: DateTime<Utc>,
-) -> Result<u64> {
-    let mut seq = last_seq;
-    for draft in drafts {
-        seq += 1;
-        let payload = serde_json::to_string(&draft.payload)
+/// Insert planned outbox rows (see [`plan::outbox_rows`]).
+fn insert_outbox(c: &Connection, rows: &[OutboxRow]) -> Result<()> {
+    for row in rows {
+        let payload = serde_json::to_string(&row.payload)
             .map_err(|e| StoreError::Corrupt(format!("outbox encode: {e}")))?;
         c.prepare_cached(
             "INSERT INTO outbox (stream, seq, sink, kind, idempotency_key, event_id, payload, \
@@ -834,51 +795,35 @@ fn insert_outbox(
         )
         .and_then(|mut s| {
             s.execute(params![
-                stream,
-                seq,
-                draft.sink.as_str(),
-                draft.kind,
-                draft.idempotency_key,
-                event_id,
+                row.stream,
+                row.seq,
+                row.sink.as_str(),
+                row.kind,
+                row.idempotency_key,
+                row.event_id,
                 payload,
-                ts(now)
+                ts(row.created_at)
             ])
         })
         .map_err(db_err)?;
     }
-    Ok(seq)
+    Ok(())
 }
 
-/// A record to chain: kind, key, body, and the body's JSON when already serialized.
-type AuditRecord<'a> = (&'a str, String, serde_json::Value, Option<String>);
-
-/// Append entries for these records to `partition`'s chain (inside the caller's transaction).
-fn audit_append(
-    c: &Connection,
-    partition: &str,
-    records: Vec<AuditRecord<'_>>,
-    at: DateTime<Utc>,
-) -> Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let mut head: Option<(u64, String)> = c
-        .prepare_cached("SELECT seq, hash FROM audit_heads WHERE partition = ?1")
+/// `partition`'s audit chain head: (seq, hash).
+fn audit_head(c: &Connection, partition: &str) -> Result<Option<(u64, String)>> {
+    c.prepare_cached("SELECT seq, hash FROM audit_heads WHERE partition = ?1")
         .and_then(|mut s| {
             s.query_row([partition], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
         })
-        .map_err(db_err)?;
-    for (kind, key, body, text) in records {
-        let (e, text) = audit::next_entry(
-            head.as_ref().map(|(s, h)| (*s, h.as_str())),
-            partition,
-            kind,
-            &key,
-            at,
-            body,
-            text,
-        );
+        .map_err(db_err)
+}
+
+/// Insert planned chain entries of `partition` and move its recorded head to the last one
+/// (inside the caller's transaction).
+fn insert_audit(c: &Connection, partition: &str, entries: &[(AuditEntry, String)]) -> Result<()> {
+    for (e, text) in entries {
         c.prepare_cached(
             "INSERT INTO audit (partition, seq, kind, key, at, body, prev, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -896,14 +841,13 @@ fn audit_append(
             ])
         })
         .map_err(db_err)?;
-        head = Some((e.seq, e.hash));
     }
-    if let Some((seq, hash)) = head {
+    if let Some((e, _)) = entries.last() {
         c.prepare_cached(
             "INSERT INTO audit_heads (partition, seq, hash) VALUES (?1, ?2, ?3) \
              ON CONFLICT(partition) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
         )
-        .and_then(|mut s| s.execute(params![partition, seq, hash]))
+        .and_then(|mut s| s.execute(params![partition, e.seq, e.hash]))
         .map_err(db_err)?;
     }
     Ok(())
@@ -916,7 +860,6 @@ fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
             commit.partition
         )));
     }
-    let mut records = Vec::with_capacity(commit.writes.len());
     for w in &commit.writes {
         let current: Option<i64> = c
             .prepare_cached("SELECT version FROM docs WHERE partition = ?1 AND key = ?2")
@@ -944,34 +887,21 @@ fn doc_commit_tx(c: &Connection, commit: &DocCommit) -> Result<bool> {
         )
         .and_then(|mut s| s.execute(params![commit.partition, w.key, value]))
         .map_err(db_err)?;
-        // The chain entry's body is the document: its stored text is the text hashed.
-        records.push((
-            audit::kind::DOC,
-            w.key.clone(),
-            w.value.clone(),
-            Some(value),
-        ));
     }
-    audit_append(c, &commit.partition, records, commit.now)?;
-    if !commit.outbox.is_empty() {
-        let seq0: u64 = c
-            .prepare_cached("SELECT outbox_seq FROM streams WHERE stream = ?1")
-            .and_then(|mut s| s.query_row([&commit.partition], |r| r.get(0)).optional())
-            .map_err(db_err)?
-            .unwrap_or(0);
-        let seq = insert_outbox(
-            c,
-            &commit.partition,
-            seq0,
-            &commit.outbox,
-            &commit.record_id,
-            commit.now,
-        )?;
+    let seq0: u64 = c
+        .prepare_cached("SELECT outbox_seq FROM streams WHERE stream = ?1")
+        .and_then(|mut s| s.query_row([&commit.partition], |r| r.get(0)).optional())
+        .map_err(db_err)?
+        .unwrap_or(0);
+    let w = plan::plan_doc_commit(commit, audit_head(c, &commit.partition)?, seq0);
+    insert_audit(c, &commit.partition, &w.audit)?;
+    if let Some(last) = w.outbox.last() {
+        insert_outbox(c, &w.outbox)?;
         c.prepare_cached(
             "INSERT INTO streams (stream, incident_seq, outbox_seq, open_incident) \
              VALUES (?1, 0, ?2, NULL) ON CONFLICT(stream) DO UPDATE SET outbox_seq = excluded.outbox_seq",
         )
-        .and_then(|mut s| s.execute(params![commit.partition, seq]))
+        .and_then(|mut s| s.execute(params![commit.partition, last.seq]))
         .map_err(db_err)?;
     }
     Ok(true)

@@ -279,8 +279,7 @@ impl Store for TableStore {
         outcomes.sort_by_key(|(i, _)| *i);
         let outcomes: Vec<EventOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
 
-        let any_new = outcomes.iter().any(|o| !o.duplicate);
-        if delivery.alerts.len() != 1 && (delivery.alerts.is_empty() || any_new) {
+        if crate::storage::plan::keeps_raw_request(delivery, &outcomes) {
             if !valid_key(&delivery.request_id) {
                 return Err(StoreError::Corrupt(format!(
                     "request id {:?} cannot be a RowKey",

@@ -252,11 +252,7 @@ pub(crate) fn event_of(m: &Entity) -> Result<StoredEvent, StoreError> {
 // --- dedup markers ----------------------------------------------------------------------------
 
 /// What a dedup marker remembers: the first event with that key and what it did.
-pub(crate) struct Dedup {
-    pub event_id: String,
-    pub incident_id: Option<String>,
-    pub action: IncidentAction,
-}
+pub(crate) use crate::storage::plan::DedupMarker as Dedup;
 
 pub(crate) fn dedup_entity(stream: &str, key: &str, d: &Dedup) -> Entity {
     let mut m = new_entity(stream, &dedup_key(key), "dedup");
