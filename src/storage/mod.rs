@@ -17,6 +17,7 @@
 //! Table Storage: partition [`SECRETS_PARTITION`] of the `<prefix>requests` table, which holds
 //! no chained data and which the backup skips (see [`tables`]).
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod open;
 pub mod plan;
