@@ -10,8 +10,9 @@
 
 use super::plan::{self, AlertWrite, StreamHead};
 use super::{
-    valid_partition, Delivery, Doc, DocCommit, EventOutcome, Expect, IncidentFilter, OutboxFilter,
-    OutboxRow, OutboxStatus, RawRequest, Result, Settle, Store, StoreError, StoredEvent,
+    valid_partition, AuditStore, Delivery, Doc, DocCommit, DocStore, EventOutcome, Expect,
+    IncidentFilter, IncidentStore, OutboxFilter, OutboxRow, OutboxStatus, OutboxStore, RawRequest,
+    Result, SecretStore, Settle, Store, StoreError, StoredEvent,
 };
 use crate::domain::alert::{Condition, Severity, Source};
 use crate::domain::audit_chain::{self as audit, AuditEntry, PartitionState};
@@ -930,6 +931,27 @@ impl Store for SqliteStore {
         self.path.display().to_string()
     }
 
+    async fn backup(
+        &self,
+        to: &Path,
+        _progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<super::BackupWritten> {
+        self.backup_to(to).await?;
+        Ok(super::BackupWritten { entities: None })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl IncidentStore for SqliteStore {
     async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
         let (delivery, routing) = (delivery.clone(), routing.clone());
         self.write(move |c| apply_delivery(c, &delivery, &routing))
@@ -1048,6 +1070,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn count_events(&self) -> Result<u64> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+                .map_err(db_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
@@ -1200,6 +1233,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
+        let stream = stream.to_string();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
+                     lease_owner = NULL, lease_until = NULL \
+                     WHERE stream = ?1 AND seq = ?2 AND status = 'dead'",
+                )
+                .and_then(|mut s| s.execute(params![stream, seq, ts(now)]))
+                .map_err(db_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl DocStore for SqliteStore {
     async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>> {
         let (p, k) = (partition.to_string(), key.to_string());
         self.read(move |c| {
@@ -1229,6 +1281,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
+        let commit = commit.clone();
+        match self.write(move |c| doc_commit_tx(c, &commit)).await {
+            Err(StoreError::Contention(m)) if m == "expectation failed" => Ok(false),
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
     async fn audit_partitions(&self) -> Result<Vec<String>> {
         self.read(|c| {
             c.prepare_cached(
@@ -1374,31 +1437,10 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
-        let commit = commit.clone();
-        match self.write(move |c| doc_commit_tx(c, &commit)).await {
-            Err(StoreError::Contention(m)) if m == "expectation failed" => Ok(false),
-            other => other,
-        }
-    }
-
-    async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
-        let stream = stream.to_string();
-        self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
-                     lease_owner = NULL, lease_until = NULL \
-                     WHERE stream = ?1 AND seq = ?2 AND status = 'dead'",
-                )
-                .and_then(|mut s| s.execute(params![stream, seq, ts(now)]))
-                .map_err(db_err)?;
-            Ok(n == 1)
-        })
-        .await
-    }
-
+#[async_trait]
+impl SecretStore for SqliteStore {
     async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
         super::check_secret_key(key)?;
         let (key, value) = (key.to_string(), value.to_string());
@@ -1439,32 +1481,6 @@ impl Store for SqliteStore {
                 .and_then(|mut s| s.execute([key]))
                 .map_err(db_err)?;
             Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn backup(
-        &self,
-        to: &Path,
-        _progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<super::BackupWritten> {
-        self.backup_to(to).await?;
-        Ok(super::BackupWritten { entities: None })
-    }
-
-    async fn count_events(&self) -> Result<u64> {
-        self.read(|c| {
-            c.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-                .map_err(db_err)
-        })
-        .await
-    }
-
-    async fn ping(&self) -> Result<()> {
-        self.read(|c| {
-            c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())
-                .map_err(db_err)
         })
         .await
     }

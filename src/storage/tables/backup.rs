@@ -4,7 +4,7 @@
 //! restore refuses a file without its trailer (cut short) and a target that already holds data;
 //! it writes each partition with entity-group transactions of up to 100 entities.
 //!
-//! Secrets (the `secrets` partition of `<prefix>requests`, see [`crate::storage::Store::secret_put`])
+//! Secrets (the `secrets` partition of `<prefix>requests`, see [`crate::storage::SecretStore::secret_put`])
 //! are never read into a backup (a server-side filter leaves them out), and a restore refuses a
 //! file that holds one. So a restored store holds no job tokens: checks that were waiting on an
 //! approval can no longer be called back, and Azure DevOps fails them at their timeout.

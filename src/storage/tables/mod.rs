@@ -6,7 +6,7 @@
 //! `incident|<incident_id>` and `outbox|<seq, 12 digits>`; every row has a `Kind` column.
 //! `<prefix>requests` holds the raw bodies of requests that carried several alerts
 //! (PartitionKey = `YYYYMMDD` of receipt, RowKey = request id), and the secrets
-//! ([`Store::secret_put`]) in its partition [`SECRETS_PARTITION`] (`secrets`, RowKey = the
+//! ([`crate::storage::SecretStore::secret_put`]) in its partition [`SECRETS_PARTITION`] (`secrets`, RowKey = the
 //! secret's key, `Kind = secret`, the value in `Value`, the time stored in `CreatedAt`).
 //!
 //! Why there: that table holds nothing chained (the audit trail lives in `streams` only, and
@@ -53,8 +53,9 @@ mod rows;
 use crate::domain::incident::{stream_key, stream_of_id, Incident};
 use crate::domain::routing::Routing;
 use crate::storage::{
-    Delivery, Doc, DocCommit, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, RawRequest,
-    Result, Settle, Store, StoreError, StoredEvent, SECRETS_PARTITION,
+    AuditStore, Delivery, Doc, DocCommit, DocStore, EventOutcome, IncidentFilter, IncidentStore,
+    OutboxFilter, OutboxRow, OutboxStore, RawRequest, Result, SecretStore, Settle, Store,
+    StoreError, StoredEvent, SECRETS_PARTITION,
 };
 use async_trait::async_trait;
 use azure_core::{Etag, StatusCode};
@@ -257,6 +258,31 @@ impl Store for TableStore {
         self.location.clone()
     }
 
+    async fn ping(&self) -> Result<()> {
+        let mut pages = self
+            .streams
+            .query()
+            .filter("PartitionKey eq 'ping' and RowKey eq 'ping'")
+            .top(1)
+            .into_stream::<Entity>();
+        match pages.next().await {
+            Some(Err(e)) => Err(map_err("ping", e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn backup(
+        &self,
+        to: &std::path::Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<crate::storage::BackupWritten> {
+        let n = self.backup_to_file(to, progress).await?;
+        Ok(crate::storage::BackupWritten { entities: Some(n) })
+    }
+}
+
+#[async_trait]
+impl IncidentStore for TableStore {
     async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
         // Streams are independent partitions: run them concurrently, each in delivery order.
         let mut by_stream: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -412,20 +438,10 @@ impl Store for TableStore {
         }
         Ok(n)
     }
+}
 
-    async fn ping(&self) -> Result<()> {
-        let mut pages = self
-            .streams
-            .query()
-            .filter("PartitionKey eq 'ping' and RowKey eq 'ping'")
-            .top(1)
-            .into_stream::<Entity>();
-        match pages.next().await {
-            Some(Err(e)) => Err(map_err("ping", e)),
-            _ => Ok(()),
-        }
-    }
-
+#[async_trait]
+impl OutboxStore for TableStore {
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
@@ -467,7 +483,10 @@ impl Store for TableStore {
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
         self.redrive(stream, seq, now).await
     }
+}
 
+#[async_trait]
+impl DocStore for TableStore {
     async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>> {
         self.doc_read(partition, key).await
     }
@@ -476,6 +495,13 @@ impl Store for TableStore {
         self.doc_range(partition, prefix).await
     }
 
+    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
+        self.doc_write(commit).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for TableStore {
     async fn audit_partitions(&self) -> Result<Vec<String>> {
         // Every row's PartitionKey (a full scan, the price of finding records no chain knows).
         let mut pages = self
@@ -579,20 +605,10 @@ impl Store for TableStore {
         }
         Ok(out)
     }
+}
 
-    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
-        self.doc_write(commit).await
-    }
-
-    async fn backup(
-        &self,
-        to: &std::path::Path,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<crate::storage::BackupWritten> {
-        let n = self.backup_to_file(to, progress).await?;
-        Ok(crate::storage::BackupWritten { entities: Some(n) })
-    }
-
+#[async_trait]
+impl SecretStore for TableStore {
     async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
         crate::storage::check_secret_key(key)?;
         let mut m = rows::new_entity(SECRETS_PARTITION, key, "secret");
