@@ -256,3 +256,81 @@ pub fn plan_doc_commit(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::alert::Condition;
+    use crate::storage::conformance::{alert, all_sinks, delivery};
+
+    #[test]
+    fn a_new_stream_gets_an_incident_a_chain_and_numbered_rows() {
+        let d = delivery(alert("cpu", "vm1", "a1", Condition::Fired));
+        let w = plan_alert(&d, &d.alerts[0], &all_sinks(), &StreamHead::default());
+        assert_eq!(w.outcome.action, IncidentAction::Opened);
+        assert!(!w.outcome.duplicate);
+        assert_eq!(w.incidents.len(), 1);
+        assert_eq!(
+            w.event.incident_id.as_deref(),
+            Some(w.incidents[0].id.as_str())
+        );
+        assert_eq!(
+            w.event.raw, d.raw_body,
+            "a single alert's raw JSON is the body"
+        );
+        assert_eq!(w.dedup.event_id, d.alerts[0].event_id);
+        // The chain: the event, then the incident, from the genesis.
+        let kinds: Vec<&str> = w.audit.iter().map(|(e, _)| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [audit_chain::kind::EVENT, audit_chain::kind::INCIDENT]
+        );
+        assert_eq!(w.audit[0].0.prev, audit_chain::GENESIS);
+        assert_eq!(w.audit[1].0.prev, w.audit[0].0.hash);
+        assert!(w
+            .audit
+            .iter()
+            .all(|(e, text)| e.hash_ok() && text == &serde_json::to_string(&e.body).unwrap()));
+        // Rows numbered from 1, the head after them.
+        assert!(!w.outbox.is_empty());
+        let seqs: Vec<u64> = w.outbox.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=w.outbox.len() as u64).collect::<Vec<_>>());
+        assert_eq!(w.outcome.outbox_rows as usize, w.outbox.len());
+        assert_eq!(w.head.outbox_seq, w.outbox.len() as u64);
+        assert_eq!(w.head.incident_seq, 1);
+        assert_eq!(w.head.audit, Some((2, w.audit[1].0.hash.clone())));
+        assert!(!w.stream_unchanged(&StreamHead::default()));
+        assert!(w.outbox.iter().all(|r| r.event_id == d.alerts[0].event_id
+            && r.status == OutboxStatus::Pending
+            && r.next_attempt_at == d.received_at));
+    }
+
+    #[test]
+    fn the_next_alert_continues_from_the_head() {
+        let d1 = delivery(alert("cpu", "vm1", "a1", Condition::Fired));
+        let first = plan_alert(&d1, &d1.alerts[0], &all_sinks(), &StreamHead::default());
+        let d2 = delivery(alert("cpu", "vm1", "a1", Condition::Resolved));
+        let w = plan_alert(&d2, &d2.alerts[0], &all_sinks(), &first.head);
+        assert_eq!(w.outcome.action, IncidentAction::Resolved);
+        assert_eq!(w.audit[0].0.seq, 3);
+        assert_eq!(w.audit[0].0.prev, first.audit[1].0.hash);
+        assert_eq!(w.outbox[0].seq, first.head.outbox_seq + 1);
+        assert!(w.head.open.is_none());
+        assert_eq!(w.head.incident_seq, 1);
+    }
+
+    #[test]
+    fn a_dedup_marker_of_our_own_event_is_a_retried_write() {
+        let m = DedupMarker {
+            event_id: "EVT-s-1".into(),
+            incident_id: Some("INC-s-1".into()),
+            action: IncidentAction::Opened,
+        };
+        let own = m.clone().outcome("EVT-s-1");
+        assert!(!own.duplicate && own.action == IncidentAction::Opened);
+        let other = m.outcome("EVT-s-2");
+        assert!(other.duplicate && other.action == IncidentAction::None);
+        assert_eq!(other.event_id, "EVT-s-1");
+        assert_eq!(other.incident_id.as_deref(), Some("INC-s-1"));
+    }
+}

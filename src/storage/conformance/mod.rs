@@ -116,6 +116,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@one $make, secrets_are_kept_apart);
         $crate::store_conformance_tests!(@one $make, audit_chains_link_and_read_back);
         $crate::store_conformance_tests!(@one $make, identity_ping_count_and_backup);
+        $crate::store_conformance_tests!(@one $make, outbox_stats_match_the_rows);
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn conformance_two_instances_never_lose_a_document_update() {
             let (a, b) = $make().await;

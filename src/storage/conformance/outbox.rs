@@ -269,3 +269,45 @@ pub async fn two_instances_never_both_hold_a_lease(a: Shared, b: Shared) {
     expected.sort();
     assert_eq!(won, expected, "each row leased exactly once");
 }
+
+/// `outbox_stats` (which a backend may compute its own way) agrees with the rows `outbox_list`
+/// shows: per sink, pending, due at the time asked, oldest pending and dead.
+pub async fn outbox_stats_match_the_rows(s: Shared) {
+    let stream = fired_and_resolved(&s, &unique("stats")).await;
+    fired_and_resolved(&s, &unique("stats")).await;
+    let now = Utc::now() + Duration::seconds(1);
+    let row = s
+        .outbox_due(now, 100, Some(&stream))
+        .await
+        .unwrap()
+        .remove(0);
+    let leased = s
+        .outbox_lease(&row, "a", now, now + Duration::seconds(60))
+        .await
+        .unwrap()
+        .expect("leased");
+    let dead = crate::storage::Settle::Dead {
+        error: "gone".into(),
+    };
+    assert!(s.outbox_settle(&leased, &dead).await.unwrap());
+    let all = |status| crate::storage::OutboxFilter {
+        status: Some(status),
+        sink: None,
+        limit: 100_000,
+    };
+    let pending = s.outbox_list(&all(OutboxStatus::Pending)).await.unwrap();
+    let dead = s.outbox_list(&all(OutboxStatus::Dead)).await.unwrap();
+    assert!(!pending.is_empty() && dead.len() == 1);
+    for at in [now - Duration::hours(1), now + Duration::hours(1)] {
+        let mut want = crate::storage::OutboxStats::empty_per_sink();
+        for r in &pending {
+            want.get_mut(r.sink.as_str())
+                .unwrap()
+                .add_pending(r.next_attempt_at <= at, r.created_at);
+        }
+        for r in &dead {
+            want.get_mut(r.sink.as_str()).unwrap().dead += 1;
+        }
+        assert_eq!(s.outbox_stats(at).await.unwrap(), want, "at {at}");
+    }
+}
