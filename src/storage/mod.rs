@@ -1,7 +1,7 @@
 //! Durable storage: one [`Store`] supertrait over small capability traits ([`IncidentStore`],
 //! [`OutboxStore`], [`DocStore`], [`AuditStore`], [`SecretStore`]), two backends (`embedded`:
 //! SQLite on local disk; `tables`: Azure Table Storage), the ingest recipe written once as a
-//! pure plan ([`plan`]), [`open`] as the one place a backend is chosen, and a conformance suite
+//! pure plan ([`plan`]), [`open()`] as the one place a backend is chosen, and a conformance suite
 //! (`conformance`, built for tests only) that both backends must pass. `docs/storage.md` says
 //! what each backend guarantees and how to add one.
 //!
