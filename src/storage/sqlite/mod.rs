@@ -271,6 +271,10 @@ impl Store for SqliteStore {
         to: &Path,
         _progress: &(dyn Fn(u64) + Sync),
     ) -> Result<super::BackupWritten> {
+        // VACUUM INTO would write into an existing empty file; a backup never reuses a file.
+        if to.exists() {
+            return Err(StoreError::Config(format!("{} exists", to.display())));
+        }
         self.backup_to(to).await?;
         Ok(super::BackupWritten { entities: None })
     }
