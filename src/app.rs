@@ -6,8 +6,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StorageConfig};
 use crate::dispatcher::Dispatcher;
 use crate::sinks::Sinks;
-use crate::storage::{sqlite::SqliteStore, tables::TableStore, Store};
-use anyhow::Context;
+use crate::storage::{self, OpenMode, Store};
 use std::sync::Arc;
 
 /// Everything a request handler needs.
@@ -35,41 +34,37 @@ pub struct App {
 
 /// Open the configured store (creating tables or the database file).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.storage {
-        StorageConfig::Embedded { dir } => Arc::new(
-            SqliteStore::open(dir)
-                .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
-        ),
-        other => Arc::new(
-            TableStore::from_config(other, true)
-                .await
-                .context("connecting to Azure Table Storage")?,
-        ),
-    })
+    storage::open(&store_settings(&config.storage), OpenMode::Create).await
 }
 
 /// Open the configured store only if it exists (creating nothing): for `doctor` and `backup`.
 pub async fn open_existing_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.storage {
-        StorageConfig::Embedded { dir } => {
-            if !dir.join("icahub.db").exists() {
-                anyhow::bail!(
-                    "no embedded store in {} (no icahub.db): set ICAHUB_DATA_DIR, or the Table \
-                     Storage settings, to the store to use",
-                    dir.display()
-                );
-            }
-            Arc::new(
-                SqliteStore::open(dir)
-                    .with_context(|| format!("opening the embedded store in {}", dir.display()))?,
-            )
-        }
-        other => Arc::new(
-            TableStore::from_config(other, false)
-                .await
-                .context("opening Azure Table Storage")?,
-        ),
-    })
+    storage::open(&store_settings(&config.storage), OpenMode::Existing).await
+}
+
+/// The storage settings as storage takes them (storage imports no configuration).
+pub fn store_settings(c: &StorageConfig) -> storage::Settings {
+    match c.clone() {
+        StorageConfig::Embedded { dir } => storage::Settings::Embedded { dir },
+        StorageConfig::Tables {
+            connection_string,
+            table_prefix,
+        } => storage::Settings::Tables {
+            connection_string,
+            table_prefix,
+        },
+        StorageConfig::TablesIdentity {
+            endpoint,
+            client_id,
+            azure_cli,
+            table_prefix,
+        } => storage::Settings::TablesIdentity {
+            endpoint,
+            client_id,
+            azure_cli,
+            table_prefix,
+        },
+    }
 }
 
 impl App {

@@ -1,7 +1,9 @@
 //! The audit trail: an append-only SHA-256 hash chain per storage partition, written by the
 //! storage backends in the same atomic write as the record it describes, and a verifier that
-//! reads the whole store back. `docs/audit.md` describes the scheme; this module holds the parts
-//! every backend shares (entry bodies, link hashes) and the verifier.
+//! reads the whole store back. `docs/audit.md` describes the scheme. The chain's primitives
+//! (entries, link hashes, entry bodies) are pure and live in [`crate::domain::audit_chain`],
+//! which the backends use; this module is the service level: the verifier, checkpoints, audit
+//! notes and the export's filters and masking.
 //!
 //! A record is a document (runs, approvals, identities, keys, budgets, locks, audit notes), an
 //! event (one alert as received) or an incident. Each write of a record appends one
@@ -10,12 +12,13 @@
 //! instances writing different partitions never wait for each other; within a partition the
 //! backend's optimistic concurrency (ETags, SQLite's single writer) keeps the chain linear.
 
-use crate::domain::incident::Incident;
-use crate::storage::StoredEvent;
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use crate::domain::audit_chain::sha256_hex;
+pub use crate::domain::audit_chain::{
+    event_body, incident_body, kind, link_hash, next_entry, ts, AuditEntry, PartitionState, GENESIS,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// An audit note (`audit|<time>|<random>`): a document recording who did what (a role change, a
@@ -30,106 +33,6 @@ pub fn note(now: DateTime<Utc>, entry: Value) -> crate::storage::DocWrite {
         ),
         value: entry,
         expect: crate::storage::Expect::Absent,
-    }
-}
-
-/// The `prev` of a partition's first entry.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// The kinds of record a chain entry can describe.
-pub mod kind {
-    pub const DOC: &str = "doc";
-    pub const EVENT: &str = "event";
-    pub const INCIDENT: &str = "incident";
-}
-
-/// One link of a partition's chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub partition: String,
-    /// 1, 2, 3… within the partition, with no gaps.
-    pub seq: u64,
-    /// [`kind::DOC`], [`kind::EVENT`] or [`kind::INCIDENT`].
-    pub kind: String,
-    /// The record's key within its kind (document key, event id, incident id).
-    pub key: String,
-    /// When it was written, RFC 3339 with microseconds.
-    pub at: String,
-    /// The record as written (events: their metadata and the SHA-256 of their raw JSON).
-    pub body: Value,
-    pub prev: String,
-    pub hash: String,
-}
-
-/// Times in entries: microseconds, as both backends store them, so a body rebuilt from stored
-/// data is identical to the one hashed at write time.
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// The link hash: SHA-256 over the previous hash and every field of the entry.
-pub fn link_hash(
-    prev: &str,
-    partition: &str,
-    seq: u64,
-    kind: &str,
-    key: &str,
-    at: &str,
-    body_text: &str,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [prev, partition, &seq.to_string(), kind, key, at] {
-        h.update(part.as_bytes());
-        h.update(b"\n");
-    }
-    h.update(body_text.as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// The next entry after `prev` (`None`: the partition's first), and its body's canonical JSON
-/// (what was hashed, and what the backend stores). `body_text` is that JSON when the caller
-/// already has it (a document's stored text), so the write path serializes each record once.
-pub fn next_entry(
-    prev: Option<(u64, &str)>,
-    partition: &str,
-    kind: &str,
-    key: &str,
-    at: DateTime<Utc>,
-    body: Value,
-    body_text: Option<String>,
-) -> (AuditEntry, String) {
-    let (seq, prev) = match prev {
-        Some((s, h)) => (s + 1, h.to_string()),
-        None => (1, GENESIS.to_string()),
-    };
-    let at = ts(at);
-    let text = body_text.unwrap_or_else(|| body.to_string());
-    let hash = link_hash(&prev, partition, seq, kind, key, &at, &text);
-    let entry = AuditEntry {
-        partition: partition.into(),
-        seq,
-        kind: kind.into(),
-        key: key.into(),
-        at,
-        body,
-        prev,
-        hash,
-    };
-    (entry, text)
-}
-
-impl AuditEntry {
-    /// Whether the entry's own hash matches its fields.
-    pub fn hash_ok(&self) -> bool {
-        link_hash(
-            &self.prev,
-            &self.partition,
-            self.seq,
-            &self.kind,
-            &self.key,
-            &self.at,
-            &self.body.to_string(),
-        ) == self.hash
     }
 }
 
@@ -197,30 +100,10 @@ pub fn for_output(e: &AuditEntry) -> Value {
     v
 }
 
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-/// The body of an event entry: its metadata and the SHA-256 of its raw JSON (the raw body can
-/// be half a megabyte; its hash pins it just as well).
-pub fn event_body(e: &StoredEvent) -> Value {
-    json!({
-        "id": e.id, "request_id": e.request_id, "invocation_id": e.invocation_id,
-        "source": e.source, "schema": e.schema, "kind": e.kind, "alert_id": e.alert_id,
-        "dedup_key": e.dedup_key, "stream": e.stream, "condition": e.condition,
-        "severity": e.severity, "incident_id": e.incident_id, "received_at": ts(e.received_at),
-        "raw_sha256": sha256_hex(&e.raw),
-    })
-}
-
-/// The body of an incident entry: the incident as stored.
-pub fn incident_body(i: &Incident) -> Value {
-    serde_json::to_value(i).unwrap_or(Value::Null)
-}
-
-/// One problem [`verify`] found.
+/// One problem [`verify`] found in a chain (not to be confused with `cli::doctor::Finding`,
+/// a configuration check's result).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Finding {
+pub struct ChainFinding {
     /// `edited`, `removed`, `inserted`, `reordered`, `chain_broken`, `head_mismatch`.
     pub problem: String,
     pub partition: String,
@@ -229,24 +112,13 @@ pub struct Finding {
     pub detail: String,
 }
 
-/// What the verifier needs from a backend for one partition.
-#[derive(Debug, Clone, Default)]
-pub struct PartitionState {
-    /// The chain, in the order the backend returns it (by sequence number).
-    pub entries: Vec<AuditEntry>,
-    /// The partition's head as the backend recorded it: (seq, hash).
-    pub head: Option<(u64, String)>,
-    /// Every current record: (kind, key) → body rebuilt from stored data.
-    pub records: BTreeMap<(String, String), Value>,
-}
-
 /// Check one partition: the chain links up (no entry edited, removed, inserted or moved), its
 /// end is the recorded head, and every current record is the body of its last entry (no record
 /// edited, removed or added outside the chain).
-pub fn verify_partition(partition: &str, st: &PartitionState) -> Vec<Finding> {
+pub fn verify_partition(partition: &str, st: &PartitionState) -> Vec<ChainFinding> {
     let mut out = Vec::new();
     let mut f = |problem: &str, id: String, detail: String| {
-        out.push(Finding {
+        out.push(ChainFinding {
             problem: problem.into(),
             partition: partition.into(),
             id,
@@ -412,7 +284,7 @@ pub struct VerifyReport {
     pub partitions: usize,
     pub entries: u64,
     pub records: u64,
-    pub findings: Vec<Finding>,
+    pub findings: Vec<ChainFinding>,
 }
 
 /// Read every partition of the store and check it ([`verify_partition`]). `progress` is told
@@ -428,7 +300,7 @@ pub async fn verify(
 /// those about whole chains (heads, removed partitions). Every chain is still read from its
 /// first entry: the links into the window are checked, not taken on trust.
 fn in_window(
-    f: &Finding,
+    f: &ChainFinding,
     st: &PartitionState,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -488,7 +360,7 @@ pub async fn verify_window(
     for (p, pins) in &pinned {
         if partitions.binary_search(p).is_err() {
             let (cp, seq, _) = &pins[pins.len() - 1];
-            report.findings.push(Finding {
+            report.findings.push(ChainFinding {
                 problem: "removed".into(),
                 partition: p.clone(),
                 id: format!("partition {p}"),
@@ -509,7 +381,7 @@ pub async fn verify_window(
         );
         for (cp, seq, hash) in pinned.get(p).map(Vec::as_slice).unwrap_or_default() {
             if !st.entries.iter().any(|e| e.seq == *seq && &e.hash == hash) {
-                report.findings.push(Finding {
+                report.findings.push(ChainFinding {
                     problem: "checkpoint_mismatch".into(),
                     partition: p.clone(),
                     id: format!("seq {seq}"),
@@ -582,6 +454,9 @@ mod tests {
     use super::*;
 
     fn chain(n: usize) -> PartitionState {
+        let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap();
         let mut st = PartitionState::default();
         let mut prev: Option<(u64, String)> = None;
         for i in 0..n {
@@ -592,7 +467,7 @@ mod tests {
                 "p",
                 kind::DOC,
                 &key,
-                Utc::now(),
+                now + chrono::Duration::seconds(i as i64),
                 body.clone(),
                 None,
             );

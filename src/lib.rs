@@ -9,8 +9,11 @@
 //! - [`functions_host`]: the only Azure Functions-specific code (port, envelopes).
 //! - [`http`]: one module per ingress route, each exporting its warp filter; [`error`] maps
 //!   failures to status codes and JSON bodies.
-//! - [`domain`]: pure logic: payload parsers, incidents, routing.
-//! - [`storage`]: the `Store` trait and its backends (embedded SQLite, Azure Table Storage).
+//! - [`domain`]: pure logic: payload parsers, incidents, routing, the approval state machine, the
+//!   audit chain's primitives.
+//! - [`storage`]: the `Store` trait over capability traits, the ingest plan, [`storage::open()`],
+//!   and the backends (embedded SQLite, Azure Table Storage); imports only [`domain`].
+//! - [`audit`]: the audit trail's verifier, checkpoints and export filters.
 //! - [`dispatcher`]: drains the outbox through the sinks (retries, dead letters, leases);
 //!   [`clock`] is passed in so tests can move time.
 //! - [`sinks`]: the outbound clients (Mattermost, PagerDuty, control plane) and their shared

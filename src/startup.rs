@@ -2,7 +2,7 @@
 //! gracefully. The app itself is built in [`crate::app`]; the periodic work is [`crate::jobs`].
 
 /// The app and how its store is opened, now in [`crate::app`].
-pub use crate::app::{open_existing_store, open_store, App};
+pub use crate::app::{open_existing_store, open_store, store_settings, App};
 /// The serve loop's periodic job, now in [`crate::jobs`].
 pub use crate::jobs::run_every as drain_periodically;
 

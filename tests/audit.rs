@@ -5,7 +5,7 @@
 
 mod support;
 
-use icahub::audit::{verify, Finding};
+use icahub::audit::{verify, ChainFinding};
 use icahub::config::{Config, Secret, StorageConfig};
 use serde_json::json;
 use std::process::Command;
@@ -62,7 +62,7 @@ async fn some_records(hub: &TestHub) {
     assert_eq!(r.json["status"], "approved");
 }
 
-fn has(findings: &[Finding], problem: &str, id_part: &str) -> bool {
+fn has(findings: &[ChainFinding], problem: &str, id_part: &str) -> bool {
     findings
         .iter()
         .any(|f| f.problem == problem && f.id.contains(id_part))

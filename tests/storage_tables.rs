@@ -8,6 +8,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use icahub::domain::alert::{incident_fingerprint, Condition, NormalizedAlert, Severity, Source};
 use icahub::domain::incident::{stream_key, IncidentAction, IncidentStatus};
 use icahub::domain::routing::{OutboxDraft, Routing, Sink};
+use icahub::storage::prelude::*;
 use icahub::storage::tables::TableStore;
 use icahub::storage::{
     new_event_id, Delivery, DeliveryAlert, DocCommit, DocWrite, Expect, IncidentFilter,

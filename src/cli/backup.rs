@@ -6,12 +6,11 @@
 //!   [`crate::storage::tables::backup`]); per-entity consistent, so take it while the hub is
 //!   quiet and check the restored store with `icahub audit verify`.
 
-use crate::config::{Config, StorageConfig};
-use crate::storage::sqlite::SqliteStore;
-use crate::storage::tables::TableStore;
+use crate::config::Config;
+use crate::storage::Restored;
 use anyhow::{bail, Context};
 use clap::Args;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
@@ -82,40 +81,15 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
 
 /// Write the configured store's backup to `tmp` (created new); what it holds, in words.
 async fn write_backup(config: &Config, tmp: &Path) -> anyhow::Result<String> {
-    Ok(match &config.storage {
-        StorageConfig::Embedded { dir } => {
-            if !dir.join("icahub.db").exists() {
-                bail!("{} holds no icahub.db: nothing to back up", dir.display());
-            }
-            let store = SqliteStore::open(dir)?;
-            store
-                .backup_to(tmp)
-                .await
-                .context("writing the SQLite snapshot")?;
-            "an SQLite snapshot of the embedded store".to_string()
-        }
-        other => {
-            // Existing tables only: a mistyped prefix is an error, not an empty backup.
-            let store = TableStore::from_config(other, false).await?;
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let mut w = std::io::BufWriter::new(file);
-            let bar = super::audit::counter("{spinner} backup: {pos} entities read ({per_sec})");
-            let n = store.backup_to(&mut w, &|n| bar.set_position(n)).await?;
-            bar.finish_and_clear();
-            let file = w.into_inner().context("flushing the backup")?;
-            file.sync_all().context("syncing the backup")?;
-            if n == 0 {
-                eprintln!(
-                    "warning: the tables exist but hold nothing: is this the store you meant?"
-                );
-            }
-            format!("{n} Table Storage entities")
-        }
-    })
+    // An existing store only: a mistyped directory or prefix is an error, not an empty backup.
+    let store = crate::startup::open_existing_store(config).await?;
+    let bar = super::audit::counter("{spinner} backup: {pos} entities read ({per_sec})");
+    let written = store.backup(tmp, &|n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    if written.entities == Some(0) {
+        eprintln!("warning: the tables exist but hold nothing: is this the store you meant?");
+    }
+    Ok(written.describe())
 }
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
@@ -126,40 +100,19 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     drop(f);
     let sqlite = n == 16 && magic == SQLITE_MAGIC;
     let config = Config::from_env(None)?;
-    let tables = match &config.storage {
-        StorageConfig::Embedded { .. } => None,
-        other => Some(TableStore::from_config(other, true).await?),
-    };
-    match (sqlite, tables) {
-        (true, None) => {
-            let StorageConfig::Embedded { dir } = &config.storage else {
-                unreachable!()
-            };
-            let entries = SqliteStore::restore_into(dir, &args.from)?;
-            println!(
-                "restored {} into {} ({entries} audit entries); check it with `icahub audit verify`",
-                args.from.display(),
-                dir.display()
-            );
-        }
-        (false, Some(store)) => {
-            let file = std::fs::File::open(&args.from)?;
-            let mut r = BufReader::new(file);
-            let bar =
-                super::audit::counter("{spinner} restore: {pos} entities written ({per_sec})");
-            let n = store.restore_from(&mut r, &|n| bar.set_position(n)).await?;
-            bar.finish_and_clear();
-            println!(
-                "restored {n} entities from {}; check them with `icahub audit verify`",
-                args.from.display()
-            );
-        }
-        (true, Some(_)) => bail!(
-            "{} is an embedded-store (SQLite) backup, but the configured store is Table Storage",
-            args.from.display()
+    let settings = crate::app::store_settings(&config.storage);
+    let bar = super::audit::counter("{spinner} restore: {pos} entities written ({per_sec})");
+    let restored =
+        crate::storage::restore(&settings, &args.from, sqlite, &|n| bar.set_position(n)).await;
+    bar.finish_and_clear();
+    match restored? {
+        Restored::Embedded { dir, audit_entries } => println!(
+            "restored {} into {} ({audit_entries} audit entries); check it with `icahub audit verify`",
+            args.from.display(),
+            dir.display()
         ),
-        (false, None) => bail!(
-            "{} is not an SQLite database; a Table Storage backup needs Table Storage configured",
+        Restored::Tables { entities } => println!(
+            "restored {entities} entities from {}; check them with `icahub audit verify`",
             args.from.display()
         ),
     }

@@ -1,14 +1,18 @@
-//! Durable storage: one [`Store`] trait, two backends (`embedded`: SQLite on local disk;
-//! `tables`: Azure Table Storage), and a [`conformance`] suite that both must pass.
+//! Durable storage: one [`Store`] supertrait over small capability traits ([`IncidentStore`],
+//! [`OutboxStore`], [`DocStore`], [`AuditStore`], [`SecretStore`]), two backends (`embedded`:
+//! SQLite on local disk; `tables`: Azure Table Storage), the ingest recipe written once as a
+//! pure plan ([`plan`]), [`open()`] as the one place a backend is chosen, and a conformance suite
+//! (`conformance`, built for tests only) that both backends must pass. `docs/storage.md` says
+//! what each backend guarantees and how to add one.
 //!
-//! A backend's one write path is [`Store::ingest`]: for each alert of a delivery it checks the
-//! dedup key, applies [`crate::domain::incident::plan`] to the alert's stream, and writes the event,
-//! the dedup marker, the incident and the outbox rows **atomically** (one SQLite transaction, one
-//! entity-group transaction per stream partition in Table Storage). It returns only once that is
+//! A backend's one write path is [`IncidentStore::ingest`]: for each alert of a delivery it
+//! checks the dedup key, reads the stream head, and persists what [`plan::plan_alert`] planned
+//! (event, dedup marker, incidents, outbox rows, chain entries, head) **atomically** (one
+//! SQLite savepoint, one entity-group transaction per stream partition in Table Storage). It returns only once that is
 //! durable. Concurrent writers (threads, processes, hub instances) are safe: SQLite serializes
 //! writers, Table Storage uses ETags and retries on conflict.
 //!
-//! **Secrets** ([`Store::secret_put`], [`Store::secret_get`], [`Store::secret_delete`]) are the
+//! **Secrets** ([`SecretStore::secret_put`], [`SecretStore::secret_get`], [`SecretStore::secret_delete`]) are the
 //! one kind of data kept apart from everything else: values the hub must hold for a while but
 //! must never publish, today the Azure DevOps check's job token (`AuthToken`). They are not
 //! records: never chained in the audit trail (so never in `audit query`, `audit export` or
@@ -17,11 +21,23 @@
 //! Table Storage: partition [`SECRETS_PARTITION`] of the `<prefix>requests` table, which holds
 //! no chained data and which the backup skips (see [`tables`]).
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod open;
+pub mod plan;
 pub mod sqlite;
 pub mod tables;
 
-use crate::domain::alert::{Condition, NormalizedAlert, Severity, Source};
+pub use open::{open, restore, OpenMode, Restored, Settings};
+
+/// Every capability trait, for calling their methods on a concrete backend
+/// (`use icahub::storage::prelude::*`); on `dyn Store` they are callable without it.
+pub mod prelude {
+    pub use super::{AuditStore, DocStore, IncidentStore, OutboxStore, SecretStore, Store};
+}
+
+use crate::domain::alert::{NormalizedAlert, Severity, Source};
+pub use crate::domain::event::StoredEvent;
 use crate::domain::incident::{Incident, IncidentAction, IncidentStatus};
 use crate::domain::routing::{Routing, Sink};
 use async_trait::async_trait;
@@ -62,26 +78,6 @@ pub struct EventOutcome {
     /// Outbox rows written with this event (0 for duplicates).
     #[serde(default)]
     pub outbox_rows: u32,
-}
-
-/// A stored event: one alert as received.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub id: String,
-    pub request_id: String,
-    pub invocation_id: Option<String>,
-    pub source: Source,
-    pub schema: String,
-    pub kind: String,
-    pub alert_id: String,
-    pub dedup_key: String,
-    pub stream: String,
-    pub condition: Condition,
-    pub severity: Severity,
-    pub incident_id: Option<String>,
-    pub received_at: DateTime<Utc>,
-    /// The raw JSON of this alert (the whole request body for single-alert deliveries).
-    pub raw: String,
 }
 
 /// The raw body of a request that carried several alerts (Alertmanager).
@@ -178,7 +174,7 @@ pub enum Settle {
     Defer { next_attempt_at: DateTime<Utc> },
 }
 
-/// One sink's outbox figures ([`Store::outbox_stats`]).
+/// One sink's outbox figures ([`OutboxStore::outbox_stats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct OutboxStats {
     pub pending: u64,
@@ -250,16 +246,34 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A store: every capability below, plus what operators and health checks use. Services and
+/// the HTTP layer hold an `Arc<dyn Store>`; the capabilities' methods are callable on it. A
+/// backend implements each capability trait and this one (see `docs/storage.md`).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    IncidentStore + OutboxStore + DocStore + AuditStore + SecretStore + Send + Sync + 'static
+{
     /// `embedded` or `azure_tables`.
     fn backend(&self) -> &'static str;
     /// Where the data lives: a directory, or a Table Storage endpoint and table prefix.
     fn location(&self) -> String;
+    /// A cheap round trip to check the storage answers.
+    async fn ping(&self) -> Result<()>;
+    /// Write a copy of the whole store, secrets left out, to the new file `to` (`icahub
+    /// backup`; refused if `to` exists). `progress` is told the entities read so far, by the
+    /// backends that count them.
+    async fn backup(
+        &self,
+        to: &std::path::Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<BackupWritten>;
+}
 
+/// Incidents and events: the alert write path ([`IncidentStore::ingest`]) and its reads.
+#[async_trait]
+pub trait IncidentStore: Send + Sync {
     /// Store a delivery durably (see the module docs). Returns one outcome per alert, in order.
     async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>>;
-
     async fn incident(&self, id: &str) -> Result<Option<Incident>>;
     /// Newest first (by `opened_at`), at most `filter.limit`.
     async fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>>;
@@ -271,9 +285,11 @@ pub trait Store: Send + Sync + 'static {
     async fn stream_outbox(&self, stream: &str) -> Result<Vec<OutboxRow>>;
     /// Number of stored events (for operators and tests; may scan).
     async fn count_events(&self) -> Result<u64>;
-    /// A cheap round trip to check the storage answers.
-    async fn ping(&self) -> Result<()>;
+}
 
+/// The outbox: what the dispatcher sends, leases, settles and operators redrive.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
     /// Rows that may be sent now, at most `limit`: for each (stream, sink) only its lowest
     /// pending row (so a stream's deliveries to one sink go out in order), and only when it is due
     /// (`next_attempt_at <= now`) and not under a live lease. `stream` restricts to one stream.
@@ -323,7 +339,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Put a dead letter back to pending, due now, attempts reset. `false` if it is not dead.
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool>;
+}
 
+/// Documents: JSON under (partition, key), committed atomically with their outbox rows.
+#[async_trait]
+pub trait DocStore: Send + Sync {
     /// A document: JSON under (partition, key), with a version for optimistic concurrency.
     async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>>;
     /// A partition's documents whose key starts with `prefix`, in key order.
@@ -331,12 +351,20 @@ pub trait Store: Send + Sync + 'static {
     /// Write documents of one partition and their outbox rows atomically, if every expectation
     /// holds; `Ok(false)` (nothing written) when one does not: re-read and try again.
     async fn doc_commit(&self, commit: &DocCommit) -> Result<bool>;
+}
 
-    /// Every partition with an audit chain or records, in name order (see [`crate::audit`]).
+/// The audit chains read back (see [`crate::domain::audit_chain`]): for the verifier, the
+/// export and checkpoints. Backends append entries in the same write as each record.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Every partition with an audit chain or records, in name order (see [`crate::domain::audit_chain`]).
     async fn audit_partitions(&self) -> Result<Vec<String>>;
     /// One partition's chain (in stored order), its recorded head and its current records'
     /// bodies, rebuilt from stored data, for the verifier.
-    async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState>;
+    async fn audit_state(
+        &self,
+        partition: &str,
+    ) -> Result<crate::domain::audit_chain::PartitionState>;
     /// Every partition's chain head: (partition, seq, hash).
     async fn audit_heads(&self) -> Result<Vec<(String, u64, String)>>;
     /// Chain entries after `after` = (partition, seq), ordered by (partition, seq), at most
@@ -345,8 +373,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         after: Option<(&str, u64)>,
         limit: usize,
-    ) -> Result<Vec<crate::audit::AuditEntry>>;
+    ) -> Result<Vec<crate::domain::audit_chain::AuditEntry>>;
+}
 
+/// Secrets: values kept apart from every record (see the module docs).
+#[async_trait]
+pub trait SecretStore: Send + Sync {
     /// Keep `value` under `key` (see the module docs: never chained, exported or backed up),
     /// replacing any value it had. `now` is recorded as when it was stored. `key` is at most
     /// 512 printable ASCII characters without `/ \ # ?`.
@@ -355,6 +387,13 @@ pub trait Store: Send + Sync + 'static {
     async fn secret_get(&self, key: &str) -> Result<Option<String>>;
     /// Forget `key`; `true` if a value was held. Deleting an unknown key is not an error.
     async fn secret_delete(&self, key: &str) -> Result<bool>;
+}
+
+/// What [`Store::backup`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupWritten {
+    /// Entities written (Table Storage); `None` for a database snapshot (embedded).
+    pub entities: Option<u64>,
 }
 
 /// The Table Storage partition (of `<prefix>requests`) that holds the secrets.

@@ -4,7 +4,7 @@
 //! restore refuses a file without its trailer (cut short) and a target that already holds data;
 //! it writes each partition with entity-group transactions of up to 100 entities.
 //!
-//! Secrets (the `secrets` partition of `<prefix>requests`, see [`crate::storage::Store::secret_put`])
+//! Secrets (the `secrets` partition of `<prefix>requests`, see [`crate::storage::SecretStore::secret_put`])
 //! are never read into a backup (a server-side filter leaves them out), and a restore refuses a
 //! file that holds one. So a restored store holds no job tokens: checks that were waiting on an
 //! approval can no longer be called back, and Azure DevOps fails them at their timeout.
@@ -34,7 +34,11 @@ fn strip_service_properties(mut e: Entity) -> Entity {
 
 impl TableStore {
     /// Write every entity of both tables to `out`; `progress` is called with the running count.
-    pub async fn backup_to(&self, out: &mut dyn Write, progress: &dyn Fn(u64)) -> Result<u64> {
+    pub async fn backup_to(
+        &self,
+        out: &mut (dyn Write + Send),
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
         let io = |e: std::io::Error| StoreError::Unavailable(format!("writing the backup: {e}"));
         let header = json!({"format": FORMAT, "version": 1,
             "created_at": chrono::Utc::now(), "source": self.location,
@@ -71,6 +75,23 @@ impl TableStore {
         Ok(n)
     }
 
+    /// [`TableStore::backup_to`] into the new file `to`, synced.
+    pub(crate) async fn backup_to_file(
+        &self,
+        to: &std::path::Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64> {
+        let file = crate::storage::open::create_new(to)?;
+        let mut w = std::io::BufWriter::new(file);
+        let n = self.backup_to(&mut w, progress).await?;
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Unavailable(format!("{what} the backup: {e}"))
+        };
+        let file = w.into_inner().map_err(|e| io("flushing", e.into_error()))?;
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        Ok(n)
+    }
+
     /// Whether both tables are empty.
     pub async fn is_empty(&self) -> Result<bool> {
         for table in [&self.streams, &self.requests] {
@@ -88,8 +109,8 @@ impl TableStore {
     /// Load a backup written by [`TableStore::backup_to`] into these (empty) tables.
     pub async fn restore_from(
         &self,
-        input: &mut dyn BufRead,
-        progress: &dyn Fn(u64),
+        input: &mut (dyn BufRead + Send),
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<u64> {
         let bad = |m: String| StoreError::Config(format!("backup file: {m}"));
         let mut lines = input.lines();

@@ -17,9 +17,7 @@
 use super::connection::{map_err, status_of};
 use super::rows::{self, lit, valid_key, Entity, HEAD, ODATA_ETAG};
 use super::TableStore;
-use crate::storage::{
-    valid_partition, Doc, DocCommit, Expect, OutboxRow, OutboxStatus, Result, StoreError,
-};
+use crate::storage::{valid_partition, Doc, DocCommit, Expect, Result, StoreError};
 use azure_core::{Etag, StatusCode};
 use azure_data_tables::prelude::IfMatchCondition;
 use std::collections::HashSet;
@@ -194,46 +192,21 @@ impl TableStore {
             ),
             None => (0, None, None),
         };
-        // Outbox rows, numbered from the head as read; the head moves on in the same transaction.
-        let mut outbox = Vec::with_capacity(commit.outbox.len());
-        for (i, d) in commit.outbox.iter().enumerate() {
-            let row = OutboxRow {
-                stream: p.clone(),
-                seq: seq0 + 1 + i as u64,
-                sink: d.sink,
-                kind: d.kind.clone(),
-                idempotency_key: d.idempotency_key.clone(),
-                event_id: commit.record_id.clone(),
-                payload: d.payload.clone(),
-                status: OutboxStatus::Pending,
-                attempts: 0,
-                next_attempt_at: commit.now,
-                created_at: commit.now,
-                last_error: None,
-                lease_owner: None,
-                lease_until: None,
-                delivered_at: None,
-                version: None,
-            };
-            outbox.push(rows::outbox_entity(&row)?);
-        }
+        // Outbox rows, numbered from the head as read, and one chain entry per document written,
+        // in commit order; the head moves on in the same transaction.
+        let w = crate::storage::plan::plan_doc_commit(commit, audit_head.clone(), seq0);
+        let outbox = w
+            .outbox
+            .iter()
+            .map(rows::outbox_entity)
+            .collect::<Result<Vec<_>>>()?;
         let last = seq0 + commit.outbox.len() as u64;
-        // The audit chain: one entry per document written, in commit order.
-        let mut audit = Vec::with_capacity(commit.writes.len());
-        let mut prev = audit_head;
-        for w in &commit.writes {
-            let (e, text) = crate::audit::next_entry(
-                prev.as_ref().map(|(s, h)| (*s, h.as_str())),
-                p,
-                crate::audit::kind::DOC,
-                &w.key,
-                commit.now,
-                w.value.clone(),
-                None,
-            );
-            prev = Some((e.seq, e.hash.clone()));
-            audit.push(rows::audit_entity(&e, &text)?);
-        }
+        let audit = w
+            .audit
+            .iter()
+            .map(|(e, text)| rows::audit_entity(e, text))
+            .collect::<Result<Vec<_>>>()?;
+        let prev = w.audit_head().or(audit_head);
         let mut head = match etag {
             // Merged, not replaced: the incident sequence and open incident stay as they are.
             Some(_) => {

@@ -1,14 +1,14 @@
-//! The write path of [`TableStore`]: one alert's read-plan-commit loop on its stream partition,
-//! and the entity-group transaction that commits it (retried on 409/412 with jittered backoff).
+//! The write path of [`TableStore`]: one alert's read-plan-commit loop on its stream partition
+//! (the plan is [`crate::storage::plan::plan_alert`], shared with the embedded store), and the
+//! entity-group transaction that persists it (retried on 409/412 with jittered backoff).
 
 use super::connection::{map_err, status_of};
-use super::rows::{self, valid_key, Dedup, Entity, HEAD};
+use super::rows::{self, valid_key, HEAD};
 use super::TableStore;
-use crate::domain::incident::{plan, stream_key, Incident, IncidentAction, StreamState};
+use crate::domain::incident::stream_key;
 use crate::domain::routing::Routing;
-use crate::storage::{
-    Delivery, DeliveryAlert, EventOutcome, OutboxRow, OutboxStatus, Result, StoreError, StoredEvent,
-};
+use crate::storage::plan::{plan_alert, AlertWrite, StreamHead};
+use crate::storage::{Delivery, DeliveryAlert, EventOutcome, Result, StoreError};
 use azure_core::{Etag, StatusCode};
 use azure_data_tables::prelude::IfMatchCondition;
 use std::time::Duration;
@@ -54,149 +54,24 @@ impl TableStore {
                 self.get(&self.streams, &stream, &dedup_rk)
             );
             if let Some((m, _)) = dedup? {
-                let d = rows::dedup_of(&m)?;
-                // Our own event id means an earlier attempt of ours committed (e.g. the
-                // response was lost and the batch retried): report it as new.
-                let duplicate = d.event_id != da.event_id;
-                return Ok(EventOutcome {
-                    event_id: d.event_id,
-                    duplicate,
-                    incident_id: d.incident_id,
-                    action: if duplicate {
-                        IncidentAction::None
-                    } else {
-                        d.action
-                    },
-                    outbox_rows: 0,
-                });
+                return Ok(rows::dedup_of(&m)?.outcome(&da.event_id));
             }
-            let (state, outbox_seq, etag, audit_head) = match head? {
+            let (before, etag) = match head? {
                 Some((m, etag)) => {
                     let (incident_seq, outbox_seq, open) = rows::head_of(&m)?;
-                    (
-                        StreamState { incident_seq, open },
+                    let head = StreamHead {
+                        incident_seq,
                         outbox_seq,
-                        Some(etag),
-                        rows::audit_head_of(&m)?,
-                    )
+                        open,
+                        audit: rows::audit_head_of(&m)?,
+                    };
+                    (head, Some(etag))
                 }
-                None => (StreamState::default(), 0, None, None),
+                None => (StreamHead::default(), None),
             };
-            let p = plan(
-                routing,
-                &state,
-                &da.alert,
-                &da.event_id,
-                delivery.received_at,
-            );
-            let incident_id = p.incident.as_ref().map(|i| i.id.clone());
-            let outcome = EventOutcome {
-                event_id: da.event_id.clone(),
-                duplicate: false,
-                incident_id: incident_id.clone(),
-                action: p.action,
-                outbox_rows: p.outbox.len() as u32,
-            };
-            let event = StoredEvent {
-                id: da.event_id.clone(),
-                request_id: delivery.request_id.clone(),
-                invocation_id: delivery.invocation_id.clone(),
-                source: da.alert.source,
-                schema: da.alert.schema.clone(),
-                kind: da.alert.kind.clone(),
-                alert_id: da.alert.alert_id.clone(),
-                dedup_key: da.alert.dedup_key.clone(),
-                stream: stream.clone(),
-                condition: da.alert.condition,
-                severity: da.alert.severity,
-                incident_id: incident_id.clone(),
-                received_at: delivery.received_at,
-                raw: da
-                    .raw_alert
-                    .clone()
-                    .unwrap_or_else(|| delivery.raw_body.clone()),
-            };
-            // The delivery's time, like the embedded store: one clock for the whole event.
-            let now = delivery.received_at;
-            let outbox: Vec<OutboxRow> = p
-                .outbox
-                .into_iter()
-                .enumerate()
-                .map(|(i, d)| OutboxRow {
-                    stream: stream.clone(),
-                    seq: outbox_seq + 1 + i as u64,
-                    sink: d.sink,
-                    kind: d.kind,
-                    idempotency_key: d.idempotency_key,
-                    event_id: da.event_id.clone(),
-                    payload: d.payload,
-                    status: OutboxStatus::Pending,
-                    attempts: 0,
-                    next_attempt_at: now,
-                    created_at: now,
-                    last_error: None,
-                    lease_owner: None,
-                    lease_until: None,
-                    delivered_at: None,
-                    version: None,
-                })
-                .collect();
-            let dedup = Dedup {
-                event_id: da.event_id.clone(),
-                incident_id,
-                action: p.action,
-            };
-            // The audit chain: the event, then each incident it changed.
-            let mut audit = Vec::new();
-            let mut prev = audit_head.clone();
-            let mut records = vec![(
-                crate::audit::kind::EVENT,
-                event.id.clone(),
-                crate::audit::event_body(&event),
-            )];
-            for inc in p.closed.iter().chain(p.incident.iter()) {
-                records.push((
-                    crate::audit::kind::INCIDENT,
-                    inc.id.clone(),
-                    crate::audit::incident_body(inc),
-                ));
-            }
-            for (kind, key, body) in records {
-                let (e, text) = crate::audit::next_entry(
-                    prev.as_ref().map(|(s, h)| (*s, h.as_str())),
-                    &stream,
-                    kind,
-                    &key,
-                    now,
-                    body,
-                    None,
-                );
-                prev = Some((e.seq, e.hash.clone()));
-                audit.push(rows::audit_entity(&e, &text)?);
-            }
-            let mut head = rows::head_entity(
-                &stream,
-                p.next.incident_seq,
-                outbox_seq + outbox.len() as u64,
-                p.next.open.as_ref(),
-            )?;
-            if let Some((seq, hash)) = &prev {
-                rows::put_audit_head(&mut head, *seq, hash);
-            }
-            let commit = self
-                .commit(
-                    &stream,
-                    &event,
-                    &dedup,
-                    head,
-                    etag,
-                    &p.closed.iter().chain(p.incident.iter()).collect::<Vec<_>>(),
-                    &outbox,
-                    audit,
-                )
-                .await?;
-            if let Commit::Done = commit {
-                return Ok(outcome);
+            let w = plan_alert(delivery, da, routing, &before);
+            if let Commit::Done = self.commit(&w, etag).await? {
+                return Ok(w.outcome);
             }
             tracing::debug!(stream = %stream, attempt, "stream changed concurrently; retrying");
         }
@@ -206,27 +81,27 @@ impl TableStore {
         )))
     }
 
-    /// One entity-group transaction writing everything an alert changed.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit(
-        &self,
-        stream: &str,
-        event: &StoredEvent,
-        dedup: &Dedup,
-        head: Entity,
-        etag: Option<Etag>,
-        incidents: &[&Incident],
-        outbox: &[OutboxRow],
-        audit: Vec<Entity>,
-    ) -> Result<Commit> {
+    /// One entity-group transaction writing everything an alert changed: the head is
+    /// inserted, or updated with `If-Match` on the ETag it was read with.
+    async fn commit(&self, w: &AlertWrite, etag: Option<Etag>) -> Result<Commit> {
+        let stream = w.stream.as_str();
         let build = |e: azure_core::Error| map_err("build transaction", e);
+        let mut head = rows::head_entity(
+            stream,
+            w.head.incident_seq,
+            w.head.outbox_seq,
+            w.head.open.as_ref(),
+        )?;
+        if let Some((seq, hash)) = &w.head.audit {
+            rows::put_audit_head(&mut head, *seq, hash);
+        }
         let mut tx = self
             .streams
             .partition_key_client(stream)
             .transaction()
-            .insert(rows::event_entity(event)?)
+            .insert(rows::event_entity(&w.event)?)
             .map_err(build)?
-            .insert(rows::dedup_entity(stream, &event.dedup_key, dedup))
+            .insert(rows::dedup_entity(stream, &w.event.dedup_key, &w.dedup))
             .map_err(build)?;
         tx = match etag {
             Some(etag) => tx.update(HEAD, head, Some(IfMatchCondition::Etag(etag))),
@@ -234,17 +109,17 @@ impl TableStore {
         }
         .map_err(build)?;
         // A closed (superseded) incident first, then the current one.
-        for inc in incidents {
+        for inc in &w.incidents {
             tx = tx
                 .insert_or_replace(rows::incident_key(&inc.id), rows::incident_entity(inc)?)
                 .map_err(build)?;
         }
-        for row in outbox {
+        for row in &w.outbox {
             tx = tx.insert(rows::outbox_entity(row)?).map_err(build)?;
         }
-        let ops = 3 + incidents.len() + outbox.len() + audit.len();
-        for entity in audit {
-            tx = tx.insert(entity).map_err(build)?;
+        let ops = 3 + w.incidents.len() + w.outbox.len() + w.audit.len();
+        for (e, text) in &w.audit {
+            tx = tx.insert(rows::audit_entity(e, text)?).map_err(build)?;
         }
         let resp = match tx.await {
             Ok(resp) => resp,

@@ -6,7 +6,7 @@
 //! `incident|<incident_id>` and `outbox|<seq, 12 digits>`; every row has a `Kind` column.
 //! `<prefix>requests` holds the raw bodies of requests that carried several alerts
 //! (PartitionKey = `YYYYMMDD` of receipt, RowKey = request id), and the secrets
-//! ([`Store::secret_put`]) in its partition [`SECRETS_PARTITION`] (`secrets`, RowKey = the
+//! ([`crate::storage::SecretStore::secret_put`]) in its partition [`SECRETS_PARTITION`] (`secrets`, RowKey = the
 //! secret's key, `Kind = secret`, the value in `Value`, the time stored in `CreatedAt`).
 //!
 //! Why there: that table holds nothing chained (the audit trail lives in `streams` only, and
@@ -53,8 +53,9 @@ mod rows;
 use crate::domain::incident::{stream_key, stream_of_id, Incident};
 use crate::domain::routing::Routing;
 use crate::storage::{
-    Delivery, Doc, DocCommit, EventOutcome, IncidentFilter, OutboxFilter, OutboxRow, RawRequest,
-    Result, Settle, Store, StoreError, StoredEvent, SECRETS_PARTITION,
+    AuditStore, Delivery, Doc, DocCommit, DocStore, EventOutcome, IncidentFilter, IncidentStore,
+    OutboxFilter, OutboxRow, OutboxStore, RawRequest, Result, SecretStore, Settle, Store,
+    StoreError, StoredEvent, SECRETS_PARTITION,
 };
 use async_trait::async_trait;
 use azure_core::{Etag, StatusCode};
@@ -111,22 +112,22 @@ impl TableStore {
     /// (`ICAHUB_TABLES_CREDENTIAL=azure_cli`). With `create` the tables are created if missing;
     /// without, a missing table is an error: for commands that only read (backup, doctor), where
     /// a mistyped prefix must not make two new empty tables and a read-only role is enough.
-    pub async fn from_config(
-        storage: &crate::config::StorageConfig,
+    pub async fn from_settings(
+        storage: &crate::storage::Settings,
         create: bool,
     ) -> Result<TableStore> {
-        use crate::config::StorageConfig;
+        use crate::storage::Settings;
         let (endpoint, prefix) = match storage {
-            StorageConfig::Embedded { .. } => {
+            Settings::Embedded { .. } => {
                 return Err(StoreError::Config(
                     "the embedded store is configured".into(),
                 ))
             }
-            StorageConfig::Tables {
+            Settings::Tables {
                 connection_string,
                 table_prefix,
             } => (connection::parse(connection_string.expose())?, table_prefix),
-            StorageConfig::TablesIdentity {
+            Settings::TablesIdentity {
                 endpoint,
                 client_id,
                 azure_cli,
@@ -257,6 +258,31 @@ impl Store for TableStore {
         self.location.clone()
     }
 
+    async fn ping(&self) -> Result<()> {
+        let mut pages = self
+            .streams
+            .query()
+            .filter("PartitionKey eq 'ping' and RowKey eq 'ping'")
+            .top(1)
+            .into_stream::<Entity>();
+        match pages.next().await {
+            Some(Err(e)) => Err(map_err("ping", e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn backup(
+        &self,
+        to: &std::path::Path,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<crate::storage::BackupWritten> {
+        let n = self.backup_to_file(to, progress).await?;
+        Ok(crate::storage::BackupWritten { entities: Some(n) })
+    }
+}
+
+#[async_trait]
+impl IncidentStore for TableStore {
     async fn ingest(&self, delivery: &Delivery, routing: &Routing) -> Result<Vec<EventOutcome>> {
         // Streams are independent partitions: run them concurrently, each in delivery order.
         let mut by_stream: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -279,8 +305,7 @@ impl Store for TableStore {
         outcomes.sort_by_key(|(i, _)| *i);
         let outcomes: Vec<EventOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
 
-        let any_new = outcomes.iter().any(|o| !o.duplicate);
-        if delivery.alerts.len() != 1 && (delivery.alerts.is_empty() || any_new) {
+        if crate::storage::plan::keeps_raw_request(delivery, &outcomes) {
             if !valid_key(&delivery.request_id) {
                 return Err(StoreError::Corrupt(format!(
                     "request id {:?} cannot be a RowKey",
@@ -413,20 +438,10 @@ impl Store for TableStore {
         }
         Ok(n)
     }
+}
 
-    async fn ping(&self) -> Result<()> {
-        let mut pages = self
-            .streams
-            .query()
-            .filter("PartitionKey eq 'ping' and RowKey eq 'ping'")
-            .top(1)
-            .into_stream::<Entity>();
-        match pages.next().await {
-            Some(Err(e)) => Err(map_err("ping", e)),
-            _ => Ok(()),
-        }
-    }
-
+#[async_trait]
+impl OutboxStore for TableStore {
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
@@ -468,7 +483,10 @@ impl Store for TableStore {
     async fn outbox_redrive(&self, stream: &str, seq: u64, now: DateTime<Utc>) -> Result<bool> {
         self.redrive(stream, seq, now).await
     }
+}
 
+#[async_trait]
+impl DocStore for TableStore {
     async fn doc_get(&self, partition: &str, key: &str) -> Result<Option<Doc>> {
         self.doc_read(partition, key).await
     }
@@ -477,6 +495,13 @@ impl Store for TableStore {
         self.doc_range(partition, prefix).await
     }
 
+    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
+        self.doc_write(commit).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for TableStore {
     async fn audit_partitions(&self) -> Result<Vec<String>> {
         // Every row's PartitionKey (a full scan, the price of finding records no chain knows).
         let mut pages = self
@@ -509,9 +534,12 @@ impl Store for TableStore {
         Ok(out)
     }
 
-    async fn audit_state(&self, partition: &str) -> Result<crate::audit::PartitionState> {
-        use crate::audit::{event_body, incident_body, kind};
-        let mut st = crate::audit::PartitionState::default();
+    async fn audit_state(
+        &self,
+        partition: &str,
+    ) -> Result<crate::domain::audit_chain::PartitionState> {
+        use crate::domain::audit_chain::{event_body, incident_body, kind};
+        let mut st = crate::domain::audit_chain::PartitionState::default();
         if !valid_key(partition) {
             return Ok(st);
         }
@@ -555,7 +583,7 @@ impl Store for TableStore {
         &self,
         after: Option<(&str, u64)>,
         limit: usize,
-    ) -> Result<Vec<crate::audit::AuditEntry>> {
+    ) -> Result<Vec<crate::domain::audit_chain::AuditEntry>> {
         let range = "RowKey ge 'audit|' and RowKey lt 'audit}'";
         let filter = match after {
             None => range.to_string(),
@@ -577,11 +605,10 @@ impl Store for TableStore {
         }
         Ok(out)
     }
+}
 
-    async fn doc_commit(&self, commit: &DocCommit) -> Result<bool> {
-        self.doc_write(commit).await
-    }
-
+#[async_trait]
+impl SecretStore for TableStore {
     async fn secret_put(&self, key: &str, value: &str, now: DateTime<Utc>) -> Result<()> {
         crate::storage::check_secret_key(key)?;
         let mut m = rows::new_entity(SECRETS_PARTITION, key, "secret");

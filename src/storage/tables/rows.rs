@@ -252,11 +252,7 @@ pub(crate) fn event_of(m: &Entity) -> Result<StoredEvent, StoreError> {
 // --- dedup markers ----------------------------------------------------------------------------
 
 /// What a dedup marker remembers: the first event with that key and what it did.
-pub(crate) struct Dedup {
-    pub event_id: String,
-    pub incident_id: Option<String>,
-    pub action: IncidentAction,
-}
+pub(crate) use crate::storage::plan::DedupMarker as Dedup;
 
 pub(crate) fn dedup_entity(stream: &str, key: &str, d: &Dedup) -> Entity {
     let mut m = new_entity(stream, &dedup_key(key), "dedup");
@@ -374,9 +370,9 @@ pub(crate) fn audit_key(seq: u64) -> String {
     format!("audit|{seq:012}")
 }
 
-/// `body_text`: the entry's body as hashed (see [`crate::audit::next_entry`]).
+/// `body_text`: the entry's body as hashed (see [`crate::domain::audit_chain::next_entry`]).
 pub(crate) fn audit_entity(
-    e: &crate::audit::AuditEntry,
+    e: &crate::domain::audit_chain::AuditEntry,
     body_text: &str,
 ) -> Result<Entity, StoreError> {
     let mut m = new_entity(&e.partition, &audit_key(e.seq), "audit");
@@ -390,9 +386,9 @@ pub(crate) fn audit_entity(
     Ok(m)
 }
 
-pub(crate) fn audit_of(m: &Entity) -> Result<crate::audit::AuditEntry, StoreError> {
+pub(crate) fn audit_of(m: &Entity) -> Result<crate::domain::audit_chain::AuditEntry, StoreError> {
     let body = get_text(m, "Body")?.unwrap_or_default();
-    Ok(crate::audit::AuditEntry {
+    Ok(crate::domain::audit_chain::AuditEntry {
         partition: get_str(m, "PartitionKey")?,
         seq: get_u64(m, "Seq")?,
         kind: get_str(m, "AuditKind")?,
