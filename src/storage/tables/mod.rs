@@ -45,7 +45,7 @@
 pub mod backup;
 mod connection;
 mod docs;
-pub mod identity;
+pub mod credential;
 mod ingest;
 mod outbox;
 mod rows;
@@ -134,9 +134,9 @@ impl TableStore {
                 table_prefix,
             } => {
                 let credential = if *azure_cli {
-                    identity::ManagedIdentityCredential::azure_cli()
+                    credential::ManagedIdentityCredential::azure_cli()
                 } else {
-                    identity::ManagedIdentityCredential::from_lookup(
+                    credential::ManagedIdentityCredential::from_lookup(
                         &|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()),
                         client_id.clone(),
                     )
