@@ -44,8 +44,8 @@
 
 pub mod backup;
 mod connection;
-mod docs;
 pub mod credential;
+mod docs;
 mod ingest;
 mod outbox;
 mod rows;
