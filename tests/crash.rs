@@ -63,10 +63,14 @@ pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String
     drop(count_tx);
     // Kill once enough alerts are acknowledged (an event, not a fixed time: a busy machine only
     // makes this take longer), with requests still in flight.
-    let enough = tokio::time::timeout(LOAD_BOUND, count.wait_for(|n| *n >= ENOUGH)).await;
+    // (`wait_for` hands back a read guard of the count: drop it at once, or the workers'
+    // next `send_replace` would wait for it forever.)
+    let enough = tokio::time::timeout(LOAD_BOUND, count.wait_for(|n| *n >= ENOUGH))
+        .await
+        .is_ok_and(|r| r.is_ok());
     let got = acked.lock().unwrap().len();
     assert!(
-        matches!(enough, Ok(Ok(_))),
+        enough,
         "only {got} of {ENOUGH} alerts acknowledged in {LOAD_BOUND:?}: the hub stopped acknowledging"
     );
     hub.kill9();
