@@ -15,6 +15,12 @@
 //! signature settles a lapsed override, expires an overdue approval instead of signing it, and
 //! reads the trigger from the ledger ([`Approval::with_ledger`]); an override excludes the
 //! trigger the ledger knows; the sweep expires what is overdue.
+//!
+//! "The trigger" is the one the ledger names when each person acts. Two things are not promised
+//! and not asserted: a staging approval signed before its run reached the ledger cannot exclude
+//! the run's trigger (nobody could tell; production approvals refuse to be signed then), and an
+//! override asked for before the run reached the ledger is not re-checked when it is confirmed,
+//! so its asker may turn out to be the trigger.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use icahub::domain::approval::{
