@@ -308,6 +308,13 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Resolves once no outbox read is running (one a scrape stopped waiting for may still be),
+    /// so the next stale scrape starts a fresh one. For tests, which await this instead of
+    /// polling the scrape on a timer.
+    pub async fn outbox_read_idle(&self) {
+        let _reading = self.reading.lock().await;
+    }
+
     /// Read the outbox once (one read at a time) and set the gauges.
     fn last_read(&self) -> Option<Instant> {
         self.last_read.lock().ok().and_then(|t| *t)

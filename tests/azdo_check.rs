@@ -225,21 +225,16 @@ async fn approve(w: &World, id: &str) {
     assert_eq!(b.json["status"], "approved");
 }
 
-/// Wait (real time) until the receiver has `n` requests, then a little longer for strays.
+/// The receiver's requests once the fast path has sent everything it would; at least `n`.
 async fn callbacks(w: &World, n: usize) -> Vec<support::receiver::Recorded> {
-    for _ in 0..100 {
-        if w.ado.requests().len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    w.ado.requests()
+    let got = settled(w).await;
+    assert!(got.len() >= n, "{} callback(s), expected {n}", got.len());
+    got
 }
 
-/// The receiver's requests once the fast path has had time to send anything it would.
+/// The receiver's requests once the fast path has sent everything it would.
 async fn settled(w: &World) -> Vec<support::receiver::Recorded> {
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    w.hub.idle().await;
     w.ado.requests()
 }
 
@@ -405,7 +400,7 @@ async fn an_expired_request_fails_the_check_from_the_timer() {
     let r = post_check(&w, Some(&w.pipeline), &sample_headers(&w), body("staging")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.json["approval_id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.hub.idle().await;
     w.clock.advance(Span::hours(4) + Span::minutes(1));
     // The `dispatch` timer function: sweep (expire) then drain.
     let t = w
@@ -740,7 +735,8 @@ async fn the_job_token_never_reaches_answers_or_logs() {
     let a = w.hub.get(&format!("/api/v1/azdev/approval/{id}")).await;
     assert_eq!(a.status, 200);
     assert!(!a.text.contains(TOKEN));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every delivery has ended (callbacks awaited the fast path, drain its own), and the
+    // subscriber writes each line as it is logged: the logs are complete.
     let logs = captured_logs();
     assert!(
         logs.contains("check request accepted") && logs.contains("delivery failed"),

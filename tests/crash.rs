@@ -11,15 +11,23 @@ use support::hub::ChildHub;
 /// How many acknowledged alerts the server is killed after.
 const ENOUGH: usize = 80;
 
+/// The longest the load may take to get [`ENOUGH`] alerts acknowledged. A hang guard: a busy
+/// machine makes the load slower, and only a hub that stops acknowledging fails here.
+const LOAD_BOUND: Duration = Duration::from_secs(120);
+
 /// Post distinct alerts from `workers` tasks until the server dies (it is killed once
 /// [`ENOUGH`] are acknowledged); return the acknowledged event ids.
 pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String> {
     let acked = Arc::new(Mutex::new(Vec::new()));
+    // How many are acknowledged, for the killer to wait on.
+    let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
+    let count_tx = Arc::new(count_tx);
     let url = hub.url("/api/v1/azdev/alert");
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
     for w in 0..workers {
-        let (client, url, acked) = (client.clone(), url.clone(), acked.clone());
+        let (client, url, acked, count_tx) =
+            (client.clone(), url.clone(), acked.clone(), count_tx.clone());
         tasks.push(tokio::spawn(async move {
             let mut n = (w as u64) << 32;
             loop {
@@ -38,7 +46,12 @@ pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String
                             Err(_) => return, // connection cut mid-body: not acknowledged
                         };
                         let id = v["events"][0]["event_id"].as_str().unwrap().to_string();
-                        acked.lock().unwrap().push(id);
+                        let total = {
+                            let mut acked = acked.lock().unwrap();
+                            acked.push(id);
+                            acked.len()
+                        };
+                        count_tx.send_replace(total);
                     }
                     Ok(r) => panic!("unexpected status {}", r.status()),
                     Err(_) => return, // the server is gone
@@ -46,17 +59,20 @@ pub async fn load_until_killed(hub: &mut ChildHub, workers: usize) -> Vec<String
             }
         }));
     }
+    // Only the workers hold the sender now: if they all stop, the wait below ends at once.
+    drop(count_tx);
     // Kill once enough alerts are acknowledged (an event, not a fixed time: a busy machine only
     // makes this take longer), with requests still in flight.
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while acked.lock().unwrap().len() < ENOUGH {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "only {} alerts acknowledged in 300 s",
-            acked.lock().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // (`wait_for` hands back a read guard of the count: drop it at once, or the workers'
+    // next `send_replace` would wait for it forever.)
+    let enough = tokio::time::timeout(LOAD_BOUND, count.wait_for(|n| *n >= ENOUGH))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let got = acked.lock().unwrap().len();
+    assert!(
+        enough,
+        "only {got} of {ENOUGH} alerts acknowledged in {LOAD_BOUND:?}: the hub stopped acknowledging"
+    );
     hub.kill9();
     for t in tasks {
         t.await.unwrap();
@@ -70,7 +86,7 @@ async fn crash_and_check(env: &[(&str, String)], store: &dyn Store) {
     let mut hub = ChildHub::spawn(env).await;
     let acked = load_until_killed(&mut hub, 16).await;
     assert!(
-        acked.len() > 50,
+        acked.len() >= ENOUGH,
         "too few alerts before the kill: {}",
         acked.len()
     );

@@ -77,11 +77,6 @@ async fn drain(hub: &TestHub) -> icahub::dispatcher::DrainReport {
         .expect("drain")
 }
 
-/// Let fast-path tasks finish.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn healthy_sinks_get_each_message_once_via_the_fast_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,12 +99,7 @@ async fn healthy_sinks_get_each_message_once_via_the_fast_path() {
         hub.post_json(ALERT, alert("disk-full", false)).await.status,
         202
     );
-    for _ in 0..50 {
-        if mm.requests().len() >= 2 && pd.requests().len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hub.idle().await;
     mm.assert_no_rejections();
     pd.assert_no_rejections();
     let msgs: Vec<_> = mm.requests().iter().map(mm_message).collect();
@@ -151,7 +141,7 @@ async fn a_sink_down_for_twelve_hours_loses_nothing_and_delivers_once_in_order()
             202
         );
     }
-    settle().await;
+    hub.idle().await;
     // Twelve hours of drains every 30 minutes: the backlog waits, nothing is lost or dead.
     for _ in 0..24 {
         clock.advance(Days::minutes(30));
@@ -235,7 +225,7 @@ async fn a_429_waits_for_retry_after_and_a_500_retries_soon() {
         Reply::new(500, "oops"),
     ]);
     assert_eq!(hub.post_json(ALERT, alert("cpu", true)).await.status, 202);
-    settle().await; // fast path: the 429
+    hub.idle().await; // fast path: the 429
     assert_eq!(mm.requests().len(), 1);
     clock.advance(Days::seconds(60));
     drain(&hub).await;
@@ -271,7 +261,7 @@ async fn a_400_is_a_dead_letter_and_redrive_delivers_it_once_fixed() {
         "{\"id\":\"web.incoming_webhook.invalid.app_error\"}",
     )]);
     assert_eq!(hub.post_json(ALERT, alert("mem", true)).await.status, 202);
-    settle().await;
+    hub.idle().await;
     drain(&hub).await;
     assert_eq!(mm.requests().len(), 1, "a permanent error is not retried");
 
@@ -316,10 +306,11 @@ async fn the_timer_envelope_drains_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let mm = Receiver::mattermost().await;
     let e = env(dir.path(), &mm, &[("ICAHUB_RETRY_FIRST_SECS", "1".into())]);
-    let hub = hub_for(&e, Arc::new(icahub::clock::SystemClock)).await;
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    let hub = hub_for(&e, clock.clone()).await;
     mm.script([Reply::new(503, "down")]);
     assert_eq!(hub.post_json(ALERT, alert("net", true)).await.status, 202);
-    settle().await;
+    hub.idle().await;
     assert_eq!(mm.requests().len(), 1);
     // Make the retry due now.
     let row = hub
@@ -333,7 +324,7 @@ async fn the_timer_envelope_drains_the_outbox() {
         .await
         .unwrap();
     assert_eq!(row.len(), 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(Days::seconds(2)); // the first retry: 1 s ± 20%
 
     let sample = support::fixture("functions-host-timer-invocation.json");
     let r = hub.post_json("/dispatch", sample).await;

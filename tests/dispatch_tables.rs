@@ -55,7 +55,7 @@ async fn two_dispatchers_deliver_each_row_exactly_once() {
         let body = icahub::cli::bench::azure_alert(i, 7, true).to_string();
         assert_eq!(a.post_json("/api/v1/azdev/alert", body).await.status, 202);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.idle().await;
     let failed_attempts = cp.requests().len();
 
     // Back up, but slow; both instances drain at once.

@@ -208,7 +208,7 @@ async fn the_hook_script_asks_for_an_approval_and_waits_for_the_decision() {
     assert_eq!(answer["status"], "pending");
 
     // poll waits while it is pending, and exits 0 once both halves are signed.
-    let poll = std::process::Command::new("bash")
+    let mut poll = std::process::Command::new("bash")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/azdev_ica_hook.sh"
@@ -228,7 +228,27 @@ async fn the_hook_script_asks_for_an_approval_and_waits_for_the_decision() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Sign only once the script has seen the approval pending: read its stderr as it comes.
+    let stderr = std::io::BufReader::new(poll.stderr.take().expect("piped stderr"));
+    let (seen_pending, pending) = tokio::sync::oneshot::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen_pending = Some(seen_pending);
+        let mut text = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("is pending") {
+                if let Some(tx) = seen_pending.take() {
+                    let _ = tx.send(());
+                }
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    support::wait::guarded("the script to report the approval pending", pending)
+        .await
+        .expect("the script said the approval is pending before it exited");
     let sign = |who: &str, t: &str, decision: &str| {
         let (url, who, id) = (
             hub.url(&format!("/api/v1/azdev/approval/{id}/sign")),
@@ -251,11 +271,13 @@ async fn the_hook_script_asks_for_an_approval_and_waits_for_the_decision() {
     };
     sign(&alice, "technical", "approved").await;
     sign(&bob, "business", "approved").await;
-    let out = tokio::task::spawn_blocking(move || poll.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (status, err) = tokio::task::spawn_blocking(move || {
+        let status = poll.wait().unwrap();
+        (status, reader.join().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{err}");
     assert!(
         err.contains("is pending") && err.contains("approved"),
         "{err}"

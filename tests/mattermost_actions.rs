@@ -20,7 +20,6 @@ use icahub::storage::{DocCommit, DocWrite, Expect};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 use support::hub::{Reply, TestHub};
 use support::receiver::{Directory, MmDirectory, Receiver, Recorded};
 
@@ -200,28 +199,22 @@ async fn request(env: &Env, run: &str, target: &str) -> String {
     r.json["approval_id"].as_str().unwrap().to_string()
 }
 
-/// The webhook posts whose text mentions `needle`, waiting up to 5 s for at least one.
+/// The webhook posts whose text mentions `needle`, once at least one has arrived.
 async fn posts(mm: &Receiver, needle: &str) -> Vec<Value> {
-    for _ in 0..250 {
-        let found: Vec<Value> = mm
-            .requests()
-            .iter()
-            .filter(|r| r.path.starts_with("/hooks/"))
-            .map(Recorded::json)
-            .filter(|v| v["text"].as_str().is_some_and(|t| t.contains(needle)))
-            .collect();
-        if !found.is_empty() {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "no Mattermost post mentioning {needle:?}; got {:?}",
-        mm.requests()
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.body).to_string())
-            .collect::<Vec<_>>()
-    );
+    let mentions = |r: &Recorded| {
+        r.path.starts_with("/hooks/")
+            && r.json()["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(needle))
+    };
+    mm.wait_until(&format!("a Mattermost post mentioning {needle:?}"), |got| {
+        got.iter().any(mentions)
+    })
+    .await
+    .iter()
+    .filter(|r| mentions(r))
+    .map(Recorded::json)
+    .collect()
 }
 
 /// The request message of approval `id`, and its buttons by action.

@@ -8,7 +8,6 @@ use icahub::config::{Config, Secret, StorageConfig};
 use icahub::sinks::Sinks;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::hub::{free_port, TestHub};
@@ -65,16 +64,6 @@ fn get(m: &BTreeMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in {:#?}", m.keys().collect::<Vec<_>>()))
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn metrics_count_requests_events_incidents_deliveries_outbox_and_approvals() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,11 +87,10 @@ async fn metrics_count_requests_events_incidents_deliveries_outbox_and_approvals
     assert_eq!(hub.post_json(ALERT, alert("cpu", true)).await.status, 202);
     assert_eq!(hub.post_json(ALERT, alert("cpu", true)).await.status, 202); // duplicate
     assert_eq!(hub.post_json(ALERT, alert("cpu", false)).await.status, 202);
-    wait_for("two Mattermost messages", || {
-        mm.requests().iter().filter(|r| r.method == "POST").count() == 2
-    })
-    .await;
-    wait_for("a PagerDuty attempt", || !pd.requests().is_empty()).await;
+    hub.idle().await;
+    let posts = |mm: &Receiver| mm.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts(&mm), 2, "two Mattermost messages");
+    assert!(!pd.requests().is_empty(), "a PagerDuty attempt");
     assert_eq!(
         hub.get("/api/v1/azdev/incident/INC-0000000000000000-9")
             .await
@@ -126,11 +114,8 @@ async fn metrics_count_requests_events_incidents_deliveries_outbox_and_approvals
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     // The approval request is posted to Mattermost too.
-    wait_for("three Mattermost messages", || {
-        mm.requests().iter().filter(|r| r.method == "POST").count() == 3
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    hub.idle().await;
+    assert_eq!(posts(&mm), 3, "three Mattermost messages");
 
     let m = metrics(&hub).await;
     let alert_202 = r#"{method="POST",route="/api/v1/azdev/alert",status="202"}"#;
@@ -224,14 +209,15 @@ async fn metrics_count_requests_events_incidents_deliveries_outbox_and_approvals
 /// A TCP proxy that can turn into a black hole: connections stay open, nothing comes back.
 struct Proxy {
     port: u16,
-    hole: Arc<AtomicBool>,
+    /// `true` while the proxy is a black hole.
+    hole: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Proxy {
     async fn start(upstream: u16) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let hole = Arc::new(AtomicBool::new(false));
+        let hole = Arc::new(tokio::sync::watch::channel(false).0);
         let h = hole.clone();
         tokio::spawn(async move {
             loop {
@@ -253,8 +239,8 @@ impl Proxy {
                             if n == 0 {
                                 break;
                             }
-                            if !h2.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err()
-                            {
+                            let open = !*h2.borrow();
+                            if open && sw.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
                         }
@@ -264,14 +250,13 @@ impl Proxy {
                         if n == 0 {
                             break;
                         }
-                        if !h.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                        let open = !*h.borrow();
+                        if open && cw.write_all(&buf[..n]).await.is_err() {
                             break;
                         }
                     }
                     // Keep the client's side open while the hole lasts.
-                    while h.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let _ = h.subscribe().wait_for(|hole| !*hole).await;
                 });
             }
         });
@@ -299,7 +284,7 @@ async fn readyz_and_metrics_answer_fast_when_storage_hangs() {
     assert_eq!(r.json["status"], "ready");
     assert_eq!(r.json["storage"]["backend"], "azure_tables");
 
-    proxy.hole.store(true, Ordering::SeqCst);
+    proxy.hole.send_replace(true);
     let started = Instant::now();
     let r = hub.get("/api/readyz").await;
     let took = started.elapsed();
@@ -334,26 +319,27 @@ async fn readyz_and_metrics_answer_fast_when_storage_hangs() {
     assert!(started.elapsed() < Duration::from_millis(500));
 
     // Storage back: the gauges get a reading again (the slow read was not cut off for good).
-    proxy.hole.store(false, Ordering::SeqCst);
-    let mut fresh = false;
-    for _ in 0..60 {
-        let r = hub
-            .client
-            .get(hub.url("/api/metrics"))
-            .send()
-            .await
-            .unwrap();
-        let m = parse_metrics(&r.text().await.unwrap());
-        if get(&m, "icahub_outbox_snapshot_age_seconds") >= 0.0 {
-            fresh = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(
-        fresh,
-        "the outbox gauges never got a reading after storage came back"
-    );
+    // Each scrape made once the read stuck in the hole has ended starts a fresh read.
+    proxy.hole.send_replace(false);
+    support::wait::guarded(
+        "the outbox gauges to get a reading after storage came back",
+        async {
+            loop {
+                hub.app.metrics.outbox_read_idle().await;
+                let r = hub
+                    .client
+                    .get(hub.url("/api/metrics"))
+                    .send()
+                    .await
+                    .unwrap();
+                let m = parse_metrics(&r.text().await.unwrap());
+                if get(&m, "icahub_outbox_snapshot_age_seconds") >= 0.0 {
+                    break;
+                }
+            }
+        },
+    )
+    .await;
     assert_eq!(hub.get("/api/readyz").await.status, 200);
 }
 
@@ -425,15 +411,7 @@ async fn the_access_log_is_one_json_line_per_request_without_secrets() {
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..400 {
-        if client.get(format!("{base}/")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "the hub did not start");
+    support::wait::answers(&format!("{base}/")).await;
 
     let r = client
         .post(format!("{base}{ALERT}?code=FunctionKeySecret555"))
@@ -463,8 +441,18 @@ async fn the_access_log_is_one_json_line_per_request_without_secrets() {
         .unwrap();
     assert_eq!(r.status(), 404);
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    wait_for("the Mattermost message", || !mm.requests().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    mm.wait_for(1).await;
+    // The hub is another process: read its log until the last request's access line and both
+    // failed deliveries (PagerDuty and the control plane are unreachable) are in it.
+    support::wait::until(
+        "the access line and the failed deliveries in the log",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let done = text.contains(&generated) && text.matches("delivery failed").count() >= 2;
+            async move { done }
+        },
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
 

@@ -9,7 +9,6 @@ use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 use support::hub::free_port;
 
 fn root() -> PathBuf {
@@ -188,23 +187,20 @@ async fn the_packaged_binary_starts_as_the_host_starts_it_and_serves_every_funct
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
     // The host allows 60 s; a healthy start takes milliseconds.
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{base}/")).send().await {
-            assert_eq!(r.status(), 200);
-            ready = true;
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the packaged binary exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut exited = None;
+    support::wait::until("the packaged binary to answer the readiness probe", || {
+        exited = exited.or_else(|| child.try_wait().ok().flatten());
+        let gone = exited.is_some();
+        let probe = client.get(format!("{base}/")).send();
+        async move { gone || probe.await.is_ok() }
+    })
+    .await;
+    if let Some(status) = exited {
+        panic!("the packaged binary exited: {status}");
     }
-    assert!(
-        ready,
-        "the packaged binary never answered the readiness probe"
-    );
+    let r = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
 
     for (name, method, path) in support::declared_routes(&app_root, &app_root) {
         let body = if path.starts_with("/api/") {

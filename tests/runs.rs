@@ -184,8 +184,7 @@ async fn rollbacks_within_an_hour_share_an_incident_and_records_reach_the_contro
         .to_string();
     // Let the fast path finish before moving simulated time (a jump past a live lease while a
     // send is in flight is something real time never does).
-    let quiet = || tokio::time::sleep(std::time::Duration::from_millis(300));
-    quiet().await;
+    hub.idle().await;
     clock.advance(Span::minutes(40));
     hub.post_json(START, start_body("r2").to_string()).await;
     let b = hub.post_json(EVENT, rollback("r2")).await;
@@ -194,7 +193,7 @@ async fn rollbacks_within_an_hour_share_an_incident_and_records_reach_the_contro
         first.as_str(),
         "within the hour: same incident"
     );
-    quiet().await;
+    hub.idle().await;
     clock.advance(Span::minutes(90));
     hub.post_json(START, start_body("r3").to_string()).await;
     let c = hub.post_json(EVENT, rollback("r3")).await;
@@ -208,7 +207,7 @@ async fn rollbacks_within_an_hour_share_an_incident_and_records_reach_the_contro
     assert_eq!(new.json["source"], "pipeline");
 
     // Everything reached the control plane on the ICA paths, once each.
-    quiet().await;
+    hub.idle().await;
     hub.app
         .dispatcher
         .drain(std::time::Duration::from_secs(10))

@@ -4,7 +4,6 @@
 mod support;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 use support::hub::{free_port, ChildHub};
 
 #[test]
@@ -41,18 +40,7 @@ async fn the_host_port_is_used_and_sigterm_stops_it() {
         .spawn()
         .unwrap();
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/");
-    let t = Instant::now();
-    loop {
-        if client.get(&url).send().await.is_ok() {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no answer on the host's port"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait::answers(&format!("http://127.0.0.1:{port}/")).await;
     let h: serde_json::Value = client
         .get(format!("http://127.0.0.1:{port}/api/healthz"))
         .send()
@@ -67,18 +55,16 @@ async fn the_host_port_is_used_and_sigterm_stops_it() {
         .status()
         .unwrap();
     assert!(status.success());
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            assert!(s.success(), "exit status after SIGTERM: {s}");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut exit = None;
+    assert!(
+        support::wait::until_blocking("the hub to stop", support::wait::HANG_GUARD, || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        }),
+        "did not stop on SIGTERM"
+    );
+    let s = exit.expect("exited");
+    assert!(s.success(), "exit status after SIGTERM: {s}");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const ACCOUNT_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
@@ -127,22 +127,19 @@ impl Azurite {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            let exited = child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() > deadline {
-                let mut text = String::new();
-                let _ = std::fs::File::open(&log).map(|mut f| f.read_to_string(&mut text));
-                let _ = child.kill();
-                panic!(
-                    "Azurite ({}) did not start on port {port} (exit: {exited:?}); output:\n{text}",
-                    bin.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let mut exited = None;
+        let up = super::wait::until_blocking("Azurite to listen", super::wait::HANG_GUARD, || {
+            exited = child.try_wait().ok().flatten();
+            exited.is_some() || TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !up || exited.is_some() {
+            let mut text = String::new();
+            let _ = std::fs::File::open(&log).map(|mut f| f.read_to_string(&mut text));
+            let _ = child.kill();
+            panic!(
+                "Azurite ({}) did not start on port {port} (exit: {exited:?}); output:\n{text}",
+                bin.display()
+            );
         }
         Azurite {
             port,
@@ -164,12 +161,11 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         // Closing stdin makes the wrapper kill Azurite; kill the wrapper too in any case.
         drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let child = &mut self.child;
+        if super::wait::until_blocking("Azurite to exit", Duration::from_secs(5), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -88,6 +88,17 @@ impl TestHub {
         format!("{}{}", self.base, path)
     }
 
+    /// Resolves once the dispatcher's fast path has done what it would do: no delivery a
+    /// request kicked is queued or in flight ([`icahub::dispatcher::Dispatcher::idle`]). Await
+    /// this, not a sleep, before looking at what the receivers got or at the outbox.
+    pub async fn idle(&self) {
+        super::wait::guarded(
+            "the dispatcher's fast path to go idle",
+            self.app.dispatcher.idle(),
+        )
+        .await;
+    }
+
     /// POST a JSON body as bytes, exactly as given.
     pub async fn post_json(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
         let r = self
@@ -238,15 +249,20 @@ impl ChildHub {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn icahub");
-        let hub = ChildHub { child, port };
-        let client = reqwest::Client::new();
-        for _ in 0..400 {
-            if client.get(hub.url("/")).send().await.is_ok() {
-                return hub;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let mut hub = ChildHub { child, port };
+        let (client, url) = (reqwest::Client::new(), hub.url("/"));
+        let mut exited = None;
+        super::wait::until(&format!("icahub serve to answer on port {port}"), || {
+            exited = exited.or_else(|| hub.child.try_wait().ok().flatten());
+            let gone = exited.is_some();
+            let answer = client.get(&url).send();
+            async move { gone || answer.await.is_ok() }
+        })
+        .await;
+        if let Some(status) = exited {
+            panic!("icahub serve exited before answering on port {port}: {status}");
         }
-        panic!("icahub serve did not answer on port {port}");
+        hub
     }
 
     pub fn url(&self, path: &str) -> String {

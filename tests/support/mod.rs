@@ -5,6 +5,7 @@
 pub mod azurite;
 pub mod hub;
 pub mod receiver;
+pub mod wait;
 
 use std::path::PathBuf;
 

@@ -75,6 +75,8 @@ struct State {
     /// Time taken before answering (a slow service).
     delay: Mutex<std::time::Duration>,
     rejections: Mutex<Vec<String>>,
+    /// How many requests have been recorded; [`Receiver::wait_until`] waits on its changes.
+    seen: tokio::sync::watch::Sender<usize>,
     check: Box<Check>,
 }
 
@@ -93,6 +95,7 @@ impl Receiver {
             down: Mutex::new(None),
             delay: Mutex::new(std::time::Duration::ZERO),
             rejections: Mutex::new(Vec::new()),
+            seen: tokio::sync::watch::channel(0).0,
             check,
         });
         let st = state.clone();
@@ -111,6 +114,8 @@ impl Receiver {
                     async move {
                         let delay = *st.delay.lock().unwrap();
                         if !delay.is_zero() {
+                            // Simulates a slow service on purpose (`Receiver::slow`): this is
+                            // the peer taking its time, not a test waiting for work.
                             tokio::time::sleep(delay).await;
                         }
                         handle(
@@ -213,6 +218,37 @@ impl Receiver {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// Resolve once the requests received so far satisfy `cond` (looked at now and after each
+    /// new request, never on a timer), and return them. Panics if that takes longer than the
+    /// hang guard ([`super::wait::HANG_GUARD`]).
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        cond: impl Fn(&[Recorded]) -> bool,
+    ) -> Vec<Recorded> {
+        // Subscribe before looking, so a request arriving in between is not missed.
+        let mut seen = self.state.seen.subscribe();
+        super::wait::guarded(what, async {
+            loop {
+                let got = self.requests();
+                if cond(&got) {
+                    return got;
+                }
+                // The sender lives in `self.state`: it cannot be dropped while we wait.
+                let _ = seen.changed().await;
+            }
+        })
+        .await
+    }
+
+    /// Resolve once at least `n` requests have been received; return them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Recorded> {
+        self.wait_until(&format!("{n} request(s) at {}", self.base), |r| {
+            r.len() >= n
+        })
+        .await
+    }
+
     pub fn last(&self) -> Recorded {
         self.requests().pop().expect("at least one request")
     }
@@ -238,7 +274,6 @@ impl Drop for Receiver {
 
 fn handle(state: &State, req: Recorded) -> Response {
     let verdict = (state.check)(&req);
-    state.requests.lock().unwrap().push(req);
     let reply = match verdict {
         Err((reason, reply)) => {
             state.rejections.lock().unwrap().push(reason);
@@ -249,6 +284,9 @@ fn handle(state: &State, req: Recorded) -> Response {
             None => state.script.lock().unwrap().pop_front().unwrap_or(success),
         },
     };
+    // Recorded after its rejection (if any), so a waiter that sees it sees why too.
+    state.requests.lock().unwrap().push(req);
+    state.seen.send_modify(|n| *n += 1);
     let mut resp = Response::new(reply.body.into());
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
     for (k, v) in reply.headers {
