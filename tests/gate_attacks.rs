@@ -229,6 +229,37 @@ async fn an_emergency_override_takes_two_people(hub: TestHub, _clock: Arc<Manual
 }
 both!(an_emergency_override_takes_two_people);
 
+/// An admin asks for an override before the run is on the ledger, then the ledger names that
+/// admin as the run's trigger: a second person's confirmation would let the trigger push their
+/// own deployment through, so it is refused, and the approval stays as it was.
+async fn an_override_asked_by_the_later_named_trigger_cannot_be_confirmed(
+    hub: TestHub,
+    _clock: Arc<ManualClock>,
+) {
+    let dave = person(&hub, "dave", &[Role::Devops]).await;
+    let root = person(&hub, "root", &[Role::Admin]).await;
+    let ceo = person(&hub, "ceo", &[Role::OverrideApprover]).await;
+    let r = post(&hub, &dave, APPROVAL, request("7151", "production", 10.0)).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json["approval_id"].as_str().unwrap().to_string();
+    let path = format!("{APPROVAL}/{id}/override");
+    let asked = post(&hub, &root, &path, json!({"reason": "pipeline outage"})).await;
+    assert_eq!(asked.json["status"], "override_pending", "{}", asked.text);
+
+    start_run(&hub, &dave, "7151", "payments-deploy", "root").await;
+    let confirm = post(&hub, &ceo, &path, json!({"reason": "looks fine"})).await;
+    assert!(confirm.expect_error(409)["message"]
+        .as_str()
+        .unwrap()
+        .contains("root asked for this override but triggered its run"));
+    let a = approval(&hub, &id).await;
+    assert_eq!(a["status"], "override_pending");
+    assert!(a["override"].is_null());
+    assert!(notes(&hub, &id, "approval.overridden").await.is_empty());
+    assert_eq!(notes(&hub, &id, "approval.override_refused").await.len(), 1);
+}
+both!(an_override_asked_by_the_later_named_trigger_cannot_be_confirmed);
+
 /// An override nobody confirms within the window lapses: the approval is back where it was, and
 /// a late confirmation is refused.
 async fn an_unconfirmed_override_lapses(hub: TestHub, clock: Arc<ManualClock>) {

@@ -9,7 +9,7 @@ use icahub::sinks::Sinks;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::hub::{free_port, TestHub};
 use support::receiver::{Receiver, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -284,29 +284,24 @@ async fn readyz_and_metrics_answer_fast_when_storage_hangs() {
     assert_eq!(r.json["status"], "ready");
     assert_eq!(r.json["storage"]["backend"], "azure_tables");
 
+    // The hole never answers: an answer at all means the hub's own probe timeout cut the read
+    // off (the guard only keeps a broken hub from hanging the suite; it does not time anything).
     proxy.hole.send_replace(true);
-    let started = Instant::now();
-    let r = hub.get("/api/readyz").await;
-    let took = started.elapsed();
+    let r = answered("readyz", hub.get("/api/readyz")).await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert_eq!(r.json["status"], "unavailable");
     assert_eq!(r.json["storage"]["ok"], false);
-    assert!(took < Duration::from_millis(3000), "readyz took {took:?}");
 
-    let started = Instant::now();
-    let r = hub
-        .client
-        .get(hub.url("/api/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let r = answered("metrics", async {
+        hub.client
+            .get(hub.url("/api/metrics"))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
     assert_eq!(r.status(), 200);
     let m = parse_metrics(&r.text().await.unwrap());
-    assert!(
-        started.elapsed() < Duration::from_millis(4000),
-        "metrics took {:?}",
-        started.elapsed()
-    );
     assert_eq!(get(&m, "icahub_outbox_read_errors_total"), 1.0);
     assert_eq!(
         get(&m, "icahub_outbox_snapshot_age_seconds"),
@@ -314,9 +309,11 @@ async fn readyz_and_metrics_answer_fast_when_storage_hangs() {
         "never read yet"
     );
 
-    let started = Instant::now();
-    assert_eq!(hub.get("/api/healthz").await.status, 200);
-    assert!(started.elapsed() < Duration::from_millis(500));
+    // Liveness never touches storage: it answers while storage hangs.
+    assert_eq!(
+        answered("healthz", hub.get("/api/healthz")).await.status,
+        200
+    );
 
     // Storage back: the gauges get a reading again (the slow read was not cut off for good).
     // Each scrape made once the read stuck in the hole has ended starts a fresh read.
@@ -619,4 +616,12 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
             .unwrap_or_else(|| panic!("no access line in the span of {id}: {text}"));
         assert_eq!(access["request_id"], id, "{access}");
     }
+}
+
+/// `request`'s answer, failing the test if none comes within the hang guard: with storage in a
+/// black hole, an answer at all shows the route did not wait on it.
+async fn answered<T>(what: &str, request: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(support::wait::HANG_GUARD, request)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not answer while storage hangs"))
 }

@@ -11,16 +11,16 @@
 //!   the requester nor the trigger;
 //! - an approval pending past its expiry is expired by the sweep, and cannot be signed.
 //!
-//! Each operation is applied as the approvals service applies it (`src/approvals.rs`): a
+//! Each operation is applied as the approvals service applies it (`src/services/approvals/`): a
 //! signature settles a lapsed override, expires an overdue approval instead of signing it, and
 //! reads the trigger from the ledger ([`Approval::with_ledger`]); an override excludes the
 //! trigger the ledger knows; the sweep expires what is overdue.
 //!
-//! "The trigger" is the one the ledger names when each person acts. Two things are not promised
-//! and not asserted: a staging approval signed before its run reached the ledger cannot exclude
-//! the run's trigger (nobody could tell; production approvals refuse to be signed then), and an
-//! override asked for before the run reached the ledger is not re-checked when it is confirmed,
-//! so its asker may turn out to be the trigger.
+//! "The trigger" is the one the ledger names when each person acts; an override's asker is checked
+//! again when it is confirmed, so an asker the ledger later names as the trigger cannot have it
+//! confirmed. One thing is not promised and not asserted: a staging approval signed before its
+//! run reached the ledger cannot exclude the run's trigger (nobody could tell; production
+//! approvals refuse to be signed then).
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use icahub::domain::approval::{
@@ -365,6 +365,11 @@ fn step(w: &mut World, op: &Op, policy: &Policy) -> Result<bool, TestCaseError> 
                         let asked = pending.expect("a confirmation confirms a request");
                         prop_assert!(held.contains(&Role::OverrideApprover));
                         prop_assert!(!same(by, &asked.by), "one person made the override");
+                        // The asker is checked again at confirmation, against the trigger the
+                        // ledger names now (it may have been unknown when they asked).
+                        if let Some(t) = &w.ledger {
+                            prop_assert!(!same(&asked.by, t), "the trigger's override confirmed");
+                        }
                         prop_assert_eq!(next.status, ApprovalStatus::Approved);
                     }
                 }

@@ -851,6 +851,16 @@ pub fn emergency_override(
             Ok((next, OverrideStep::Requested))
         }
         Some(req) => {
+            // The ledger may have named the run's trigger only after the override was asked
+            // for: an asker who turns out to be the trigger (or the requester) cannot have it
+            // confirmed, or one person would have pushed their own deployment through.
+            if a.is_requester(&req.by) {
+                return Err(Refusal::Conflict(format!(
+                    "{} asked for this override but triggered its run (or requested the deployment), so it cannot be confirmed; it lapses at {}, and a different admin may ask again",
+                    req.by,
+                    req.expires_at.to_rfc3339()
+                )));
+            }
             if req.by.eq_ignore_ascii_case(by) {
                 return Err(Refusal::Forbidden(format!(
                     "{by} asked for this override; it takes effect only when a second, different person holding override_approver confirms it (before {})",
@@ -1177,6 +1187,31 @@ mod tests {
         assert_eq!(parse_approval_id("APR-2026-000042"), Some((2026, 42)));
         assert_eq!(parse_approval_id("APR-2026-42"), None);
         assert_eq!(parse_approval_id("../etc"), None);
+    }
+
+    #[test]
+    fn an_asker_the_ledger_later_names_as_trigger_cannot_have_the_override_confirmed() {
+        let p = Policy::default();
+        let mut a = approval(1.0);
+        a.run_triggered_by = None;
+        // Asked while the run was not on the ledger yet...
+        let (o, _) =
+            emergency_override(&a, "root", &[Role::Admin], Some("hotfix"), &p, t0()).unwrap();
+        // ...which then names the asker as the run's trigger: no second person can complete it.
+        let o = o.with_ledger(Some("root")).unwrap();
+        let e = emergency_override(
+            &o,
+            "ceo",
+            &[Role::OverrideApprover],
+            Some("ok"),
+            &p,
+            t0() + Duration::minutes(5),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Refusal::Conflict(m) if m.contains("root asked")),
+            "{e:?}"
+        );
     }
 
     #[test]
