@@ -220,6 +220,34 @@ pub fn incident_fingerprint(source: Source, rule: &str, targets: &[String]) -> S
     hash_parts(parts)[..32].to_string()
 }
 
+/// A sample Azure Monitor alert of `rule` on virtual machine `resource`, fired a minute ago:
+/// the one fixture the unit tests and the storage conformance suite build alerts from.
+#[cfg(any(test, feature = "conformance"))]
+pub fn sample(rule: &str, resource: &str, alert_id: &str, condition: Condition) -> NormalizedAlert {
+    let targets = vec![format!(
+        "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/{resource}"
+    )];
+    NormalizedAlert {
+        source: Source::AzureMonitor,
+        schema: "azureMonitorCommonAlertSchema".into(),
+        kind: "Platform".into(),
+        alert_id: alert_id.into(),
+        rule: rule.into(),
+        rule_id: None,
+        condition,
+        severity: Severity::High,
+        fired_at: Some(Utc::now() - chrono::Duration::minutes(1)),
+        resolved_at: None,
+        description: Some("conformance".into()),
+        resource_group: Some("rg".into()),
+        link: None,
+        details: BTreeMap::new(),
+        dedup_key: format!("azmon|{alert_id}|{}", condition.as_str()),
+        fingerprint: incident_fingerprint(Source::AzureMonitor, rule, &targets),
+        targets,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -443,7 +443,7 @@ mod tests {
     fn an_escalation_pages_and_the_resolve_follows() {
         use crate::domain::incident::{plan, StreamState};
         let r = all();
-        let mut a = crate::storage::conformance::alert("r", "vm", "a", Condition::Fired);
+        let mut a = crate::domain::alert::sample("r", "vm", "a", Condition::Fired);
         a.severity = Severity::Medium;
         let p1 = plan(&r, &StreamState::default(), &a, "e1", chrono::Utc::now());
         let sinks = |p: &crate::domain::incident::Plan| -> Vec<(Sink, String)> {
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn drafts_respect_what_each_sink_accepts() {
-        let alert = crate::storage::conformance::alert("r", "vm", "a", Condition::Fired);
+        let alert = crate::domain::alert::sample("r", "vm", "a", Condition::Fired);
         let d = all().drafts(&alert, "EVT-x", IncidentAction::Attached, None, None);
         // Attached with no incident given: only the control plane's alert record.
         assert_eq!(d.len(), 1);

@@ -24,9 +24,7 @@ pub use outbox::*;
 pub use secrets::*;
 
 use super::{new_event_id, Delivery, DeliveryAlert, IncidentFilter, OutboxStatus, Store};
-use crate::domain::alert::{
-    incident_fingerprint, Condition, NormalizedAlert, Severity, Source, UNRECOGNIZED_SCHEMA,
-};
+use crate::domain::alert::{Condition, NormalizedAlert, Severity, Source, UNRECOGNIZED_SCHEMA};
 use crate::domain::incident::{stream_key, IncidentAction, IncidentStatus};
 use crate::domain::routing::{Routing, Sink};
 use chrono::{Duration, Utc};
@@ -35,31 +33,8 @@ use std::sync::Arc;
 
 pub type Shared = Arc<dyn Store>;
 
-/// A common-schema-like alert for rule `rule` on `resource`.
-pub fn alert(rule: &str, resource: &str, alert_id: &str, condition: Condition) -> NormalizedAlert {
-    let targets = vec![format!(
-        "/subscriptions/s/resourcegroups/rg/providers/microsoft.compute/virtualmachines/{resource}"
-    )];
-    NormalizedAlert {
-        source: Source::AzureMonitor,
-        schema: "azureMonitorCommonAlertSchema".into(),
-        kind: "Platform".into(),
-        alert_id: alert_id.into(),
-        rule: rule.into(),
-        rule_id: None,
-        condition,
-        severity: Severity::High,
-        fired_at: Some(Utc::now() - Duration::minutes(1)),
-        resolved_at: None,
-        description: Some("conformance".into()),
-        resource_group: Some("rg".into()),
-        link: None,
-        details: BTreeMap::new(),
-        dedup_key: format!("azmon|{alert_id}|{}", condition.as_str()),
-        fingerprint: incident_fingerprint(Source::AzureMonitor, rule, &targets),
-        targets,
-    }
-}
+/// An Azure Monitor alert of `rule` on `resource` ([`crate::domain::alert::sample`]).
+pub use crate::domain::alert::sample as alert;
 
 /// A one-alert delivery whose raw body is a small JSON document naming the alert.
 pub fn delivery(a: NormalizedAlert) -> Delivery {
