@@ -2,7 +2,9 @@
 //! SQLite store in a temporary directory, and Azure Table Storage as Azurite serves it (started
 //! by the test support, as the integration tests do). Three cases: an alert opening a new
 //! stream, one more alert on an existing stream, and a duplicate (found and skipped). Prints
-//! the median and the 95th percentile per backend and case. Figures, not assertions: this
+//! the median and the 95th percentile per backend and case; then the dispatcher's three outbox
+//! calls for one delivery (find the stream's due row, lease it, settle it delivered). Figures,
+//! not assertions: this
 //! machine is shared, so compare backends and cases with each other, not with a fixed number.
 //! Run with `cargo bench --bench storage`; `cargo test --all-targets` runs it a few rounds as a
 //! smoke test.
@@ -16,7 +18,7 @@ use icahub::domain::incident::stream_key;
 use icahub::domain::routing::Routing;
 use icahub::storage::sqlite::SqliteStore;
 use icahub::storage::tables::TableStore;
-use icahub::storage::{new_event_id, Delivery, DeliveryAlert, Store};
+use icahub::storage::{new_event_id, Delivery, DeliveryAlert, Settle, Store};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -110,6 +112,49 @@ async fn bench(backend: &str, store: &dyn Store, rounds: usize) {
     }
 }
 
+/// The dispatcher's calls for one delivery, `rounds` times, each on a fresh stream's first row:
+/// `outbox_due` for the stream, `outbox_lease`, `outbox_settle` (delivered).
+async fn bench_outbox(backend: &str, store: &dyn Store, rounds: usize) {
+    let (mut due, mut lease, mut settle) = (vec![], vec![], vec![]);
+    for i in 0..rounds {
+        let d = delivery(alert(&format!("obx{i}"), "o"));
+        store.ingest(&d, &all_sinks()).await.expect("ingest");
+        let stream = stream_key(&d.alerts[0].alert).to_string();
+        let now = Utc::now() + chrono::Duration::seconds(1);
+        let t = Instant::now();
+        let row = store
+            .outbox_due(now, 10, Some(&stream))
+            .await
+            .expect("outbox_due")
+            .into_iter()
+            .next()
+            .expect("the alert wrote outbox rows");
+        due.push(t.elapsed());
+        let t = Instant::now();
+        let leased = store
+            .outbox_lease(&row, "bench", now, now + chrono::Duration::seconds(60))
+            .await
+            .expect("outbox_lease")
+            .expect("nobody else holds the lease");
+        lease.push(t.elapsed());
+        let t = Instant::now();
+        assert!(store
+            .outbox_settle(&leased, &Settle::Delivered { at: now })
+            .await
+            .expect("outbox_settle"));
+        settle.push(t.elapsed());
+    }
+    for (case, v) in [("due", due), ("lease", lease), ("settle", settle)] {
+        let (median, p95) = figures(v);
+        println!(
+            "{backend:<14} {:<16} {:>10.2} {:>10.2}",
+            format!("outbox {case}"),
+            median.as_secs_f64() * 1e3,
+            p95.as_secs_f64() * 1e3
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this briefly as a smoke test.
@@ -125,6 +170,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let sqlite = SqliteStore::open(dir.path()).expect("the embedded store opens");
     bench("embedded", &sqlite, rounds).await;
+    bench_outbox("embedded", &sqlite, rounds).await;
     let tables = TableStore::connect(
         &support::azurite::connection_string(),
         &support::azurite::unique_prefix("bench"),
@@ -132,4 +178,5 @@ async fn main() {
     .await
     .expect("connect to Azurite");
     bench("azure_tables", &tables, rounds).await;
+    bench_outbox("azure_tables", &tables, rounds).await;
 }

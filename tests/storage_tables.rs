@@ -726,48 +726,6 @@ async fn outbox_rows_without_a_version_are_read_first() {
     assert_eq!(dead.lease_owner, None);
 }
 
-#[tokio::test]
-async fn outbox_lease_and_settle_latency() {
-    let s = store("obxlat").await;
-    let n = 30;
-    let (mut due_t, mut lease_t, mut settle_t, mut round_t) = (vec![], vec![], vec![], vec![]);
-    for i in 0..n {
-        let (stream, now) = outbox_stream(&s, &format!("obxlat{i}")).await;
-        let t = Instant::now();
-        let row = s
-            .outbox_due(now, 10, Some(&stream))
-            .await
-            .unwrap()
-            .remove(0);
-        due_t.push(t.elapsed());
-        let t = Instant::now();
-        let l = s
-            .outbox_lease(&row, "lat", now, now + ChronoDuration::seconds(60))
-            .await
-            .unwrap()
-            .unwrap();
-        lease_t.push(t.elapsed());
-        let t2 = Instant::now();
-        assert!(s
-            .outbox_settle(&l, &Settle::Delivered { at: now })
-            .await
-            .unwrap());
-        settle_t.push(t2.elapsed());
-        round_t.push(t.elapsed());
-    }
-    let stats = |v: &mut Vec<std::time::Duration>| {
-        v.sort();
-        format!("median {:?}, p90 {:?}", v[v.len() / 2], v[v.len() * 9 / 10])
-    };
-    eprintln!(
-        "outbox against Azurite: due (one stream) {}; lease {}; settle {}; lease+settle {}",
-        stats(&mut due_t),
-        stats(&mut lease_t),
-        stats(&mut settle_t),
-        stats(&mut round_t)
-    );
-}
-
 fn doc_write(key: &str, value: serde_json::Value, expect: Expect) -> DocWrite {
     DocWrite {
         key: key.into(),
