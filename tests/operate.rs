@@ -9,7 +9,6 @@ use icahub::sinks::Sinks;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 use support::hub::{free_port, TestHub};
 use support::receiver::{Receiver, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -554,15 +553,7 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         .unwrap();
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..400 {
-        if client.get(format!("{base}/")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(up, "the hub did not start");
+    support::wait::answers(&format!("{base}/")).await;
 
     let refused = |id: Option<&'static str>| {
         let mut req = client
