@@ -134,12 +134,7 @@ impl Actions<'_> {
             Ok(None) => return Reply::Refused(format!("Refused: no approval {id}")),
             Err(e) => return Reply::Refused(refusal_text(&e)),
         };
-        let signer = Signer {
-            name: rec.name.clone(),
-            roles: rec.roles.clone(),
-            via: "mattermost".into(),
-            token_id: Some(claims.token_id()),
-        };
+        let signer = Signer::mattermost(&rec.name, &rec.roles, claims.token_id());
         let input = SignIn {
             approval_type,
             decision: Decision::Rejected,

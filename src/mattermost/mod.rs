@@ -454,12 +454,7 @@ impl Actions<'_> {
                 return self.open_dialog(cb, &claims, &config).await;
             }
         };
-        let signer = Signer {
-            name: rec.name.clone(),
-            roles: rec.roles.clone(),
-            via: "mattermost".into(),
-            token_id: Some(claims.token_id()),
-        };
+        let signer = Signer::mattermost(&rec.name, &rec.roles, claims.token_id());
         let input = SignIn {
             approval_type,
             decision: Decision::Approved,

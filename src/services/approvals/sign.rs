@@ -36,6 +36,17 @@ impl Signer {
             token_id: None,
         }
     }
+
+    /// A person who clicked a Mattermost button: the identity their user id is linked to, and
+    /// the button token's id (each token works once).
+    pub fn mattermost(name: &str, roles: &[Role], token_id: String) -> Signer {
+        Signer {
+            name: name.to_string(),
+            roles: roles.to_vec(),
+            via: "mattermost".into(),
+            token_id: Some(token_id),
+        }
+    }
 }
 
 /// What a signature did: the approval as it now stands and the signature recorded.
